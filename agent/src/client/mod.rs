@@ -1,0 +1,403 @@
+//! The edge to the update server: owns reqwest, the wire types and the token.
+//!
+//! Everything here speaks the contract of `shared/contract.md` and nothing more: which patches to
+//! take, when to retry and what to report are decided by the cycle. URLs are logged redacted and
+//! errors never carry a secret.
+
+mod token;
+mod wire;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_RANGE, RANGE, RETRY_AFTER};
+
+use crate::config::Config;
+use crate::redact;
+pub use wire::{CheckAnswer, OfferedPatch, parse_callback, parse_check};
+
+use token::TokenCache;
+
+/// Largest JSON answer the agent reads; the contract's answers are a few hundred bytes.
+const MAX_ANSWER: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{what}: request failed")]
+    Transport {
+        what: &'static str,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{what}: server answered HTTP {status}{detail}")]
+    Status {
+        what: &'static str,
+        status: u16,
+        detail: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("{what}: refused with `{error}`{detail}")]
+    OAuth {
+        what: &'static str,
+        status: u16,
+        error: String,
+        detail: String,
+    },
+    #[error("{what}: cannot use the answer: {reason}")]
+    Invalid { what: &'static str, reason: String },
+    #[error("{what}: server answered code {code}")]
+    Code { what: &'static str, code: String },
+    #[error("{what}: answer is larger than {limit} bytes")]
+    TooLarge { what: &'static str, limit: u64 },
+}
+
+impl ClientError {
+    /// How long the server asked us to wait, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClientError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// True when repeating the same request cannot help (a 4xx other than 408 and 429).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ClientError::Status { status, .. } => {
+                (400..500).contains(status) && *status != 408 && *status != 429
+            }
+            ClientError::TooLarge { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// What the server said to one callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ack {
+    /// `100` or `101`: the result is registered.
+    Accepted,
+    /// `102`–`104`: the server will never take this callback; keeping it would block the outbox.
+    Rejected(String),
+}
+
+/// The robot identity sent with every check.
+#[derive(Debug, Clone)]
+pub struct Robot {
+    pub id: String,
+    pub version: String,
+}
+
+/// A check request: the seven parameters of `/file/download` minus the token.
+#[derive(Debug, Clone)]
+pub struct CheckRequest<'a> {
+    pub package_name: &'a str,
+    pub version: &'a str,
+    pub file_name: &'a str,
+    pub language: &'a str,
+}
+
+/// A patch download in flight.
+#[derive(Debug)]
+pub struct Fetch {
+    response: Option<reqwest::Response>,
+    /// Where the body starts in the file: the resume offset on a matching `206`, else zero.
+    pub offset: u64,
+    /// The whole patch's size, when the server said it.
+    pub total: Option<u64>,
+    pub etag: Option<String>,
+}
+
+impl Fetch {
+    /// The next piece of the body, `None` at its end.
+    pub async fn chunk(&mut self) -> Result<Option<bytes::Bytes>, ClientError> {
+        let Some(resp) = self.response.as_mut() else {
+            return Ok(None);
+        };
+        resp.chunk().await.map_err(|e| transport("download", e))
+    }
+}
+
+/// The update server as the agent sees it.
+#[derive(Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    robot: Robot,
+    tokens: Mutex<TokenCache>,
+    config_secrets: Vec<String>,
+}
+
+impl Client {
+    pub fn new(config: &Config) -> Result<Client, ClientError> {
+        // reqwest is built without a default TLS provider so that no C crypto library is linked.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("ota-agent/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(config.server.connect_timeout.0)
+            .read_timeout(config.server.read_timeout.0)
+            .build()
+            .map_err(|e| transport("http client", e))?;
+        let robot_id = config.robot_id().map_err(|e| ClientError::Invalid {
+            what: "robot id",
+            reason: e.to_string(),
+        })?;
+        Ok(Client {
+            http,
+            base: config.server.url.trim_end_matches('/').to_owned(),
+            robot: Robot {
+                id: robot_id,
+                version: config.robot.version.clone(),
+            },
+            tokens: Mutex::new(TokenCache::new(&config.server)),
+            config_secrets: config.secrets(),
+        })
+    }
+
+    pub fn robot(&self) -> &Robot {
+        &self.robot
+    }
+
+    /// Every secret this client knows now, for masking text the server sent.
+    fn secrets(&self) -> Vec<String> {
+        let mut all = self.config_secrets.clone();
+        all.extend(self.tokens.lock().expect("token lock").secrets());
+        all
+    }
+
+    /// Asks which patches the installed file needs.
+    pub async fn check(&self, req: &CheckRequest<'_>) -> Result<CheckAnswer, ClientError> {
+        let what = "check";
+        let body = self
+            .authed(what, |token| {
+                self.http.get(format!("{}/file/download", self.base)).query(&[
+                    ("access_token", token),
+                    ("package_name", req.package_name),
+                    ("version", req.version),
+                    ("file_name", req.file_name),
+                    ("language", req.language),
+                    ("robot_version", self.robot.version.as_str()),
+                    ("robot_id", self.robot.id.as_str()),
+                ])
+            })
+            .await?;
+        parse_check(&body).map_err(|reason| ClientError::Invalid {
+            what,
+            reason: redact::text(&reason, &self.secrets()),
+        })
+    }
+
+    /// Reports the result of one update id.
+    pub async fn callback(&self, id: &str, code: u8) -> Result<Ack, ClientError> {
+        let what = "callback";
+        let code = code.to_string();
+        let body = self
+            .authed(what, |token| {
+                self.http.post(format!("{}/file/callback", self.base)).query(&[
+                    ("access_token", token),
+                    ("id", id),
+                    ("robot_id", self.robot.id.as_str()),
+                    ("code", code.as_str()),
+                ])
+            })
+            .await?;
+        match parse_callback(&body) {
+            Ok(code) if code == "100" || code == "101" => Ok(Ack::Accepted),
+            Ok(code) if matches!(code.as_str(), "102" | "103" | "104") => Ok(Ack::Rejected(code)),
+            Ok(code) => Err(ClientError::Code { what, code }),
+            Err(reason) => Err(ClientError::Invalid {
+                what,
+                reason: redact::text(&reason, &self.secrets()),
+            }),
+        }
+    }
+
+    /// The size of a patch, from a `HEAD` request; `None` when the server does not say.
+    pub async fn patch_size(&self, url: &str) -> Result<Option<u64>, ClientError> {
+        log::debug!("HEAD {}", redact::url(url));
+        let resp = self.http.head(url).send().await.map_err(|e| transport("size", e))?;
+        if !resp.status().is_success() {
+            return Ok(None);
+        }
+        Ok(header_u64(&resp, CONTENT_LENGTH))
+    }
+
+    /// Starts (or resumes, when `offset > 0` and a validator is known) the download of a patch.
+    ///
+    /// A `206` is trusted only when its `Content-Range` starts exactly at `offset`; a `200`
+    /// means the body starts over at zero.
+    pub async fn fetch(&self, url: &str, offset: u64, etag: Option<&str>) -> Result<Fetch, ClientError> {
+        let what = "download";
+        let mut req = self.http.get(url);
+        let resuming = offset > 0 && etag.is_some();
+        if let (true, Some(tag)) = (resuming, etag) {
+            req = req.header(RANGE, format!("bytes={offset}-")).header(IF_RANGE, tag);
+        }
+        log::debug!("GET {}{}", redact::url(url), if resuming { format!(" from byte {offset}") } else { String::new() });
+        let resp = req.send().await.map_err(|e| transport(what, e))?;
+        let etag = resp.headers().get(ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let length = header_u64(&resp, CONTENT_LENGTH);
+        match resp.status() {
+            StatusCode::OK => Ok(Fetch {
+                total: length,
+                response: Some(resp),
+                offset: 0,
+                etag,
+            }),
+            StatusCode::PARTIAL_CONTENT if resuming => {
+                let range = resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok());
+                match range.and_then(parse_content_range) {
+                    Some((Some((start, end)), total)) if start == offset && total.is_none_or(|t| end + 1 == t) => Ok(Fetch {
+                        total: total.or(length.map(|l| offset + l)),
+                        response: Some(resp),
+                        offset,
+                        etag,
+                    }),
+                    _ => Err(ClientError::Invalid {
+                        what,
+                        reason: format!("a 206 whose Content-Range {range:?} does not start at byte {offset}"),
+                    }),
+                }
+            }
+            StatusCode::RANGE_NOT_SATISFIABLE if resuming => {
+                let range = resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok());
+                match range.and_then(parse_content_range) {
+                    // The partial file already holds the whole patch.
+                    Some((None, Some(total))) if total == offset => Ok(Fetch {
+                        response: None,
+                        offset,
+                        total: Some(total),
+                        etag,
+                    }),
+                    _ => Err(ClientError::Invalid {
+                        what,
+                        reason: format!("416 with Content-Range {range:?} for a resume at byte {offset}"),
+                    }),
+                }
+            }
+            status => Err(status_error(what, resp, status, &self.secrets()).await),
+        }
+    }
+
+    /// Sends a request that carries `access_token`, re-authenticating once on `401 invalid_token`.
+    async fn authed<F>(&self, what: &'static str, build: F) -> Result<Vec<u8>, ClientError>
+    where
+        F: Fn(&str) -> reqwest::RequestBuilder,
+    {
+        for attempt in 0..2 {
+            let token = self.access_token().await?;
+            let req = build(&token).build().map_err(|e| transport(what, e))?;
+            log::debug!("{} {}", req.method(), redact::url(req.url().as_str()));
+            let resp = self.http.execute(req).await.map_err(|e| transport(what, e))?;
+            let status = resp.status();
+            if status.is_success() {
+                return read_limited(what, resp).await;
+            }
+            let err = status_error(what, resp, status, &self.secrets()).await;
+            let invalid_token = matches!(&err, ClientError::OAuth { status: 401, error, .. } if error == "invalid_token");
+            if invalid_token && attempt == 0 {
+                log::info!("{what}: the server refused the access token; getting a new one");
+                self.tokens.lock().expect("token lock").forget();
+                continue;
+            }
+            return Err(err);
+        }
+        unreachable!("the loop returns on its second pass")
+    }
+}
+
+fn transport(what: &'static str, e: reqwest::Error) -> ClientError {
+    // reqwest's message would otherwise carry the URL, and with it the access token.
+    ClientError::Transport {
+        what,
+        source: e.without_url(),
+    }
+}
+
+fn header_u64(resp: &reqwest::Response, name: reqwest::header::HeaderName) -> Option<u64> {
+    resp.headers().get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Parses `bytes a-b/total`, `bytes a-b/*` or `bytes */total`.
+fn parse_content_range(value: &str) -> Option<(Option<(u64, u64)>, Option<u64>)> {
+    let rest = value.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    let range = match range.trim() {
+        "*" => None,
+        r => {
+            let (a, b) = r.split_once('-')?;
+            let (a, b): (u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+            if b < a {
+                return None;
+            }
+            Some((a, b))
+        }
+    };
+    Some((range, total))
+}
+
+async fn read_limited(what: &'static str, mut resp: reqwest::Response) -> Result<Vec<u8>, ClientError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| transport(what, e))? {
+        if body.len() + chunk.len() > MAX_ANSWER {
+            return Err(ClientError::TooLarge {
+                what,
+                limit: MAX_ANSWER as u64,
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Turns a non-success answer into an error: the OAuth2 shape when the body has one.
+async fn status_error(what: &'static str, resp: reqwest::Response, status: StatusCode, secrets: &[String]) -> ClientError {
+    let retry_after = resp
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = read_limited(what, resp).await.unwrap_or_default();
+    if let Some((error, description)) = wire::parse_oauth_error(&body) {
+        return ClientError::OAuth {
+            what,
+            status: status.as_u16(),
+            error,
+            detail: description
+                .map(|d| format!(": {}", redact::text(&d, secrets)))
+                .unwrap_or_default(),
+        };
+    }
+    let text = String::from_utf8_lossy(&body);
+    let snippet: String = text.trim().chars().take(120).collect();
+    ClientError::Status {
+        what,
+        status: status.as_u16(),
+        detail: if snippet.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", redact::text(&snippet, secrets))
+        },
+        retry_after,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range() {
+        assert_eq!(parse_content_range("bytes 10-99/100"), Some((Some((10, 99)), Some(100))));
+        assert_eq!(parse_content_range("bytes 10-99/*"), Some((Some((10, 99)), None)));
+        assert_eq!(parse_content_range("bytes */100"), Some((None, Some(100))));
+        assert_eq!(parse_content_range("bytes 9-1/100"), None);
+        assert_eq!(parse_content_range("items 1-2/3"), None);
+    }
+}

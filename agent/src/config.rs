@@ -1,0 +1,387 @@
+//! The agent's TOML configuration: parsing, defaults and the checks that refuse a bad file.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where the daemon looks for its configuration when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/ota-agent/agent.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path} is invalid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("config {path}: key `{key}` {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+    #[error(
+        "config {path} holds secrets but is readable by group or others (mode {mode:04o}); run `chmod 600 {path}`"
+    )]
+    LoosePermissions { path: PathBuf, mode: u32 },
+    #[error("cannot read the robot id from {path}")]
+    RobotId {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: Server,
+    pub robot: Robot,
+    #[serde(default)]
+    pub agent: Agent,
+    #[serde(rename = "package", default)]
+    pub packages: Vec<Package>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub url: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub username: String,
+    pub password: String,
+    /// How long to wait for a TCP (and TLS) connection.
+    #[serde(default = "defaults::connect_timeout")]
+    pub connect_timeout: Seconds,
+    /// How long a response may stay silent before the request is abandoned.
+    #[serde(default = "defaults::read_timeout")]
+    pub read_timeout: Seconds,
+}
+
+// Hand-written so that a debug print of the config can never show a secret.
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("url", &self.url)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("read_timeout", &self.read_timeout)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Robot {
+    pub id: Option<String>,
+    pub id_file: Option<PathBuf>,
+    pub version: String,
+    pub language: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agent {
+    #[serde(default = "defaults::state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default = "defaults::poll_interval")]
+    pub poll_interval: Seconds,
+    /// Upper bound of the random spread added to every poll interval; a fleet must not poll in step.
+    pub poll_jitter: Option<Seconds>,
+    #[serde(default = "defaults::zero")]
+    pub startup_delay: Seconds,
+    /// First delay after a failure; it doubles with every further failure.
+    #[serde(default = "defaults::retry_base")]
+    pub retry_base: Seconds,
+    /// Longest delay between retries.
+    #[serde(default = "defaults::retry_max")]
+    pub retry_max: Seconds,
+    /// Largest patch the agent accepts, in bytes.
+    #[serde(default = "defaults::max_patch_size")]
+    pub max_patch_size: u64,
+    /// How many interrupted attempts a patch download gets before it counts as failed.
+    #[serde(default = "defaults::download_attempts")]
+    pub download_attempts: u32,
+    #[serde(default = "defaults::hook_timeout")]
+    pub hook_timeout: Seconds,
+}
+
+impl Default for Agent {
+    fn default() -> Self {
+        Agent {
+            state_dir: defaults::state_dir(),
+            poll_interval: defaults::poll_interval(),
+            poll_jitter: None,
+            startup_delay: defaults::zero(),
+            retry_base: defaults::retry_base(),
+            retry_max: defaults::retry_max(),
+            max_patch_size: defaults::max_patch_size(),
+            download_attempts: defaults::download_attempts(),
+            hook_timeout: defaults::hook_timeout(),
+        }
+    }
+}
+
+impl Agent {
+    pub fn poll_jitter(&self) -> Duration {
+        self.poll_jitter
+            .map(|s| s.0)
+            .unwrap_or(self.poll_interval.0 / 10)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Package {
+    pub name: String,
+    pub file_name: String,
+    pub path: PathBuf,
+    pub version: String,
+    /// Overrides `robot.language` for this package.
+    pub language: Option<String>,
+    /// Shell command run before the new file is put in place; a non-zero exit defers the update.
+    pub pre_install: Option<String>,
+    /// Shell command run after the file was replaced (and again after a rollback).
+    pub post_install: Option<String>,
+    /// Shell command that must exit 0 for the update to count as a success.
+    pub health_check: Option<String>,
+    pub hook_timeout: Option<Seconds>,
+}
+
+impl Package {
+    /// The key under which the agent keeps this package's facts: a package may manage several files.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.name, self.file_name)
+    }
+}
+
+/// A duration written as `"90s"`, `"30m"`, `"6h"`, `"1d"` or a bare number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seconds(pub Duration);
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(Seconds(Duration::from_secs(n))),
+            Raw::Text(s) => parse_duration(&s).map(Seconds).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses `"250ms"`, `"90s"`, `"30m"`, `"6h"`, `"1d"`, or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as \"90s\", \"30m\" or \"6h\""))?;
+    let unit_ms: u64 = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => return Err(format!("unknown unit `{other}` in duration `{text}`")),
+    };
+    n.checked_mul(unit_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("duration `{text}` is too long"))
+}
+
+mod defaults {
+    use super::Seconds;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    pub fn state_dir() -> PathBuf {
+        PathBuf::from("/var/lib/ota-agent")
+    }
+    pub fn poll_interval() -> Seconds {
+        Seconds(Duration::from_secs(6 * 3600))
+    }
+    pub fn zero() -> Seconds {
+        Seconds(Duration::ZERO)
+    }
+    pub fn retry_base() -> Seconds {
+        Seconds(Duration::from_secs(30))
+    }
+    pub fn retry_max() -> Seconds {
+        Seconds(Duration::from_secs(3600))
+    }
+    pub fn connect_timeout() -> Seconds {
+        Seconds(Duration::from_secs(15))
+    }
+    pub fn read_timeout() -> Seconds {
+        Seconds(Duration::from_secs(60))
+    }
+    pub fn hook_timeout() -> Seconds {
+        Seconds(Duration::from_secs(300))
+    }
+    pub fn max_patch_size() -> u64 {
+        512 * 1024 * 1024
+    }
+    pub fn download_attempts() -> u32 {
+        8
+    }
+}
+
+impl Config {
+    /// Reads, parses and checks the file; the error names the file, the key and the problem.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        config.validate(path)?;
+        let has_secrets = !config.server.client_secret.is_empty() || !config.server.password.is_empty();
+        if has_secrets {
+            let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                return Err(ConfigError::LoosePermissions {
+                    path: path.to_owned(),
+                    mode,
+                });
+            }
+        }
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            reason,
+        };
+        let url = self.server.url.trim_end_matches('/');
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() <= "https://".len() {
+            return Err(invalid("server.url", format!("must be an http or https URL, not `{url}`")));
+        }
+        for (key, value) in [
+            ("server.client_id", &self.server.client_id),
+            ("server.username", &self.server.username),
+            ("robot.version", &self.robot.version),
+            ("robot.language", &self.robot.language),
+        ] {
+            if value.trim().is_empty() {
+                return Err(invalid(key, "must not be empty".into()));
+            }
+        }
+        match (&self.robot.id, &self.robot.id_file) {
+            (Some(_), Some(_)) => return Err(invalid("robot.id", "and `robot.id_file` are both set; keep one".into())),
+            (None, None) => return Err(invalid("robot.id", "is missing (or set `robot.id_file`)".into())),
+            (Some(id), None) if id.trim().is_empty() => return Err(invalid("robot.id", "must not be empty".into())),
+            _ => {}
+        }
+        if self.agent.poll_interval.0 < Duration::from_secs(1) {
+            return Err(invalid("agent.poll_interval", "must be at least 1s".into()));
+        }
+        if self.agent.retry_base.0.is_zero() || self.agent.retry_max.0 < self.agent.retry_base.0 {
+            return Err(invalid("agent.retry_max", "must be at least `agent.retry_base`, which must not be zero".into()));
+        }
+        if self.agent.download_attempts == 0 {
+            return Err(invalid("agent.download_attempts", "must be at least 1".into()));
+        }
+        if self.packages.is_empty() {
+            return Err(invalid("package", "no [[package]] is configured".into()));
+        }
+        let mut seen = HashSet::new();
+        for (i, p) in self.packages.iter().enumerate() {
+            let key = |k: &str| format!("package[{i}].{k}");
+            for (k, v) in [("name", &p.name), ("file_name", &p.file_name), ("version", &p.version)] {
+                if v.trim().is_empty() {
+                    return Err(invalid(&key(k), "must not be empty".into()));
+                }
+            }
+            if p.version.parse::<u64>().is_err() {
+                return Err(invalid(&key("version"), format!("must be an integer version code, not `{}`", p.version)));
+            }
+            if !p.path.is_absolute() || p.path.file_name().is_none() {
+                return Err(invalid(&key("path"), format!("must be an absolute file path, not `{}`", p.path.display())));
+            }
+            if !seen.insert(p.key()) {
+                return Err(invalid(&key("file_name"), format!("`{}` is configured twice", p.key())));
+            }
+        }
+        Ok(())
+    }
+
+    /// The robot's machine id, read from `robot.id_file` when that is how it is configured.
+    pub fn robot_id(&self) -> Result<String, ConfigError> {
+        match (&self.robot.id, &self.robot.id_file) {
+            (Some(id), _) => Ok(id.trim().to_owned()),
+            (None, Some(file)) => {
+                let text = std::fs::read_to_string(file).map_err(|source| ConfigError::RobotId {
+                    path: file.clone(),
+                    source,
+                })?;
+                let id = text.trim().to_owned();
+                if id.is_empty() {
+                    return Err(ConfigError::RobotId {
+                        path: file.clone(),
+                        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "file is empty"),
+                    });
+                }
+                Ok(id)
+            }
+            (None, None) => unreachable!("validate() requires robot.id or robot.id_file"),
+        }
+    }
+
+    /// The language sent for a package.
+    pub fn language<'a>(&'a self, package: &'a Package) -> &'a str {
+        package.language.as_deref().unwrap_or(&self.robot.language)
+    }
+
+    /// The values that must never reach a log line, a status output or an error message.
+    pub fn secrets(&self) -> Vec<String> {
+        [&self.server.client_secret, &self.server.password]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("6h"), Ok(Duration::from_secs(21600)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("12"), Ok(Duration::from_secs(12)));
+        assert!(parse_duration("6 hours").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+}

@@ -1,0 +1,128 @@
+//! Apply: run the downloaded patches in order into the staging area, never on the installed file.
+
+use std::io::{BufWriter, Read, Write};
+
+use sha2::{Digest, Sha256};
+
+use super::{Agent, CycleError, Outcome, Step, all_codes, chain_codes, code};
+use crate::config::Package;
+use crate::install::{hex, sha256_file};
+use crate::patch;
+use crate::store::{Failure, StoreError};
+
+/// What the install step takes over.
+#[derive(Debug)]
+pub(super) enum Staged {
+    /// The first `applied` patches are applied; the result is staging file `applied - 1`.
+    Fresh { applied: usize, sha256: String },
+    /// A restart found the install marker; the facts say where the install stood.
+    Resumed,
+}
+
+pub(super) fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleError> {
+    let key = pkg.key();
+    let update = agent.state.packages[&key].update.clone().expect("apply runs with an update");
+    let ids: Vec<String> = update.patches.iter().map(|p| p.id.clone()).collect();
+    if sha256_file(&pkg.path)?.as_deref() != Some(update.from_sha256.as_str()) {
+        let reason = format!("{} changed behind the agent's back; it is not patched", pkg.path.display());
+        log::error!("{key}: {reason}");
+        agent.finish(pkg, &all_codes(&ids, code::FAILED), None)?;
+        return Ok(Step::Report(Outcome::Failed { reason }));
+    }
+    let usable = update.failed.as_ref().map_or(ids.len(), |f| f.index);
+    let mut failed = update.failed.clone();
+    let mut applied = 0;
+    let mut sha = String::new();
+    for index in 0..usable {
+        let p = &update.patches[index];
+        match apply_one(agent, pkg, index) {
+            Ok(new_sha) => {
+                log::info!("{key}: update {} applied: version {} staged", p.id, p.to_version);
+                applied = index + 1;
+                sha = new_sha;
+                if index > 0 {
+                    agent.store.remove_staged(&key, index - 1)?;
+                }
+            }
+            Err(ApplyError::Store(e)) => return Err(e.into()),
+            Err(ApplyError::Patch(e)) => {
+                let reason = format!("update {} does not apply: {}", p.id, crate::error_chain(&e));
+                log::error!("{key}: {reason}");
+                failed = Some(Failure { index, reason });
+                break;
+            }
+        }
+    }
+    if applied == 0 {
+        let reason = failed.map_or_else(|| "nothing to apply".to_owned(), |f| f.reason);
+        agent.finish(pkg, &chain_codes(&ids, 0, Some(0)), None)?;
+        return Ok(Step::Report(Outcome::Failed { reason }));
+    }
+    if failed != update.failed {
+        agent.pkg_state(&key).update.as_mut().expect("update").failed = failed;
+        agent.save()?;
+    }
+    Ok(Step::Install(Staged::Fresh { applied, sha256: sha }))
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ApplyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Patch(#[from] patch::PatchError),
+}
+
+/// Applies patch `index` to the installed file (index 0) or to the previous staging file.
+fn apply_one(agent: &Agent, pkg: &Package, index: usize) -> Result<String, ApplyError> {
+    let key = pkg.key();
+    let update = agent.state.packages[&key].update.as_ref().expect("update");
+    let id = &update.patches[index].id;
+    let io_err = |op, what: &str| {
+        let path = what.to_owned();
+        move |source| StoreError::Io { op, path: path.into(), source }
+    };
+    let old = if index == 0 {
+        std::fs::File::open(&pkg.path).map_err(io_err("open", &pkg.path.display().to_string()))?
+    } else {
+        agent.store.open_staged(&key, index - 1)?
+    };
+    let old_map = patch::map(&old).map_err(io_err("map", "the file to patch"))?;
+    let mut patch_bytes = Vec::new();
+    agent
+        .store
+        .open_patch(&key, id)?
+        .ok_or_else(|| StoreError::Io {
+            op: "open",
+            path: format!("patch of update {id}").into(),
+            source: std::io::ErrorKind::NotFound.into(),
+        })?
+        .read_to_end(&mut patch_bytes)
+        .map_err(io_err("read", "patch"))?;
+    let out = agent.store.create_staged(&key, index)?;
+    // The result may not be larger than the space left, so a hostile header cannot fill the disk.
+    let room = agent.store.free_space()?;
+    let mut writer = HashingWriter {
+        inner: BufWriter::with_capacity(1 << 20, out),
+        hasher: Sha256::new(),
+    };
+    patch::apply(&old_map, &patch_bytes, &mut writer, room)?;
+    writer.inner.flush().map_err(io_err("write", "staging file"))?;
+    Ok(hex(&writer.hasher.finalize()))
+}
+
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}

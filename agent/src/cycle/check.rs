@@ -1,0 +1,182 @@
+//! Check: ask the server which patches the installed file needs, and accept or refuse the offer.
+
+use super::{Agent, CycleError, Outcome, Step, all_codes, code};
+use crate::client::{CheckAnswer, CheckRequest, OfferedPatch};
+use crate::config::Package;
+use crate::install::sha256_file;
+use crate::store::{Callback, LastCheck, PatchState, Update};
+use crate::unix_now;
+
+pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleError> {
+    let key = pkg.key();
+    if agent.pkg_state(&key).sha256.is_none() {
+        // First sight: what is there now is what later patches must apply to.
+        let sha = sha256_file(&pkg.path)?;
+        match &sha {
+            Some(s) => log::info!("{key}: now managing {} (sha256 {s})", pkg.path.display()),
+            None => log::warn!("{key}: {} does not exist; no patch can apply to it", pkg.path.display()),
+        }
+        agent.pkg_state(&key).sha256 = sha;
+        agent.save()?;
+    }
+    let version = agent.pkg_state(&key).version.clone();
+    let language = agent.config.language(pkg).to_owned();
+    log::info!("{key}: checking for updates to version {version}");
+    let answer = agent
+        .client
+        .check(&CheckRequest {
+            package_name: &pkg.name,
+            version: &version,
+            file_name: &pkg.file_name,
+            language: &language,
+        })
+        .await;
+    let (ok, result) = match &answer {
+        Ok(a) => (true, describe(a)),
+        Err(e) => (false, crate::error_chain(e)),
+    };
+    agent.pkg_state(&key).last_check = Some(LastCheck {
+        at_unix: unix_now(),
+        ok,
+        result,
+    });
+    agent.save()?;
+    let patches = match answer? {
+        CheckAnswer::UpToDate | CheckAnswer::NoSuchVersion => {
+            log::info!("{key}: up to date at version {version}");
+            return Ok(Step::Report(Outcome::UpToDate { version }));
+        }
+        CheckAnswer::NotAllowed => return Ok(declined(&key, "103")),
+        CheckAnswer::NoLanguage => return Ok(declined(&key, "104")),
+        CheckAnswer::Failed(code) => {
+            return Err(crate::client::ClientError::Code { what: "check", code }.into());
+        }
+        CheckAnswer::Patches(p) => p,
+    };
+    accept(agent, pkg, &version, patches)
+}
+
+fn describe(answer: &CheckAnswer) -> String {
+    match answer {
+        CheckAnswer::Patches(p) => format!("{} patch(es) offered", p.len()),
+        CheckAnswer::UpToDate => "up to date".into(),
+        CheckAnswer::NoSuchVersion => "up to date (102: no such version)".into(),
+        CheckAnswer::NotAllowed => "declined (103: robot may not upgrade)".into(),
+        CheckAnswer::NoLanguage => "declined (104: no version for this language)".into(),
+        CheckAnswer::Failed(c) => format!("server error (code {c})"),
+    }
+}
+
+/// Rule 1: `103` and `104` are not errors of the agent; it polls again at the usual pace.
+fn declined(key: &str, code: &str) -> Step {
+    log::warn!("{key}: the server declines to update this robot (code {code}); asking again at the next poll");
+    Step::Report(Outcome::Declined { code: code.into() })
+}
+
+/// Turns a valid offer into an update, or refuses it before anything is downloaded.
+fn accept(agent: &mut Agent, pkg: &Package, version: &str, offered: Vec<OfferedPatch>) -> Result<Step, CycleError> {
+    let key = pkg.key();
+    let (again, fresh): (Vec<_>, Vec<_>) = offered
+        .into_iter()
+        .partition(|p| agent.state.packages[&key].applied.contains(&p.id));
+    for p in &again {
+        // Rule 4: an applied id is never applied twice; its result is sent again instead.
+        log::info!("{key}: update {} was applied before; sending its result again", p.id);
+        agent.state.outbox.push(Callback {
+            package: key.clone(),
+            id: p.id.clone(),
+            code: code::SUCCESS,
+            queued_at_unix: unix_now(),
+        });
+    }
+    if !again.is_empty() {
+        agent.save()?;
+    }
+    let mut last: u64 = version.parse().unwrap_or(0);
+    let mut patches = Vec::with_capacity(fresh.len());
+    for p in &fresh {
+        let to = version_of(&p.url).ok_or_else(|| {
+            CycleError::Refused(format!(
+                "patch URL {} (id {}) does not name the version it leads to",
+                crate::redact::url(&p.url),
+                p.id
+            ))
+        })?;
+        if to <= last {
+            return Err(CycleError::Refused(format!(
+                "update {} leads to version {to}, not above version {last}",
+                p.id
+            )));
+        }
+        last = to;
+        patches.push(PatchState {
+            id: p.id.clone(),
+            url: p.url.clone(),
+            to_version: to.to_string(),
+            size: None,
+            etag: None,
+            durable: 0,
+            sha256: None,
+            attempts: 0,
+        });
+    }
+    if patches.is_empty() {
+        return Ok(Step::Report(Outcome::UpToDate { version: version.to_owned() }));
+    }
+    let ids: Vec<String> = patches.iter().map(|p| p.id.clone()).collect();
+    let recorded = agent.state.packages[&key].sha256.clone();
+    let current = sha256_file(&pkg.path)?;
+    if current.is_none() || current != recorded {
+        let reason = format!(
+            "{} is missing or was changed behind the agent's back; it is not patched",
+            pkg.path.display()
+        );
+        log::error!("{key}: {reason}");
+        agent.finish(pkg, &all_codes(&ids, code::FAILED), None)?;
+        return Ok(Step::Report(Outcome::Failed { reason }));
+    }
+    log::info!(
+        "{key}: updates {} lead from version {version} to {last}",
+        ids.join(", ")
+    );
+    agent.pkg_state(&key).update = Some(Update {
+        from_version: version.to_owned(),
+        from_sha256: current.unwrap_or_default(),
+        patches,
+        failed: None,
+        install: None,
+    });
+    agent.save()?;
+    Ok(Step::Download)
+}
+
+/// The version code in a patch file name `<Name>-<versionName>--<versionCode>--<fileName>.patch`.
+pub(crate) fn version_of(url: &str) -> Option<u64> {
+    let path = url.split(['?', '#']).next()?;
+    let name = path.rsplit('/').next()?;
+    let stem = name.strip_suffix(".patch")?;
+    let parts: Vec<&str> = stem.split("--").collect();
+    if parts.len() < 3 {
+        return None;
+    }
+    let code = parts[parts.len() - 2];
+    if code.is_empty() || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    code.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::version_of;
+
+    #[test]
+    fn versions_from_names() {
+        assert_eq!(version_of("http://10.10.1.14:8080/version/2s/2s/Alpha2Services-1.1.1.32--17--5mic.patch"), Some(17));
+        assert_eq!(version_of("http://h/a/Alpha2Services-1.1.2.32--18--5mic.patch?x=1"), Some(18));
+        assert_eq!(version_of("http://h/a/firmware.patch"), None);
+        assert_eq!(version_of("http://h/a/A-1--x--f.patch"), None);
+        assert_eq!(version_of("http://h/a/A-1--17--f.bin"), None);
+        assert_eq!(version_of("http://h/17--18--/x.patch"), None);
+    }
+}

@@ -1,0 +1,273 @@
+//! Download: fetch the chain's patches in order into the state directory, resuming where a
+//! connection cut or a restart left off.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+
+use super::{Agent, CycleError, Step};
+use crate::client::ClientError;
+use crate::config::Package;
+use crate::store::{Failure, PatchState, StoreError};
+
+/// Immediate resumes of one patch within a cycle before the cycle backs off.
+const QUICK_RESUMES: u32 = 3;
+/// How often progress is logged and the partial file made durable.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleError> {
+    let key = pkg.key();
+    check_space(agent, pkg).await?;
+    let count = update(agent, &key).patches.len();
+    for index in 0..count {
+        if update(agent, &key).failed.is_some() {
+            break;
+        }
+        if update(agent, &key).patches[index].sha256.is_some() {
+            continue;
+        }
+        let mut quick = 0;
+        loop {
+            let patch = update(agent, &key).patches[index].clone();
+            let err = match fetch_one(agent, &key, index, &patch).await {
+                Ok(()) => break,
+                Err(e @ CycleError::Stopped) => return Err(e),
+                Err(e) => e,
+            };
+            let permanent = matches!(&err, CycleError::Client(c) if c.is_permanent());
+            let p = &mut update_mut(agent, &key).patches[index];
+            p.attempts += 1;
+            let attempts = p.attempts;
+            let id = p.id.clone();
+            let limit = agent.config.agent.download_attempts;
+            let reason = crate::error_chain(&err);
+            if permanent || attempts >= limit {
+                log::error!("{key}: update {id} cannot be downloaded ({reason}); giving up after {attempts} attempt(s)");
+                update_mut(agent, &key).failed = Some(Failure {
+                    index,
+                    reason: format!("download of update {id} failed: {reason}"),
+                });
+                agent.save()?;
+                break;
+            }
+            agent.save()?;
+            quick += 1;
+            if quick >= QUICK_RESUMES {
+                return Err(CycleError::Interrupted { id, reason });
+            }
+            log::warn!("{key}: download of update {id} interrupted ({reason}); resuming");
+        }
+    }
+    Ok(Step::Apply)
+}
+
+fn update<'a>(agent: &'a Agent, key: &str) -> &'a crate::store::Update {
+    agent.state.packages[key].update.as_ref().expect("download runs with an update")
+}
+
+fn update_mut<'a>(agent: &'a mut Agent, key: &str) -> &'a mut crate::store::Update {
+    agent.pkg_state(key).update.as_mut().expect("download runs with an update")
+}
+
+/// Refuses to start when the whole chain, and the files made from it, cannot fit.
+async fn check_space(agent: &mut Agent, pkg: &Package) -> Result<(), CycleError> {
+    let key = pkg.key();
+    let mut needed: u64 = 0;
+    for index in 0..update(agent, &key).patches.len() {
+        let p = update(agent, &key).patches[index].clone();
+        if p.sha256.is_some() {
+            continue;
+        }
+        let size = match p.size {
+            Some(s) => Some(s),
+            None => agent.client.patch_size(&p.url).await.unwrap_or(None),
+        };
+        if let Some(size) = size {
+            let max = agent.config.agent.max_patch_size;
+            if size > max {
+                let reason = format!("update {} is {size} bytes, more than max_patch_size ({max})", p.id);
+                log::error!("{key}: {reason}");
+                update_mut(agent, &key).failed = Some(Failure { index, reason });
+                break;
+            }
+            update_mut(agent, &key).patches[index].size = Some(size);
+            needed += size.saturating_sub(p.durable);
+        }
+    }
+    agent.save()?;
+    // Applying needs room for two versions of the file at once (the last result and the next).
+    let file_size = std::fs::metadata(&pkg.path).map(|m| m.len()).unwrap_or(0);
+    needed = needed.saturating_add(file_size.saturating_mul(2));
+    let free = agent.store.free_space()?;
+    if needed > free {
+        return Err(CycleError::NoSpace { needed, free });
+    }
+    Ok(())
+}
+
+/// One attempt at one patch: resume the partial file, stream the rest, hash, make it durable.
+async fn fetch_one(agent: &mut Agent, key: &str, index: usize, patch: &PatchState) -> Result<(), CycleError> {
+    let max = agent.config.agent.max_patch_size;
+    let (mut file, mut have) = agent.store.open_partial(key, &patch.id, patch.durable)?;
+    let io = |op| move |source| StoreError::Io { op, path: format!("partial download of update {}", patch.id).into(), source };
+    let mut hasher = Sha256::new();
+    if have > 0 && patch.etag.is_none() {
+        // Without a validator a resumed range could splice two different files.
+        have = 0;
+        file.set_len(0).map_err(io("truncate"))?;
+    }
+    if have > 0 {
+        file.seek(SeekFrom::Start(0)).map_err(io("seek"))?;
+        hash_prefix(&mut file, have, &mut hasher).map_err(io("read"))?;
+    }
+    let mut fetch = match agent.client.fetch(&patch.url, have, patch.etag.as_deref()).await {
+        Ok(f) => f,
+        Err(e @ ClientError::Invalid { .. }) => {
+            // A range answer that does not match: start this patch over next time.
+            let p = &mut update_mut(agent, key).patches[index];
+            p.durable = 0;
+            p.etag = None;
+            agent.save()?;
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if fetch.offset == 0 && have > 0 {
+        log::info!("update {}: the server sent the whole patch again; starting over", patch.id);
+        have = 0;
+        hasher = Sha256::new();
+    }
+    if let Some(total) = fetch.total {
+        if total > max {
+            return Err(ClientError::TooLarge { what: "download", limit: max }.into());
+        }
+    }
+    {
+        let p = &mut update_mut(agent, key).patches[index];
+        p.etag = fetch.etag.clone();
+        p.size = fetch.total.or(p.size);
+        p.durable = p.durable.min(have);
+    }
+    agent.save()?;
+    file.set_len(have).map_err(io("truncate"))?;
+    file.seek(SeekFrom::Start(have)).map_err(io("seek"))?;
+    let mut out = BufWriter::with_capacity(256 * 1024, file);
+    let mut progress = Progress::new(&patch.id, have, fetch.total);
+    let mut shutdown = agent.shutdown.clone();
+    loop {
+        let chunk = tokio::select! {
+            c = fetch.chunk() => c,
+            () = shutdown.wait() => {
+                checkpoint(agent, key, index, &mut out, have)?;
+                return Err(CycleError::Stopped);
+            }
+        };
+        let Some(chunk) = chunk? else { break };
+        have += chunk.len() as u64;
+        if have > max || fetch.total.is_some_and(|t| have > t) {
+            return Err(CycleError::Interrupted {
+                id: patch.id.clone(),
+                reason: format!("the body is longer than announced ({have} bytes so far)"),
+            });
+        }
+        hasher.update(&chunk);
+        out.write_all(&chunk).map_err(io("write"))?;
+        if progress.due(have) {
+            checkpoint(agent, key, index, &mut out, have)?;
+        }
+    }
+    if let Some(total) = fetch.total {
+        if have != total {
+            checkpoint(agent, key, index, &mut out, have)?;
+            return Err(CycleError::Interrupted {
+                id: patch.id.clone(),
+                reason: format!("the body ended after {have} of {total} bytes"),
+            });
+        }
+    }
+    let file = out.into_inner().map_err(|e| io("write")(e.into_error()))?;
+    file.sync_all().map_err(io("fsync"))?;
+    agent.store.complete_partial(key, &patch.id)?;
+    let sha = crate::install::hex(&hasher.finalize());
+    log::info!("update {}: downloaded {have} bytes (sha256 {sha})", patch.id);
+    let p = &mut update_mut(agent, key).patches[index];
+    p.sha256 = Some(sha);
+    p.size = Some(have);
+    p.durable = have;
+    agent.save()?;
+    Ok(())
+}
+
+fn hash_prefix(file: &mut File, len: u64, hasher: &mut Sha256) -> std::io::Result<()> {
+    let mut limited = file.take(len);
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = limited.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// Makes what was written so far durable and records its length as a fact.
+fn checkpoint(agent: &mut Agent, key: &str, index: usize, out: &mut BufWriter<File>, have: u64) -> Result<(), CycleError> {
+    let io = |op| move |source| StoreError::Io { op, path: "partial download".into(), source };
+    out.flush().map_err(io("write"))?;
+    out.get_ref().sync_data().map_err(io("fsync"))?;
+    update_mut(agent, key).patches[index].durable = have;
+    agent.save()?;
+    Ok(())
+}
+
+/// Logs percent and rate at least every 10 % or 5 s.
+struct Progress {
+    id: String,
+    total: Option<u64>,
+    started: Instant,
+    start_bytes: u64,
+    last_log: Instant,
+    last_tenth: u64,
+}
+
+impl Progress {
+    fn new(id: &str, have: u64, total: Option<u64>) -> Progress {
+        let now = Instant::now();
+        Progress {
+            id: id.to_owned(),
+            total,
+            started: now,
+            start_bytes: have,
+            last_log: now,
+            last_tenth: total.map_or(0, |t| tenth(have, t)),
+        }
+    }
+
+    fn due(&mut self, have: u64) -> bool {
+        let now = Instant::now();
+        let tenth_now = self.total.map_or(0, |t| tenth(have, t));
+        if now.duration_since(self.last_log) < PROGRESS_EVERY && tenth_now == self.last_tenth {
+            return false;
+        }
+        self.last_log = now;
+        self.last_tenth = tenth_now;
+        let secs = now.duration_since(self.started).as_secs_f64().max(0.001);
+        let rate = (have - self.start_bytes) as f64 / secs / 1024.0;
+        match self.total {
+            Some(t) if t > 0 => log::info!(
+                "update {}: downloaded {}% ({have} of {t} bytes, {rate:.0} KiB/s)",
+                self.id,
+                have * 100 / t
+            ),
+            _ => log::info!("update {}: downloaded {have} bytes ({rate:.0} KiB/s)", self.id),
+        }
+        true
+    }
+}
+
+fn tenth(have: u64, total: u64) -> u64 {
+    if total == 0 { 10 } else { have.saturating_mul(10) / total }
+}

@@ -1,0 +1,120 @@
+//! The daemon around the cycle: resume what a restart interrupted, then poll on schedule, back
+//! off after failures, and stop at a safe point on SIGTERM. An error never ends the process.
+
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::cycle::{Agent, CycleError, Outcome};
+use crate::schedule::{self, human};
+use crate::{Error, Shutdown, error_chain, unix_now};
+
+/// What one pass over every managed file gave, per package key.
+pub type PassResult = Vec<(String, Result<Outcome, CycleError>)>;
+
+impl Agent {
+    /// One cycle for every managed file, in config order.
+    pub async fn cycle_all(&mut self) -> PassResult {
+        let mut results = Vec::new();
+        for index in 0..self.config.packages.len() {
+            let key = self.config.packages[index].key();
+            let result = self.cycle(index).await;
+            if let Err(e) = &result {
+                log::error!("{key}: {}", error_chain(e));
+            }
+            let stop = matches!(result, Err(CycleError::Stopped));
+            results.push((key, result));
+            if stop {
+                break;
+            }
+        }
+        results
+    }
+
+    /// Finishes what a restart interrupted: updates under way, then callbacks waiting.
+    async fn resume_all(&mut self) -> PassResult {
+        let mut results = Vec::new();
+        for index in 0..self.config.packages.len() {
+            let key = self.config.packages[index].key();
+            if self.state.packages.get(&key).is_some_and(|p| p.update.is_some()) {
+                log::info!("{key}: resuming the update a restart interrupted");
+                let result = self.cycle(index).await;
+                if let Err(e) = &result {
+                    log::error!("{key}: {}", error_chain(e));
+                }
+                results.push((key, result));
+            }
+        }
+        if !self.state.outbox.is_empty() {
+            log::info!("sending {} result(s) that wait in the outbox", self.state.outbox.len());
+            if let Err(e) = self.drain_outbox().await {
+                log::error!("{}", error_chain(&e));
+                results.push(("outbox".into(), Err(e)));
+            }
+        }
+        results
+    }
+
+    fn last_check(&self) -> Option<u64> {
+        self.state
+            .packages
+            .values()
+            .map(|p| p.last_check.as_ref().map(|c| c.at_unix))
+            .min()
+            .flatten()
+    }
+}
+
+/// Runs until `shutdown`; returns only for a stop or a start-up error.
+pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), Error> {
+    let mut agent = Agent::open(config, shutdown.clone())?;
+    log::info!(
+        "ota-agent {} started: {} file(s), state in {}",
+        env!("CARGO_PKG_VERSION"),
+        agent.config.packages.len(),
+        agent.config.agent.state_dir.display()
+    );
+    if agent.config.server.url.starts_with("http://") {
+        log::warn!("the server URL is plain http: tokens and patches travel unprotected");
+    }
+    let mut rng = fastrand::Rng::new();
+    let a = &agent.config.agent;
+    let (interval, jitter, startup, base, max) = (a.poll_interval.0, a.poll_jitter(), a.startup_delay.0, a.retry_base.0, a.retry_max.0);
+    let mut failures = 0u32;
+    let mut resuming = agent.has_unfinished_work();
+    let mut delay = if resuming {
+        Duration::ZERO
+    } else {
+        schedule::first_check_delay(agent.last_check(), unix_now(), interval, startup, &mut rng)
+    };
+    loop {
+        if !delay.is_zero() {
+            log::info!("next check in {}", human(delay));
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.wait() => break,
+            }
+        }
+        let results = if resuming { agent.resume_all().await } else { agent.cycle_all().await };
+        if results.iter().any(|(_, r)| matches!(r, Err(CycleError::Stopped))) || shutdown.is_set() {
+            break;
+        }
+        let errors: Vec<&CycleError> = results.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
+        delay = if errors.is_empty() {
+            failures = 0;
+            if resuming {
+                schedule::first_check_delay(agent.last_check(), unix_now(), interval, startup, &mut rng)
+            } else {
+                schedule::poll_delay(interval, jitter, &mut rng)
+            }
+        } else {
+            failures = failures.saturating_add(1);
+            let retry_after = errors.iter().filter_map(|e| e.retry_after()).max();
+            let d = schedule::backoff_delay(failures, base, max, retry_after, &mut rng);
+            log::warn!("{} failure(s) in a row; retrying in {}", failures, human(d));
+            d
+        };
+        resuming = false;
+    }
+    log::info!("stopping: progress is saved");
+    Ok(())
+}

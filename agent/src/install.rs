@@ -1,0 +1,148 @@
+//! The managed files: hashing, and the atomic swap with a copy kept for rollback.
+//!
+//! Beside a managed file `NAME` live at most two hidden siblings on the same filesystem:
+//! `.NAME.ota-new`, the complete new version before it is renamed into place, and
+//! `.NAME.ota-prev`, a hard link to the version before the last swap. A rename is atomic, so
+//! after a power loss `NAME` is always either the old or the new version, never a mix.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path} failed")]
+pub struct InstallError {
+    op: &'static str,
+    path: PathBuf,
+    #[source]
+    source: io::Error,
+}
+
+fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> InstallError + 'a {
+    move |source| InstallError {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn sibling(target: &Path, suffix: &str) -> PathBuf {
+    let name = target.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    target.with_file_name(format!(".{name}.{suffix}"))
+}
+
+pub fn new_path(target: &Path) -> PathBuf {
+    sibling(target, "ota-new")
+}
+
+pub fn prev_path(target: &Path) -> PathBuf {
+    sibling(target, "ota-prev")
+}
+
+/// Hex sha256 of everything `reader` yields.
+pub fn sha256_of(mut reader: impl Read) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The sha256 of a file, `None` when it does not exist.
+pub fn sha256_file(path: &Path) -> Result<Option<String>, InstallError> {
+    match File::open(path) {
+        Ok(f) => sha256_of(f).map(Some).map_err(err("hash", path)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(err("open", path)(e)),
+    }
+}
+
+/// Copies the new version next to the target (same filesystem, the target's mode) and syncs it.
+pub fn prepare(target: &Path, mut new: impl Read) -> Result<(), InstallError> {
+    let tmp = new_path(target);
+    let mode = fs::metadata(target).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o644);
+    let _ = fs::remove_file(&tmp);
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(err("create", &tmp))?;
+    io::copy(&mut new, &mut out).map_err(err("write", &tmp))?;
+    out.flush().map_err(err("write", &tmp))?;
+    // The mode given to open is filtered by the umask; set it exactly.
+    out.set_permissions(fs::Permissions::from_mode(mode)).map_err(err("chmod", &tmp))?;
+    out.sync_all().map_err(err("fsync", &tmp))
+}
+
+/// Keeps the current file as the rollback copy and renames the prepared one into place.
+pub fn swap(target: &Path) -> Result<(), InstallError> {
+    let prev = prev_path(target);
+    let _ = fs::remove_file(&prev);
+    if target.exists() {
+        if fs::hard_link(target, &prev).is_err() {
+            // Some filesystems (FAT on SD cards) have no hard links.
+            fs::copy(target, &prev).map_err(err("copy", target))?;
+        }
+    }
+    let new = new_path(target);
+    fs::rename(&new, target).map_err(err("rename", &new))?;
+    sync_parent(target)
+}
+
+/// Puts the rollback copy back in place; false when there is none.
+pub fn rollback(target: &Path) -> Result<bool, InstallError> {
+    let prev = prev_path(target);
+    if !prev.exists() {
+        return Ok(false);
+    }
+    fs::rename(&prev, target).map_err(err("rename", &prev))?;
+    sync_parent(target)?;
+    Ok(true)
+}
+
+/// Removes a prepared file that was never swapped in.
+pub fn discard_prepared(target: &Path) {
+    let _ = fs::remove_file(new_path(target));
+}
+
+fn sync_parent(target: &Path) -> Result<(), InstallError> {
+    let dir = target.parent().unwrap_or(Path::new("."));
+    File::open(dir).and_then(|d| d.sync_all()).map_err(err("fsync", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swap_and_rollback() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("app.apk");
+        fs::write(&target, b"old").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o640)).unwrap();
+        prepare(&target, &b"new"[..]).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"old");
+        swap(&target).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"new");
+        assert_eq!(fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o640);
+        assert_eq!(fs::read(prev_path(&target)).unwrap(), b"old");
+        assert!(rollback(&target).unwrap());
+        assert_eq!(fs::read(&target).unwrap(), b"old");
+        assert!(!rollback(&target).unwrap());
+        assert_eq!(sha256_file(&target).unwrap().unwrap(), hex(&Sha256::digest(b"old")));
+    }
+}

@@ -1,0 +1,92 @@
+//! ota-agent: keeps files on a UBTech Alpha2 robot up to date through the update server's
+//! contract (`shared/contract.md`), crash-safe at every step.
+//!
+//! - [`config`]: the TOML configuration and the checks that refuse a bad one.
+//! - [`client`]: the only module that speaks HTTP; owns reqwest, the wire types and the token.
+//! - [`store`]: the only module that touches the state directory; the versioned state file.
+//! - [`cycle`]: the update cycle as an explicit state machine, one file per step.
+//! - [`daemon`]: start-up, the poll loop, back-off and signals around the cycle.
+//! - [`schedule`]: the pure timing rules (poll jitter, back-off) the daemon follows.
+//! - [`patch`]: bsdiff 4.x patches, applied with the old file mapped and the new one streamed.
+//! - [`install`]: the managed files: hashing, atomic swap and rollback.
+//! - [`hooks`]: the per-package commands run around an install.
+//! - [`status`]: what `ota-agent status` prints.
+//! - [`logger`] and [`redact`]: log lines for a terminal or journald, with secrets masked.
+
+pub mod client;
+pub mod config;
+pub mod cycle;
+pub mod daemon;
+pub mod hooks;
+pub mod install;
+pub mod logger;
+pub mod patch;
+pub mod redact;
+pub mod schedule;
+pub mod status;
+pub mod store;
+
+use std::fmt::Write as _;
+
+use tokio::sync::watch;
+
+/// Errors that keep the agent from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Client(#[from] client::ClientError),
+}
+
+/// Tells long-running work that the process was asked to stop.
+#[derive(Debug, Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    pub fn new() -> (watch::Sender<bool>, Shutdown) {
+        let (tx, rx) = watch::channel(false);
+        (tx, Shutdown(rx))
+    }
+
+    /// A shutdown that never comes, for one-shot commands and tests.
+    pub fn never() -> Shutdown {
+        Shutdown::new().1
+    }
+
+    pub fn is_set(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once the stop was asked for; never, if it cannot be asked for any more.
+    pub async fn wait(&mut self) {
+        loop {
+            if *self.0.borrow_and_update() {
+                return;
+            }
+            if self.0.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// An error and all its causes on one line, as logs and summaries show them.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let _ = write!(out, ": {cause}");
+        source = cause.source();
+    }
+    out
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

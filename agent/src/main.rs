@@ -1,0 +1,126 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ota_agent::config::{self, Config};
+use ota_agent::cycle::Agent;
+use ota_agent::status::Status;
+use ota_agent::store::Store;
+use ota_agent::{Shutdown, daemon, error_chain, logger, patch};
+
+/// Over-the-air update agent for UBTech Alpha2 robots.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// The configuration file.
+    #[arg(long, global = true, default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, global = true, env = "OTA_AGENT_LOG", default_value = "info")]
+    log_level: log::LevelFilter,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon (what systemd starts).
+    Run,
+    /// One full update cycle for every package, then exit: 0 when all is up to date and reported.
+    Check,
+    /// Show installed versions, updates under way and callbacks waiting.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply a bsdiff 4.x patch, with the reference bspatch's arguments.
+    Bspatch { oldfile: PathBuf, newfile: PathBuf, patchfile: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logger::init(cli.log_level);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ota-agent: {}", error_chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Bspatch { oldfile, newfile, patchfile } => {
+            patch::bspatch_files(&oldfile, &newfile, &patchfile)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            let config = Config::load(&cli.config)?;
+            let state = Store::peek(&config.agent.state_dir)?;
+            let status = Status::new(&config, &state);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.to_text());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check => {
+            let config = Config::load(&cli.config)?;
+            runtime()?.block_on(async {
+                let mut agent = Agent::open(config, Shutdown::never())?;
+                let results = agent.cycle_all().await;
+                let mut ok = true;
+                for (key, result) in &results {
+                    match result {
+                        Ok(outcome) => {
+                            ok &= outcome.is_success();
+                            println!("{key}: {outcome}");
+                        }
+                        Err(e) => {
+                            ok = false;
+                            println!("{key}: check failed: {}", error_chain(e));
+                        }
+                    }
+                }
+                if !agent.state.outbox.is_empty() {
+                    ok = false;
+                    println!("{} result(s) could not be sent yet; they stay queued", agent.state.outbox.len());
+                }
+                Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            })
+        }
+        Command::Run => {
+            let config = Config::load(&cli.config)?;
+            runtime()?.block_on(async {
+                let (stop, shutdown) = Shutdown::new();
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    let _ = stop.send(true);
+                });
+                daemon::run(config, shutdown).await?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => log::info!("SIGTERM received"),
+        _ = int.recv() => log::info!("SIGINT received"),
+    }
+}

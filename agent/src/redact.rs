@@ -1,0 +1,67 @@
+//! Keeps secrets out of anything a person can read: log lines, errors and status output.
+
+/// Query parameters whose values are secrets (rule 7 of the contract).
+const SENSITIVE: [&str; 4] = ["access_token", "client_secret", "password", "refresh_token"];
+
+pub const MASK: &str = "<redacted>";
+
+/// The URL with the values of secret query parameters replaced by a mask.
+pub fn url(url: &str) -> String {
+    let Some((base, rest)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    let (query, fragment) = match rest.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (rest, None),
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if SENSITIVE.contains(&name) => format!("{name}={MASK}"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    let mut out = format!("{base}?{}", query.join("&"));
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
+}
+
+/// Text from the server (which may echo a token back) with every known secret masked.
+pub fn text(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_owned();
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        out = out.replace(secret.as_str(), MASK);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_secret_parameters_only() {
+        assert_eq!(
+            url("http://h/file/download?access_token=abc&package_name=p&version=6"),
+            "http://h/file/download?access_token=<redacted>&package_name=p&version=6"
+        );
+        assert_eq!(
+            url("http://h/oauth/token?client_id=c&client_secret=s&grant_type=password&username=u&password=p"),
+            "http://h/oauth/token?client_id=c&client_secret=<redacted>&grant_type=password&username=u&password=<redacted>"
+        );
+        assert_eq!(url("http://h/x.patch"), "http://h/x.patch");
+        assert_eq!(url("http://h/?refresh_token=r#f"), "http://h/?refresh_token=<redacted>#f");
+    }
+
+    #[test]
+    fn masks_echoed_tokens() {
+        let secrets = vec!["10bb2da8".to_owned(), String::new()];
+        assert_eq!(
+            text("Invalid access token: 10bb2da8", &secrets),
+            "Invalid access token: <redacted>"
+        );
+    }
+}

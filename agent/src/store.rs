@@ -1,0 +1,427 @@
+//! The state directory: the one versioned state file, the lock, downloads and staging files.
+//!
+//! No other module opens a path below `state_dir`; they get file handles from here. The state file
+//! holds facts (what is installed, what was offered, what is downloaded, what must still be
+//! reported), never the in-memory step of the cycle, and every write of it is atomic: temp file,
+//! fsync, rename, fsync of the directory.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The version of the state file's layout; a file with another version is not trusted.
+pub const FORMAT: u32 = 1;
+
+/// How many applied update ids are remembered per file, so that a re-offered one is recognised.
+const APPLIED_MEMORY: usize = 256;
+
+const STATE_FILE: &str = "state.json";
+const LOCK_FILE: &str = "lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create state directory {path}")]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error("state directory {path} is in use by another ota-agent (lock held)")]
+    Locked { path: PathBuf },
+    #[error("{op} {path} failed")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct State {
+    pub format: u32,
+    #[serde(default)]
+    pub packages: BTreeMap<String, PackageState>,
+    /// Callbacks decided but not yet acknowledged by the server, oldest first.
+    #[serde(default)]
+    pub outbox: Vec<Callback>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            format: FORMAT,
+            packages: BTreeMap::new(),
+            outbox: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PackageState {
+    /// The version code of the installed file.
+    pub version: String,
+    /// The sha256 of the installed file as the agent last saw or wrote it.
+    pub sha256: Option<String>,
+    /// Update ids applied and reported as success, oldest first.
+    #[serde(default)]
+    pub applied: Vec<String>,
+    pub update: Option<Update>,
+    pub last_check: Option<LastCheck>,
+}
+
+impl PackageState {
+    pub fn new(version: &str) -> Self {
+        PackageState {
+            version: version.to_owned(),
+            sha256: None,
+            applied: Vec::new(),
+            update: None,
+            last_check: None,
+        }
+    }
+
+    pub fn remember_applied(&mut self, id: &str) {
+        if !self.applied.iter().any(|a| a == id) {
+            self.applied.push(id.to_owned());
+        }
+        let excess = self.applied.len().saturating_sub(APPLIED_MEMORY);
+        self.applied.drain(..excess);
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LastCheck {
+    pub at_unix: u64,
+    pub ok: bool,
+    pub result: String,
+}
+
+/// An update the server offered and the agent accepted, from the first fact to the last.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Update {
+    pub from_version: String,
+    pub from_sha256: String,
+    pub patches: Vec<PatchState>,
+    /// The first patch that failed for good (download, verification or bspatch).
+    pub failed: Option<Failure>,
+    /// Set just before the managed file is swapped, so a restart knows an install was under way.
+    pub install: Option<InstallState>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PatchState {
+    pub id: String,
+    pub url: String,
+    pub to_version: String,
+    /// The size the server announced, once known.
+    pub size: Option<u64>,
+    /// The validator for `If-Range` when the download resumes.
+    pub etag: Option<String>,
+    /// How many bytes of the partial download are known to be on disk (fsynced).
+    #[serde(default)]
+    pub durable: u64,
+    /// The sha256 of the complete patch; set once the download finished.
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Failure {
+    pub index: usize,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InstallState {
+    /// How many patches of the chain the new file has applied.
+    pub applied: usize,
+    pub to_version: String,
+    pub to_sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Callback {
+    pub package: String,
+    pub id: String,
+    pub code: u8,
+    pub queued_at_unix: u64,
+}
+
+/// The state directory, locked against a second agent for as long as this value lives.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    _lock: File,
+}
+
+impl Store {
+    /// Creates the directory (mode 0700) if needed and takes its lock.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| StoreError::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&lock_path)
+            .map_err(io_err("open", &lock_path))?;
+        match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => return Err(StoreError::Locked { path: dir.to_owned() }),
+            Err(e) => return Err(io_err("lock", &lock_path)(e.into())),
+        }
+        Ok(Store {
+            dir: dir.to_owned(),
+            _lock: lock,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Loads the state; a corrupt or foreign file is moved aside (and logged), never fatal.
+    pub fn load(&self) -> Result<State, StoreError> {
+        let path = self.dir.join(STATE_FILE);
+        match read_state(&path)? {
+            Ok(state) => Ok(state),
+            Err(reason) => {
+                let aside = self.dir.join(format!("{STATE_FILE}.corrupt-{}", crate::unix_now()));
+                fs::rename(&path, &aside).map_err(io_err("move aside", &path))?;
+                log::error!(
+                    "state file {} is unusable ({reason}); moved it to {} and starting from the config",
+                    path.display(),
+                    aside.display()
+                );
+                Ok(State::default())
+            }
+        }
+    }
+
+    /// Reads the state without taking the lock, for `status` while the daemon runs.
+    pub fn peek(dir: &Path) -> Result<State, StoreError> {
+        let path = dir.join(STATE_FILE);
+        read_state(&path)?.map_err(|reason| StoreError::Io {
+            op: "parse",
+            path,
+            source: io::Error::new(io::ErrorKind::InvalidData, reason),
+        })
+    }
+
+    /// Writes the whole state atomically.
+    pub fn save(&self, state: &State) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(state).expect("state serialises");
+        let path = self.dir.join(STATE_FILE);
+        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        write_new(&tmp, &bytes)?;
+        fs::rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
+        sync_dir(&self.dir)
+    }
+
+    fn package_dir(&self, key: &str) -> Result<PathBuf, StoreError> {
+        let name: String = key
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+            .collect();
+        let dir = self.dir.join("packages").join(name);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| StoreError::CreateDir {
+                path: dir.clone(),
+                source,
+            })?;
+        Ok(dir)
+    }
+
+    fn file_name(id: &str, ext: &str) -> String {
+        let safe: String = id
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .collect();
+        format!("{safe}.{ext}")
+    }
+
+    /// Opens the partial download of a patch for appending, cut back to what is known durable.
+    pub fn open_partial(&self, key: &str, id: &str, durable: u64) -> Result<(File, u64), StoreError> {
+        let path = self.package_dir(key)?.join(Self::file_name(id, "part"));
+        let file = open_private(&path, false)?;
+        let len = file.metadata().map_err(io_err("stat", &path))?.len();
+        let keep = len.min(durable);
+        if keep != len {
+            file.set_len(keep).map_err(io_err("truncate", &path))?;
+        }
+        Ok((file, keep))
+    }
+
+    /// Marks a finished download complete: the partial file becomes the patch.
+    pub fn complete_partial(&self, key: &str, id: &str) -> Result<(), StoreError> {
+        let dir = self.package_dir(key)?;
+        let from = dir.join(Self::file_name(id, "part"));
+        let to = dir.join(Self::file_name(id, "patch"));
+        fs::rename(&from, &to).map_err(io_err("rename", &from))?;
+        sync_dir(&dir)
+    }
+
+    pub fn open_patch(&self, key: &str, id: &str) -> Result<Option<File>, StoreError> {
+        let path = self.package_dir(key)?.join(Self::file_name(id, "patch"));
+        match OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&path)
+        {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("open", &path)(e)),
+        }
+    }
+
+    /// Creates (empty) the staging file for the result of patch `index`.
+    pub fn create_staged(&self, key: &str, index: usize) -> Result<File, StoreError> {
+        let path = self.package_dir(key)?.join(format!("staged-{index}"));
+        open_private(&path, true)
+    }
+
+    pub fn open_staged(&self, key: &str, index: usize) -> Result<File, StoreError> {
+        let path = self.package_dir(key)?.join(format!("staged-{index}"));
+        File::open(&path).map_err(io_err("open", &path))
+    }
+
+    pub fn remove_staged(&self, key: &str, index: usize) -> Result<(), StoreError> {
+        let path = self.package_dir(key)?.join(format!("staged-{index}"));
+        remove_if_present(&path)
+    }
+
+    /// Deletes every download and staging file of a package: its update is over.
+    pub fn clear_package(&self, key: &str) -> Result<(), StoreError> {
+        let dir = self.package_dir(key)?;
+        for entry in fs::read_dir(&dir).map_err(io_err("list", &dir))? {
+            let entry = entry.map_err(io_err("list", &dir))?;
+            remove_if_present(&entry.path())?;
+        }
+        Ok(())
+    }
+
+    /// Free bytes on the state directory's filesystem for an unprivileged writer.
+    pub fn free_space(&self) -> Result<u64, StoreError> {
+        let st = rustix::fs::statvfs(&self.dir).map_err(|e| io_err("statvfs", &self.dir)(e.into()))?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+}
+
+fn read_state(path: &Path) -> Result<Result<State, String>, StoreError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Ok(State::default())),
+        Err(e) => return Err(io_err("read", path)(e)),
+    };
+    let state: State = match serde_json::from_slice(&bytes) {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(format!("not valid: {e}"))),
+    };
+    if state.format != FORMAT {
+        return Ok(Err(format!(
+            "format {} is not the supported format {FORMAT}",
+            state.format
+        )));
+    }
+    Ok(Ok(state))
+}
+
+fn open_private(path: &Path, truncate: bool) -> Result<File, StoreError> {
+    OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(truncate)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(io_err("open", path))
+}
+
+fn write_new(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut f = open_private(path, true)?;
+    f.write_all(bytes).map_err(io_err("write", path))?;
+    f.sync_all().map_err(io_err("fsync", path))
+}
+
+fn remove_if_present(path: &Path) -> Result<(), StoreError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("remove", path)(e)),
+    }
+}
+
+/// Makes a rename or a new file in `dir` survive a power loss.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        assert!(matches!(Store::open(tmp.path()), Err(StoreError::Locked { .. })));
+        let mut state = store.load().unwrap();
+        state.packages.insert("a/b".into(), PackageState::new("6"));
+        store.save(&state).unwrap();
+        assert_eq!(store.load().unwrap(), state);
+        assert_eq!(Store::peek(tmp.path()).unwrap(), state);
+    }
+
+    #[test]
+    fn corrupt_state_is_moved_aside() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join(STATE_FILE), b"{not json").unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        assert_eq!(store.load().unwrap(), State::default());
+        let names: Vec<String> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().any(|n| n.starts_with("state.json.corrupt-")), "{names:?}");
+    }
+
+    #[test]
+    fn partial_is_cut_to_durable_length() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let (mut f, len) = store.open_partial("p/f", "23", 0).unwrap();
+        assert_eq!(len, 0);
+        f.write_all(b"0123456789").unwrap();
+        drop(f);
+        let (_, len) = store.open_partial("p/f", "23", 4).unwrap();
+        assert_eq!(len, 4);
+        store.complete_partial("p/f", "23").unwrap();
+        assert!(store.open_patch("p/f", "23").unwrap().is_some());
+        store.clear_package("p/f").unwrap();
+        assert!(store.open_patch("p/f", "23").unwrap().is_none());
+    }
+}
