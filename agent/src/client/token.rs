@@ -92,11 +92,10 @@ impl Client {
         if let Some(refresh) = refresh {
             match self.token_request(Grant::Refresh(refresh)).await {
                 Ok(body) => return Ok(self.tokens.lock().expect("token lock").store(body)),
-                Err(e @ ClientError::OAuth { .. }) => {
-                    log::info!("token refresh refused ({e}); using the password grant");
+                Err(e) => {
+                    log::info!("token refresh failed ({}); using the password grant", crate::error_chain(&e));
                     self.tokens.lock().expect("token lock").refresh = None;
                 }
-                Err(e) => return Err(e),
             }
         }
         let body = self.token_request(Grant::Password).await?;

@@ -1,0 +1,63 @@
+//! The config file: refused with the file, the key and the reason; secrets kept private.
+
+use std::os::unix::fs::PermissionsExt;
+
+use ota_agent::config::{Config, ConfigError};
+
+use crate::helpers::write_config;
+
+fn load_with(edit: impl Fn(String) -> String) -> Result<Config, ConfigError> {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write_config(tmp.path(), "http://127.0.0.1:9", "", "");
+    let text = edit(std::fs::read_to_string(&path).unwrap());
+    std::fs::write(&path, text).unwrap();
+    Config::load(&path)
+}
+
+#[test]
+fn a_good_config_loads_with_defaults() {
+    let c = load_with(|t| t).unwrap();
+    assert_eq!(c.packages.len(), 1);
+    assert_eq!(c.agent.poll_interval.0.as_secs(), 3600);
+    assert_eq!(c.agent.poll_jitter().as_secs(), 360);
+    assert_eq!(c.robot_id().unwrap(), "robot-0001");
+    assert!(!format!("{c:?}").contains("secret_1"));
+}
+
+#[test]
+fn bad_configs_name_the_key() {
+    let cases: [(&str, &str, &str); 6] = [
+        ("poll_interval = \"1h\"", "poll_interval = \"1 hour\"", "poll_interval"),
+        ("url = \"http://127.0.0.1:9\"", "url = \"ftp://x\"", "server.url"),
+        ("version = \"16\"", "version = \"sixteen\"", "package[0].version"),
+        ("[robot]", "[robot]\ncolour = \"red\"", "colour"),
+        ("id = \"robot-0001\"", "", "robot.id"),
+        ("client_id = \"mobile_1\"", "", "client_id"),
+    ];
+    for (from, to, key) in cases {
+        let err = load_with(|t| t.replacen(from, to, 1)).unwrap_err();
+        let text = ota_agent::error_chain(&err);
+        assert!(text.contains("agent.toml"), "{text}");
+        assert!(text.contains(key), "{text} should name {key}");
+    }
+}
+
+#[test]
+fn a_config_with_secrets_readable_by_others_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write_config(tmp.path(), "http://127.0.0.1:9", "", "");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = Config::load(&path).unwrap_err();
+    assert!(matches!(err, ConfigError::LoosePermissions { mode: 0o644, .. }));
+    assert!(err.to_string().contains("chmod 600"));
+}
+
+#[tokio::test]
+async fn the_binary_refuses_a_bad_config_and_names_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write_config(tmp.path(), "http://127.0.0.1:9", "", "retry_base = \"0s\"");
+    let out = crate::helpers::agent(&path, &["check"]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("agent.toml") && stderr.contains("retry"), "{stderr}");
+}

@@ -1,0 +1,127 @@
+//! Shared set-up: configs, a demo catalog served by the mock server, and the agent binary.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use ota_mock_server::{Catalog, MockServer};
+
+pub const PACKAGE: &str = "com.ubtechinc.alpha2services";
+pub const FILE_NAME: &str = "service5mic";
+
+/// A config for the agent, written with mode 0600 as the agent demands.
+pub fn write_config(dir: &Path, url: &str, package_extra: &str, agent_extra: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[server]
+url = "{url}"
+client_id = "mobile_1"
+client_secret = "secret_1"
+username = "aa"
+password = "aa"
+connect_timeout = "5s"
+read_timeout = "5s"
+
+[robot]
+id = "robot-0001"
+version = "1"
+language = "CN"
+
+[agent]
+state_dir = "{state}"
+poll_interval = "1h"
+retry_base = "1s"
+retry_max = "2s"
+{agent_extra}
+
+[[package]]
+name = "{PACKAGE}"
+file_name = "{FILE_NAME}"
+path = "{path}"
+version = "16"
+{package_extra}
+"#,
+        state = dir.join("state").display(),
+        path = managed_path(dir).display(),
+    );
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+pub fn managed_path(dir: &Path) -> PathBuf {
+    dir.join("robot").join("Alpha2Services.apk")
+}
+
+/// A mock server with a small demo catalog (versions 16, 17, 18) and a robot at version 16.
+pub struct World {
+    pub tmp: tempfile::TempDir,
+    pub server: MockServer,
+    pub config: PathBuf,
+}
+
+impl World {
+    pub async fn new(package_extra: &str) -> World {
+        Self::with(package_extra, "").await
+    }
+
+    pub async fn with(package_extra: &str, agent_extra: &str) -> World {
+        let tmp = tempfile::tempdir().unwrap();
+        let catalog = ota_mock_server::demo::generate(&tmp.path().join("server"), 200 * 1024).unwrap();
+        let server = MockServer::start(Catalog::load(&catalog).unwrap()).await.unwrap();
+        std::fs::create_dir_all(tmp.path().join("robot")).unwrap();
+        std::fs::copy(version_path(tmp.path(), 16), managed_path(tmp.path())).unwrap();
+        let config = write_config(tmp.path(), &server.uri(), package_extra, agent_extra);
+        World { tmp, server, config }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn installed(&self) -> Vec<u8> {
+        std::fs::read(managed_path(self.dir())).unwrap()
+    }
+
+    pub fn version(&self, code: u32) -> Vec<u8> {
+        std::fs::read(version_path(self.dir(), code)).unwrap()
+    }
+
+    /// The (id, code) pairs the server recorded, in order.
+    pub fn callbacks(&self) -> Vec<(String, String)> {
+        self.server.callbacks().into_iter().map(|c| (c.id, c.code)).collect()
+    }
+
+    pub async fn agent(&self, args: &[&str]) -> Output {
+        agent(&self.config, args).await
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        let out = self.agent(&["status", "--json"]).await;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+pub fn version_path(dir: &Path, code: u32) -> PathBuf {
+    dir.join("server").join("versions").join(code.to_string())
+}
+
+pub fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+}
+
+/// Runs the agent binary to completion (off the test's runtime, which serves the mock).
+pub async fn agent(config: &Path, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ota-agent"));
+    cmd.arg("--config").arg(config).args(args).env("OTA_AGENT_LOG", "debug");
+    let out = cmd.output().await.unwrap();
+    eprintln!(
+        "ota-agent {args:?} exited with {}\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

@@ -1,0 +1,8 @@
+//! Integration tests of ota-agent: the client against wiremock, and whole updates of the agent
+//! binary against the mock server.
+
+mod config;
+mod contract;
+mod cycle;
+mod helpers;
+mod update;
