@@ -181,7 +181,9 @@ impl<'de> Deserialize<'de> for Seconds {
         }
         match Raw::deserialize(d)? {
             Raw::Number(n) => Ok(Seconds(Duration::from_secs(n))),
-            Raw::Text(s) => parse_duration(&s).map(Seconds).map_err(serde::de::Error::custom),
+            Raw::Text(s) => parse_duration(&s)
+                .map(Seconds)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -256,7 +258,8 @@ impl Config {
             source,
         })?;
         config.validate(path)?;
-        let has_secrets = !config.server.client_secret.is_empty() || !config.server.password.is_empty();
+        let has_secrets =
+            !config.server.client_secret.is_empty() || !config.server.password.is_empty();
         if has_secrets {
             let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
                 path: path.to_owned(),
@@ -280,8 +283,13 @@ impl Config {
             reason,
         };
         let url = self.server.url.trim_end_matches('/');
-        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() <= "https://".len() {
-            return Err(invalid("server.url", format!("must be an http or https URL, not `{url}`")));
+        if !(url.starts_with("http://") || url.starts_with("https://"))
+            || url.len() <= "https://".len()
+        {
+            return Err(invalid(
+                "server.url",
+                format!("must be an http or https URL, not `{url}`"),
+            ));
         }
         for (key, value) in [
             ("server.client_id", &self.server.client_id),
@@ -294,19 +302,37 @@ impl Config {
             }
         }
         match (&self.robot.id, &self.robot.id_file) {
-            (Some(_), Some(_)) => return Err(invalid("robot.id", "and `robot.id_file` are both set; keep one".into())),
-            (None, None) => return Err(invalid("robot.id", "is missing (or set `robot.id_file`)".into())),
-            (Some(id), None) if id.trim().is_empty() => return Err(invalid("robot.id", "must not be empty".into())),
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "robot.id",
+                    "and `robot.id_file` are both set; keep one".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "robot.id",
+                    "is missing (or set `robot.id_file`)".into(),
+                ));
+            }
+            (Some(id), None) if id.trim().is_empty() => {
+                return Err(invalid("robot.id", "must not be empty".into()));
+            }
             _ => {}
         }
         if self.agent.poll_interval.0 < Duration::from_secs(1) {
             return Err(invalid("agent.poll_interval", "must be at least 1s".into()));
         }
         if self.agent.retry_base.0.is_zero() || self.agent.retry_max.0 < self.agent.retry_base.0 {
-            return Err(invalid("agent.retry_max", "must be at least `agent.retry_base`, which must not be zero".into()));
+            return Err(invalid(
+                "agent.retry_max",
+                "must be at least `agent.retry_base`, which must not be zero".into(),
+            ));
         }
         if self.agent.download_attempts == 0 {
-            return Err(invalid("agent.download_attempts", "must be at least 1".into()));
+            return Err(invalid(
+                "agent.download_attempts",
+                "must be at least 1".into(),
+            ));
         }
         if self.packages.is_empty() {
             return Err(invalid("package", "no [[package]] is configured".into()));
@@ -314,19 +340,32 @@ impl Config {
         let mut seen = HashSet::new();
         for (i, p) in self.packages.iter().enumerate() {
             let key = |k: &str| format!("package[{i}].{k}");
-            for (k, v) in [("name", &p.name), ("file_name", &p.file_name), ("version", &p.version)] {
+            for (k, v) in [
+                ("name", &p.name),
+                ("file_name", &p.file_name),
+                ("version", &p.version),
+            ] {
                 if v.trim().is_empty() {
                     return Err(invalid(&key(k), "must not be empty".into()));
                 }
             }
             if p.version.parse::<u64>().is_err() {
-                return Err(invalid(&key("version"), format!("must be an integer version code, not `{}`", p.version)));
+                return Err(invalid(
+                    &key("version"),
+                    format!("must be an integer version code, not `{}`", p.version),
+                ));
             }
             if !p.path.is_absolute() || p.path.file_name().is_none() {
-                return Err(invalid(&key("path"), format!("must be an absolute file path, not `{}`", p.path.display())));
+                return Err(invalid(
+                    &key("path"),
+                    format!("must be an absolute file path, not `{}`", p.path.display()),
+                ));
             }
             if !seen.insert(p.key()) {
-                return Err(invalid(&key("file_name"), format!("`{}` is configured twice", p.key())));
+                return Err(invalid(
+                    &key("file_name"),
+                    format!("`{}` is configured twice", p.key()),
+                ));
             }
         }
         Ok(())
@@ -337,15 +376,19 @@ impl Config {
         match (&self.robot.id, &self.robot.id_file) {
             (Some(id), _) => Ok(id.trim().to_owned()),
             (None, Some(file)) => {
-                let text = std::fs::read_to_string(file).map_err(|source| ConfigError::RobotId {
-                    path: file.clone(),
-                    source,
-                })?;
+                let text =
+                    std::fs::read_to_string(file).map_err(|source| ConfigError::RobotId {
+                        path: file.clone(),
+                        source,
+                    })?;
                 let id = text.trim().to_owned();
                 if id.is_empty() {
                     return Err(ConfigError::RobotId {
                         path: file.clone(),
-                        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "file is empty"),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            "file is empty",
+                        ),
                     });
                 }
                 Ok(id)

@@ -35,7 +35,12 @@ impl Agent {
         let mut results = Vec::new();
         for index in 0..self.config.packages.len() {
             let key = self.config.packages[index].key();
-            if self.state.packages.get(&key).is_some_and(|p| p.update.is_some()) {
+            if self
+                .state
+                .packages
+                .get(&key)
+                .is_some_and(|p| p.update.is_some())
+            {
                 log::info!("{key}: resuming the update a restart interrupted");
                 let result = self.cycle(index).await;
                 if let Err(e) = &result {
@@ -45,7 +50,10 @@ impl Agent {
             }
         }
         if !self.state.outbox.is_empty() {
-            log::info!("sending {} result(s) that wait in the outbox", self.state.outbox.len());
+            log::info!(
+                "sending {} result(s) that wait in the outbox",
+                self.state.outbox.len()
+            );
             if let Err(e) = self.drain_outbox().await {
                 log::error!("{}", error_chain(&e));
                 results.push(("outbox".into(), Err(e)));
@@ -78,7 +86,13 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), Error> {
     }
     let mut rng = fastrand::Rng::new();
     let a = &agent.config.agent;
-    let (interval, jitter, startup, base, max) = (a.poll_interval.0, a.poll_jitter(), a.startup_delay.0, a.retry_base.0, a.retry_max.0);
+    let (interval, jitter, startup, base, max) = (
+        a.poll_interval.0,
+        a.poll_jitter(),
+        a.startup_delay.0,
+        a.retry_base.0,
+        a.retry_max.0,
+    );
     let mut failures = 0u32;
     let mut resuming = agent.has_unfinished_work();
     let mut delay = if resuming {
@@ -94,15 +108,32 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), Error> {
                 () = shutdown.wait() => break,
             }
         }
-        let results = if resuming { agent.resume_all().await } else { agent.cycle_all().await };
-        if results.iter().any(|(_, r)| matches!(r, Err(CycleError::Stopped))) || shutdown.is_set() {
+        let results = if resuming {
+            agent.resume_all().await
+        } else {
+            agent.cycle_all().await
+        };
+        if results
+            .iter()
+            .any(|(_, r)| matches!(r, Err(CycleError::Stopped)))
+            || shutdown.is_set()
+        {
             break;
         }
-        let errors: Vec<&CycleError> = results.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
+        let errors: Vec<&CycleError> = results
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().err())
+            .collect();
         delay = if errors.is_empty() {
             failures = 0;
             if resuming {
-                schedule::first_check_delay(agent.last_check(), unix_now(), interval, startup, &mut rng)
+                schedule::first_check_delay(
+                    agent.last_check(),
+                    unix_now(),
+                    interval,
+                    startup,
+                    &mut rng,
+                )
             } else {
                 schedule::poll_delay(interval, jitter, &mut rng)
             }

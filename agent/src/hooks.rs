@@ -17,7 +17,10 @@ pub enum HookError {
         status: std::process::ExitStatus,
     },
     #[error("{hook} hook did not finish within {timeout:?} and was killed")]
-    TimedOut { hook: &'static str, timeout: Duration },
+    TimedOut {
+        hook: &'static str,
+        timeout: Duration,
+    },
 }
 
 /// Runs `command` with `/bin/sh -c`; its output goes to the agent's stderr (the journal).

@@ -30,7 +30,10 @@ fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Instal
 }
 
 fn sibling(target: &Path, suffix: &str) -> PathBuf {
-    let name = target.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     target.with_file_name(format!(".{name}.{suffix}"))
 }
 
@@ -73,7 +76,9 @@ pub fn sha256_file(path: &Path) -> Result<Option<String>, InstallError> {
 /// Copies the new version next to the target (same filesystem, the target's mode) and syncs it.
 pub fn prepare(target: &Path, mut new: impl Read) -> Result<(), InstallError> {
     let tmp = new_path(target);
-    let mode = fs::metadata(target).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o644);
+    let mode = fs::metadata(target)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o644);
     let _ = fs::remove_file(&tmp);
     let mut out = OpenOptions::new()
         .write(true)
@@ -84,7 +89,8 @@ pub fn prepare(target: &Path, mut new: impl Read) -> Result<(), InstallError> {
     io::copy(&mut new, &mut out).map_err(err("write", &tmp))?;
     out.flush().map_err(err("write", &tmp))?;
     // The mode given to open is filtered by the umask; set it exactly.
-    out.set_permissions(fs::Permissions::from_mode(mode)).map_err(err("chmod", &tmp))?;
+    out.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(err("chmod", &tmp))?;
     out.sync_all().map_err(err("fsync", &tmp))
 }
 
@@ -92,11 +98,9 @@ pub fn prepare(target: &Path, mut new: impl Read) -> Result<(), InstallError> {
 pub fn swap(target: &Path) -> Result<(), InstallError> {
     let prev = prev_path(target);
     let _ = fs::remove_file(&prev);
-    if target.exists() {
-        if fs::hard_link(target, &prev).is_err() {
-            // Some filesystems (FAT on SD cards) have no hard links.
-            fs::copy(target, &prev).map_err(err("copy", target))?;
-        }
+    // Some filesystems (FAT on SD cards) have no hard links; they get a copy.
+    if target.exists() && fs::hard_link(target, &prev).is_err() {
+        fs::copy(target, &prev).map_err(err("copy", target))?;
     }
     let new = new_path(target);
     fs::rename(&new, target).map_err(err("rename", &new))?;
@@ -121,7 +125,9 @@ pub fn discard_prepared(target: &Path) {
 
 fn sync_parent(target: &Path) -> Result<(), InstallError> {
     let dir = target.parent().unwrap_or(Path::new("."));
-    File::open(dir).and_then(|d| d.sync_all()).map_err(err("fsync", dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err("fsync", dir))
 }
 
 #[cfg(test)]
@@ -138,11 +144,17 @@ mod tests {
         assert_eq!(fs::read(&target).unwrap(), b"old");
         swap(&target).unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"new");
-        assert_eq!(fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o640);
+        assert_eq!(
+            fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
         assert_eq!(fs::read(prev_path(&target)).unwrap(), b"old");
         assert!(rollback(&target).unwrap());
         assert_eq!(fs::read(&target).unwrap(), b"old");
         assert!(!rollback(&target).unwrap());
-        assert_eq!(sha256_file(&target).unwrap().unwrap(), hex(&Sha256::digest(b"old")));
+        assert_eq!(
+            sha256_file(&target).unwrap().unwrap(),
+            hex(&Sha256::digest(b"old"))
+        );
     }
 }

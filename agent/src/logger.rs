@@ -29,7 +29,12 @@ impl Log for Logger {
             };
             format!("<{priority}>{}\n", record.args())
         } else {
-            format!("{} {:<5} {}\n", utc(crate::unix_now()), record.level(), record.args())
+            format!(
+                "{} {:<5} {}\n",
+                utc(crate::unix_now()),
+                record.level(),
+                record.args()
+            )
         };
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }

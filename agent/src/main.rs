@@ -35,7 +35,11 @@ enum Command {
         json: bool,
     },
     /// Apply a bsdiff 4.x patch, with the reference bspatch's arguments.
-    Bspatch { oldfile: PathBuf, newfile: PathBuf, patchfile: PathBuf },
+    Bspatch {
+        oldfile: PathBuf,
+        newfile: PathBuf,
+        patchfile: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -59,7 +63,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Bspatch { oldfile, newfile, patchfile } => {
+        Command::Bspatch {
+            oldfile,
+            newfile,
+            patchfile,
+        } => {
             patch::bspatch_files(&oldfile, &newfile, &patchfile)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -94,9 +102,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 if !agent.state.outbox.is_empty() {
                     ok = false;
-                    println!("{} result(s) could not be sent yet; they stay queued", agent.state.outbox.len());
+                    println!(
+                        "{} result(s) could not be sent yet; they stay queued",
+                        agent.state.outbox.len()
+                    );
                 }
-                Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+                Ok(if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
             })
         }
         Command::Run => {
@@ -116,7 +131,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {

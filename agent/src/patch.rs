@@ -43,12 +43,19 @@ fn offtin(b: &[u8]) -> i64 {
     let mut raw = [0u8; 8];
     raw.copy_from_slice(&b[..8]);
     let magnitude = (u64::from_le_bytes(raw) & !(1 << 63)) as i64;
-    if b[7] & 0x80 != 0 { -magnitude } else { magnitude }
+    if b[7] & 0x80 != 0 {
+        -magnitude
+    } else {
+        magnitude
+    }
 }
 
 pub fn header(patch: &[u8]) -> Result<Header, PatchError> {
     if patch.len() < HEADER_LEN {
-        return Err(PatchError::Header(format!("only {} bytes long", patch.len())));
+        return Err(PatchError::Header(format!(
+            "only {} bytes long",
+            patch.len()
+        )));
     }
     if &patch[..8] != MAGIC {
         return Err(PatchError::Header("no BSDIFF40 magic".into()));
@@ -62,7 +69,10 @@ pub fn header(patch: &[u8]) -> Result<Header, PatchError> {
         diff_len: field(16, "diff block length")?,
         new_size: field(24, "new file size")?,
     };
-    let blocks = h.control_len.checked_add(h.diff_len).and_then(|b| b.checked_add(HEADER_LEN as u64));
+    let blocks = h
+        .control_len
+        .checked_add(h.diff_len)
+        .and_then(|b| b.checked_add(HEADER_LEN as u64));
     if blocks.is_none_or(|b| b > patch.len() as u64) {
         return Err(PatchError::Header(format!(
             "its blocks ({} + {} bytes) do not fit in its {} bytes",
@@ -175,7 +185,9 @@ mod tests {
 
     fn diff(old: &[u8], new: &[u8]) -> Vec<u8> {
         let mut patch = Vec::new();
-        qbsdiff::Bsdiff::new(old, new).compare(io::Cursor::new(&mut patch)).unwrap();
+        qbsdiff::Bsdiff::new(old, new)
+            .compare(io::Cursor::new(&mut patch))
+            .unwrap();
         patch
     }
 
@@ -187,7 +199,10 @@ mod tests {
         new.extend_from_slice(b"tail");
         let patch = diff(&old, &new);
         let mut out = Vec::new();
-        assert_eq!(apply(&old, &patch, &mut out, u64::MAX).unwrap(), new.len() as u64);
+        assert_eq!(
+            apply(&old, &patch, &mut out, u64::MAX).unwrap(),
+            new.len() as u64
+        );
         assert_eq!(out, new);
     }
 
@@ -202,7 +217,10 @@ mod tests {
 
         let mut huge = patch.clone();
         huge[24..32].copy_from_slice(&(1u64 << 62).to_le_bytes());
-        assert!(matches!(apply(&old, &huge, Vec::new(), 1 << 30), Err(PatchError::TooLarge { .. })));
+        assert!(matches!(
+            apply(&old, &huge, Vec::new(), 1 << 30),
+            Err(PatchError::TooLarge { .. })
+        ));
 
         let mut negative = patch.clone();
         negative[15] |= 0x80;

@@ -49,11 +49,16 @@ mod tests {
             "http://h/file/download?access_token=<redacted>&package_name=p&version=6"
         );
         assert_eq!(
-            url("http://h/oauth/token?client_id=c&client_secret=s&grant_type=password&username=u&password=p"),
+            url(
+                "http://h/oauth/token?client_id=c&client_secret=s&grant_type=password&username=u&password=p"
+            ),
             "http://h/oauth/token?client_id=c&client_secret=<redacted>&grant_type=password&username=u&password=<redacted>"
         );
         assert_eq!(url("http://h/x.patch"), "http://h/x.patch");
-        assert_eq!(url("http://h/?refresh_token=r#f"), "http://h/?refresh_token=<redacted>#f");
+        assert_eq!(
+            url("http://h/?refresh_token=r#f"),
+            "http://h/?refresh_token=<redacted>#f"
+        );
     }
 
     #[test]

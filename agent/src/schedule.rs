@@ -73,15 +73,22 @@ mod tests {
     fn backoff_grows_to_its_cap_and_honours_retry_after() {
         let mut rng = fastrand::Rng::with_seed(7);
         for failures in 1..40 {
-            let cap = S(30).saturating_mul(1 << (failures - 1).min(31)).min(S(3600));
+            let cap = S(30)
+                .saturating_mul(1 << (failures - 1).min(31))
+                .min(S(3600));
             for _ in 0..50 {
                 let d = backoff_delay(failures, S(30), S(3600), None, &mut rng);
-                assert!(d >= MIN_RETRY && d <= cap.max(MIN_RETRY), "{failures}: {d:?}");
+                assert!(
+                    d >= MIN_RETRY && d <= cap.max(MIN_RETRY),
+                    "{failures}: {d:?}"
+                );
             }
         }
         assert!(backoff_delay(1, S(30), S(3600), Some(S(600)), &mut rng) >= S(600));
         // Full jitter spreads the retries over the whole window.
-        let spread: Vec<Duration> = (0..200).map(|_| backoff_delay(8, S(30), S(3600), None, &mut rng)).collect();
+        let spread: Vec<Duration> = (0..200)
+            .map(|_| backoff_delay(8, S(30), S(3600), None, &mut rng))
+            .collect();
         assert!(spread.iter().any(|d| *d < S(900)) && spread.iter().any(|d| *d > S(2700)));
     }
 
@@ -92,7 +99,10 @@ mod tests {
             let d = poll_delay(S(3600), S(360), &mut rng);
             assert!(d >= S(3600) && d <= S(3960));
         }
-        assert_eq!(first_check_delay(Some(1000), 1600, S(3600), S(60), &mut rng), S(3000));
+        assert_eq!(
+            first_check_delay(Some(1000), 1600, S(3600), S(60), &mut rng),
+            S(3000)
+        );
         assert!(first_check_delay(Some(1000), 9000, S(3600), S(60), &mut rng) <= S(60));
         assert!(first_check_delay(None, 9000, S(3600), S(0), &mut rng).is_zero());
     }

@@ -55,7 +55,11 @@ impl Status {
             .iter()
             .map(|p| {
                 let key = p.key();
-                let ps = state.packages.get(&key).cloned().unwrap_or_else(|| PackageState::new(&p.version));
+                let ps = state
+                    .packages
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| PackageState::new(&p.version));
                 PackageStatus {
                     name: p.name.clone(),
                     file_name: p.file_name.clone(),
@@ -111,10 +115,18 @@ impl Status {
                 }
             };
             out += &format!("  update:     {update}\n");
-            let waiting: Vec<String> = p.callbacks_waiting.iter().map(|c| format!("{}={}", c.id, c.code)).collect();
+            let waiting: Vec<String> = p
+                .callbacks_waiting
+                .iter()
+                .map(|c| format!("{}={}", c.id, c.code))
+                .collect();
             out += &format!(
                 "  callbacks:  {}\n",
-                if waiting.is_empty() { "none waiting".to_owned() } else { format!("waiting: {}", waiting.join(", ")) }
+                if waiting.is_empty() {
+                    "none waiting".to_owned()
+                } else {
+                    format!("waiting: {}", waiting.join(", "))
+                }
             );
             out += &match &p.last_check {
                 Some(c) => format!("  last check: {} ({})\n", c.at, c.result),
@@ -128,7 +140,12 @@ impl Status {
 fn update_status(u: &Update) -> UpdateStatus {
     let step = if u.install.is_some() {
         "installing"
-    } else if u.patches.iter().enumerate().all(|(i, p)| p.sha256.is_some() || u.failed.as_ref().is_some_and(|f| i >= f.index)) {
+    } else if u
+        .patches
+        .iter()
+        .enumerate()
+        .all(|(i, p)| p.sha256.is_some() || u.failed.as_ref().is_some_and(|f| i >= f.index))
+    {
         "applying"
     } else {
         "downloading"
@@ -137,9 +154,23 @@ fn update_status(u: &Update) -> UpdateStatus {
     UpdateStatus {
         step,
         from_version: u.from_version.clone(),
-        to_version: u.patches.last().map(|p| p.to_version.clone()).unwrap_or_default(),
+        to_version: u
+            .patches
+            .last()
+            .map(|p| p.to_version.clone())
+            .unwrap_or_default(),
         ids: u.patches.iter().map(|p| p.id.clone()).collect(),
-        downloaded_bytes: u.patches.iter().map(|p| if p.sha256.is_some() { p.size.unwrap_or(p.durable) } else { p.durable }).sum(),
+        downloaded_bytes: u
+            .patches
+            .iter()
+            .map(|p| {
+                if p.sha256.is_some() {
+                    p.size.unwrap_or(p.durable)
+                } else {
+                    p.durable
+                }
+            })
+            .sum(),
         total_bytes: total,
     }
 }

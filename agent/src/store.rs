@@ -185,7 +185,11 @@ impl Store {
             .map_err(io_err("open", &lock_path))?;
         match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
-            Err(rustix::io::Errno::WOULDBLOCK) => return Err(StoreError::Locked { path: dir.to_owned() }),
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(StoreError::Locked {
+                    path: dir.to_owned(),
+                });
+            }
             Err(e) => return Err(io_err("lock", &lock_path)(e.into())),
         }
         Ok(Store {
@@ -204,7 +208,9 @@ impl Store {
         match read_state(&path)? {
             Ok(state) => Ok(state),
             Err(reason) => {
-                let aside = self.dir.join(format!("{STATE_FILE}.corrupt-{}", crate::unix_now()));
+                let aside = self
+                    .dir
+                    .join(format!("{STATE_FILE}.corrupt-{}", crate::unix_now()));
                 fs::rename(&path, &aside).map_err(io_err("move aside", &path))?;
                 log::error!(
                     "state file {} is unusable ({reason}); moved it to {} and starting from the config",
@@ -239,7 +245,13 @@ impl Store {
     fn package_dir(&self, key: &str) -> Result<PathBuf, StoreError> {
         let name: String = key
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let dir = self.dir.join("packages").join(name);
         fs::DirBuilder::new()
@@ -256,13 +268,24 @@ impl Store {
     fn file_name(id: &str, ext: &str) -> String {
         let safe: String = id
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         format!("{safe}.{ext}")
     }
 
     /// Opens the partial download of a patch for appending, cut back to what is known durable.
-    pub fn open_partial(&self, key: &str, id: &str, durable: u64) -> Result<(File, u64), StoreError> {
+    pub fn open_partial(
+        &self,
+        key: &str,
+        id: &str,
+        durable: u64,
+    ) -> Result<(File, u64), StoreError> {
         let path = self.package_dir(key)?.join(Self::file_name(id, "part"));
         let file = open_private(&path, false)?;
         let len = file.metadata().map_err(io_err("stat", &path))?.len();
@@ -323,7 +346,8 @@ impl Store {
 
     /// Free bytes on the state directory's filesystem for an unprivileged writer.
     pub fn free_space(&self) -> Result<u64, StoreError> {
-        let st = rustix::fs::statvfs(&self.dir).map_err(|e| io_err("statvfs", &self.dir)(e.into()))?;
+        let st =
+            rustix::fs::statvfs(&self.dir).map_err(|e| io_err("statvfs", &self.dir)(e.into()))?;
         Ok(st.f_bavail.saturating_mul(st.f_frsize))
     }
 }
@@ -388,7 +412,10 @@ mod tests {
     fn round_trip_and_lock() {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(tmp.path()).unwrap();
-        assert!(matches!(Store::open(tmp.path()), Err(StoreError::Locked { .. })));
+        assert!(matches!(
+            Store::open(tmp.path()),
+            Err(StoreError::Locked { .. })
+        ));
         let mut state = store.load().unwrap();
         state.packages.insert("a/b".into(), PackageState::new("6"));
         store.save(&state).unwrap();
@@ -406,7 +433,10 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert!(names.iter().any(|n| n.starts_with("state.json.corrupt-")), "{names:?}");
+        assert!(
+            names.iter().any(|n| n.starts_with("state.json.corrupt-")),
+            "{names:?}"
+        );
     }
 
     #[test]

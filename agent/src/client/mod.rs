@@ -171,15 +171,17 @@ impl Client {
         let what = "check";
         let body = self
             .authed(what, |token| {
-                self.http.get(format!("{}/file/download", self.base)).query(&[
-                    ("access_token", token),
-                    ("package_name", req.package_name),
-                    ("version", req.version),
-                    ("file_name", req.file_name),
-                    ("language", req.language),
-                    ("robot_version", self.robot.version.as_str()),
-                    ("robot_id", self.robot.id.as_str()),
-                ])
+                self.http
+                    .get(format!("{}/file/download", self.base))
+                    .query(&[
+                        ("access_token", token),
+                        ("package_name", req.package_name),
+                        ("version", req.version),
+                        ("file_name", req.file_name),
+                        ("language", req.language),
+                        ("robot_version", self.robot.version.as_str()),
+                        ("robot_id", self.robot.id.as_str()),
+                    ])
             })
             .await?;
         parse_check(&body).map_err(|reason| ClientError::Invalid {
@@ -194,12 +196,14 @@ impl Client {
         let code = code.to_string();
         let body = self
             .authed(what, |token| {
-                self.http.post(format!("{}/file/callback", self.base)).query(&[
-                    ("access_token", token),
-                    ("id", id),
-                    ("robot_id", self.robot.id.as_str()),
-                    ("code", code.as_str()),
-                ])
+                self.http
+                    .post(format!("{}/file/callback", self.base))
+                    .query(&[
+                        ("access_token", token),
+                        ("id", id),
+                        ("robot_id", self.robot.id.as_str()),
+                        ("code", code.as_str()),
+                    ])
             })
             .await?;
         match parse_callback(&body) {
@@ -216,7 +220,12 @@ impl Client {
     /// The size of a patch, from a `HEAD` request; `None` when the server does not say.
     pub async fn patch_size(&self, url: &str) -> Result<Option<u64>, ClientError> {
         log::debug!("HEAD {}", redact::url(url));
-        let resp = self.http.head(url).send().await.map_err(|e| transport("size", e))?;
+        let resp = self
+            .http
+            .head(url)
+            .send()
+            .await
+            .map_err(|e| transport("size", e))?;
         if !resp.status().is_success() {
             return Ok(None);
         }
@@ -227,16 +236,35 @@ impl Client {
     ///
     /// A `206` is trusted only when its `Content-Range` starts exactly at `offset`; a `200`
     /// means the body starts over at zero.
-    pub async fn fetch(&self, url: &str, offset: u64, etag: Option<&str>) -> Result<Fetch, ClientError> {
+    pub async fn fetch(
+        &self,
+        url: &str,
+        offset: u64,
+        etag: Option<&str>,
+    ) -> Result<Fetch, ClientError> {
         let what = "download";
         let mut req = self.http.get(url);
         let resuming = offset > 0 && etag.is_some();
         if let (true, Some(tag)) = (resuming, etag) {
-            req = req.header(RANGE, format!("bytes={offset}-")).header(IF_RANGE, tag);
+            req = req
+                .header(RANGE, format!("bytes={offset}-"))
+                .header(IF_RANGE, tag);
         }
-        log::debug!("GET {}{}", redact::url(url), if resuming { format!(" from byte {offset}") } else { String::new() });
+        log::debug!(
+            "GET {}{}",
+            redact::url(url),
+            if resuming {
+                format!(" from byte {offset}")
+            } else {
+                String::new()
+            }
+        );
         let resp = req.send().await.map_err(|e| transport(what, e))?;
-        let etag = resp.headers().get(ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let etag = resp
+            .headers()
+            .get(ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let length = header_u64(&resp, CONTENT_LENGTH);
         match resp.status() {
             StatusCode::OK => Ok(Fetch {
@@ -246,22 +274,34 @@ impl Client {
                 etag,
             }),
             StatusCode::PARTIAL_CONTENT if resuming => {
-                let range = resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok());
+                let range = resp
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok());
                 match range.and_then(parse_content_range) {
-                    Some((Some((start, end)), total)) if start == offset && total.is_none_or(|t| end + 1 == t) => Ok(Fetch {
-                        total: total.or(length.map(|l| offset + l)),
-                        response: Some(resp),
-                        offset,
-                        etag,
-                    }),
+                    Some((Some((start, end)), total))
+                        if start == offset && total.is_none_or(|t| end + 1 == t) =>
+                    {
+                        Ok(Fetch {
+                            total: total.or(length.map(|l| offset + l)),
+                            response: Some(resp),
+                            offset,
+                            etag,
+                        })
+                    }
                     _ => Err(ClientError::Invalid {
                         what,
-                        reason: format!("a 206 whose Content-Range {range:?} does not start at byte {offset}"),
+                        reason: format!(
+                            "a 206 whose Content-Range {range:?} does not start at byte {offset}"
+                        ),
                     }),
                 }
             }
             StatusCode::RANGE_NOT_SATISFIABLE if resuming => {
-                let range = resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok());
+                let range = resp
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok());
                 match range.and_then(parse_content_range) {
                     // The partial file already holds the whole patch.
                     Some((None, Some(total))) if total == offset => Ok(Fetch {
@@ -272,7 +312,9 @@ impl Client {
                     }),
                     _ => Err(ClientError::Invalid {
                         what,
-                        reason: format!("416 with Content-Range {range:?} for a resume at byte {offset}"),
+                        reason: format!(
+                            "416 with Content-Range {range:?} for a resume at byte {offset}"
+                        ),
                     }),
                 }
             }
@@ -289,7 +331,11 @@ impl Client {
             let token = self.access_token().await?;
             let req = build(&token).build().map_err(|e| transport(what, e))?;
             log::debug!("{} {}", req.method(), redact::url(req.url().as_str()));
-            let resp = self.http.execute(req).await.map_err(|e| transport(what, e))?;
+            let resp = self
+                .http
+                .execute(req)
+                .await
+                .map_err(|e| transport(what, e))?;
             let status = resp.status();
             if status.is_success() {
                 return read_limited(what, resp).await;
@@ -319,8 +365,11 @@ fn header_u64(resp: &reqwest::Response, name: reqwest::header::HeaderName) -> Op
     resp.headers().get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
+/// A `Content-Range`: the inclusive byte range (absent in `*/total`) and the total (absent in `a-b/*`).
+type ContentRange = (Option<(u64, u64)>, Option<u64>);
+
 /// Parses `bytes a-b/total`, `bytes a-b/*` or `bytes */total`.
-fn parse_content_range(value: &str) -> Option<(Option<(u64, u64)>, Option<u64>)> {
+fn parse_content_range(value: &str) -> Option<ContentRange> {
     let rest = value.trim().strip_prefix("bytes ")?;
     let (range, total) = rest.split_once('/')?;
     let total = match total.trim() {
@@ -341,7 +390,10 @@ fn parse_content_range(value: &str) -> Option<(Option<(u64, u64)>, Option<u64>)>
     Some((range, total))
 }
 
-async fn read_limited(what: &'static str, mut resp: reqwest::Response) -> Result<Vec<u8>, ClientError> {
+async fn read_limited(
+    what: &'static str,
+    mut resp: reqwest::Response,
+) -> Result<Vec<u8>, ClientError> {
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| transport(what, e))? {
         if body.len() + chunk.len() > MAX_ANSWER {
@@ -356,7 +408,12 @@ async fn read_limited(what: &'static str, mut resp: reqwest::Response) -> Result
 }
 
 /// Turns a non-success answer into an error: the OAuth2 shape when the body has one.
-async fn status_error(what: &'static str, resp: reqwest::Response, status: StatusCode, secrets: &[String]) -> ClientError {
+async fn status_error(
+    what: &'static str,
+    resp: reqwest::Response,
+    status: StatusCode,
+    secrets: &[String],
+) -> ClientError {
     let retry_after = resp
         .headers()
         .get(RETRY_AFTER)
@@ -394,8 +451,14 @@ mod tests {
 
     #[test]
     fn content_range() {
-        assert_eq!(parse_content_range("bytes 10-99/100"), Some((Some((10, 99)), Some(100))));
-        assert_eq!(parse_content_range("bytes 10-99/*"), Some((Some((10, 99)), None)));
+        assert_eq!(
+            parse_content_range("bytes 10-99/100"),
+            Some((Some((10, 99)), Some(100)))
+        );
+        assert_eq!(
+            parse_content_range("bytes 10-99/*"),
+            Some((Some((10, 99)), None))
+        );
         assert_eq!(parse_content_range("bytes */100"), Some((None, Some(100))));
         assert_eq!(parse_content_range("bytes 9-1/100"), None);
         assert_eq!(parse_content_range("items 1-2/3"), None);

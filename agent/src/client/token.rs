@@ -93,7 +93,10 @@ impl Client {
             match self.token_request(Grant::Refresh(refresh)).await {
                 Ok(body) => return Ok(self.tokens.lock().expect("token lock").store(body)),
                 Err(e) => {
-                    log::info!("token refresh failed ({}); using the password grant", crate::error_chain(&e));
+                    log::info!(
+                        "token refresh failed ({}); using the password grant",
+                        crate::error_chain(&e)
+                    );
                     self.tokens.lock().expect("token lock").refresh = None;
                 }
             }
@@ -117,16 +120,28 @@ impl Client {
                     ("username", c.username.clone()),
                     ("password", c.password.clone()),
                 ]),
-                Grant::Refresh(r) => params.extend([("grant_type", "refresh_token".to_owned()), ("refresh_token", r)]),
+                Grant::Refresh(r) => params.extend([
+                    ("grant_type", "refresh_token".to_owned()),
+                    ("refresh_token", r),
+                ]),
             }
             (params, c.post)
         };
         let url = format!("{}/oauth/token", self.base);
         let mut resp = None;
         if !post {
-            let req = self.http.get(&url).query(&params).build().map_err(|e| transport(what, e))?;
+            let req = self
+                .http
+                .get(&url)
+                .query(&params)
+                .build()
+                .map_err(|e| transport(what, e))?;
             log::debug!("GET {}", redact::url(req.url().as_str()));
-            let r = self.http.execute(req).await.map_err(|e| transport(what, e))?;
+            let r = self
+                .http
+                .execute(req)
+                .await
+                .map_err(|e| transport(what, e))?;
             if r.status() == StatusCode::METHOD_NOT_ALLOWED {
                 log::info!("the server refuses GET for tokens (405); asking with POST from now on");
                 self.tokens.lock().expect("token lock").post = true;
@@ -138,7 +153,12 @@ impl Client {
             Some(r) => r,
             None => {
                 log::debug!("POST {url}");
-                self.http.post(&url).form(&params).send().await.map_err(|e| transport(what, e))?
+                self.http
+                    .post(&url)
+                    .form(&params)
+                    .send()
+                    .await
+                    .map_err(|e| transport(what, e))?
             }
         };
         let status = resp.status();

@@ -68,7 +68,9 @@ fn code_of(value: &Value) -> Result<String, String> {
 }
 
 fn describe(e: &serde_json::Error, body: &[u8]) -> String {
-    let start = String::from_utf8_lossy(&body[..body.len().min(40)]).trim().to_owned();
+    let start = String::from_utf8_lossy(&body[..body.len().min(40)])
+        .trim()
+        .to_owned();
     if start.starts_with('<') {
         format!("expected JSON, got what looks like HTML ({start:?}…)")
     } else {
@@ -109,9 +111,14 @@ pub fn parse_check(body: &[u8]) -> Result<CheckAnswer, String> {
         if id.is_empty() {
             return Err(format!("update id number {} is empty", i + 1));
         }
-        let parsed = reqwest::Url::parse(url).map_err(|e| format!("patch URL {url:?} (id {id}) is not a URL: {e}"))?;
-        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {
-            return Err(format!("patch URL {url:?} (id {id}) is not an http or https URL"));
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| format!("patch URL {url:?} (id {id}) is not a URL: {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https")
+            || parsed.host_str().is_none_or(str::is_empty)
+        {
+            return Err(format!(
+                "patch URL {url:?} (id {id}) is not an http or https URL"
+            ));
         }
         if patches.iter().any(|p: &OfferedPatch| p.id == *id) {
             return Err(format!("update id {id} is listed twice"));
@@ -172,12 +179,27 @@ mod tests {
 
     #[test]
     fn codes_as_strings_or_numbers() {
-        assert_eq!(parse_check(br#"{"code":100,"data":"","id":""}"#), Ok(CheckAnswer::UpToDate));
-        assert_eq!(parse_check(br#"{"code":"101","data":null}"#), Ok(CheckAnswer::UpToDate));
-        assert_eq!(parse_check(br#"{"code":"102"}"#), Ok(CheckAnswer::NoSuchVersion));
+        assert_eq!(
+            parse_check(br#"{"code":100,"data":"","id":""}"#),
+            Ok(CheckAnswer::UpToDate)
+        );
+        assert_eq!(
+            parse_check(br#"{"code":"101","data":null}"#),
+            Ok(CheckAnswer::UpToDate)
+        );
+        assert_eq!(
+            parse_check(br#"{"code":"102"}"#),
+            Ok(CheckAnswer::NoSuchVersion)
+        );
         assert_eq!(parse_check(br#"{"code":103}"#), Ok(CheckAnswer::NotAllowed));
-        assert_eq!(parse_check(br#"{"code":"104","data":""}"#), Ok(CheckAnswer::NoLanguage));
-        assert_eq!(parse_check(br#"{"code":"500"}"#), Ok(CheckAnswer::Failed("500".into())));
+        assert_eq!(
+            parse_check(br#"{"code":"104","data":""}"#),
+            Ok(CheckAnswer::NoLanguage)
+        );
+        assert_eq!(
+            parse_check(br#"{"code":"500"}"#),
+            Ok(CheckAnswer::Failed("500".into()))
+        );
         let single = patches(r#"{"code":"100","data":"https://h/a--17--f.patch","id":23}"#);
         assert_eq!(single[0].id, "23");
     }
@@ -185,19 +207,41 @@ mod tests {
     #[test]
     fn rejects_bad_answers() {
         let bad = [
-            (r#"{"code":"100","data":"http://h/a.patch;http://h/b.patch","id":"23"}"#, "lists 2 patch URLs but `id` lists 1"),
-            (r#"{"code":"100","data":"http://h/a.patch","id":""}"#, "lists 1 patch URLs but `id` lists 1"),
-            (r#"{"code":"100","data":"ftp://h/a.patch","id":"1"}"#, "not an http or https URL"),
-            (r#"{"code":"100","data":"/a.patch","id":"1"}"#, "is not a URL"),
-            (r#"{"code":"100","data":"http://h/a;http://h/b","id":"1;1"}"#, "listed twice"),
-            ("<html><body>502 Bad Gateway</body></html>", "looks like HTML"),
+            (
+                r#"{"code":"100","data":"http://h/a.patch;http://h/b.patch","id":"23"}"#,
+                "lists 2 patch URLs but `id` lists 1",
+            ),
+            (
+                r#"{"code":"100","data":"http://h/a.patch","id":""}"#,
+                "lists 1 patch URLs but `id` lists 1",
+            ),
+            (
+                r#"{"code":"100","data":"ftp://h/a.patch","id":"1"}"#,
+                "not an http or https URL",
+            ),
+            (
+                r#"{"code":"100","data":"/a.patch","id":"1"}"#,
+                "is not a URL",
+            ),
+            (
+                r#"{"code":"100","data":"http://h/a;http://h/b","id":"1;1"}"#,
+                "listed twice",
+            ),
+            (
+                "<html><body>502 Bad Gateway</body></html>",
+                "looks like HTML",
+            ),
             (r#"{"code":"100","data":"#, "malformed JSON"),
             (r#"{"code":[1]}"#, "not a string or a number"),
         ];
         for (body, expected) in bad {
             let err = parse_check(body.as_bytes()).expect_err(body);
             // The second case has equal lengths but an empty id.
-            let expected = if expected.starts_with("lists 1") { "is empty" } else { expected };
+            let expected = if expected.starts_with("lists 1") {
+                "is empty"
+            } else {
+                expected
+            };
             assert!(err.contains(expected), "{body}: {err}");
         }
     }
@@ -208,9 +252,17 @@ mod tests {
         assert_eq!(t.expires_in, Some(11999));
         assert!(parse_token(br#"{"access_token":"x","token_type":"mac"}"#).is_err());
         assert_eq!(
-            parse_oauth_error(br#"{"error":"invalid_token","error_description":"Invalid access token: x"}"#),
-            Some(("invalid_token".into(), Some("Invalid access token: x".into())))
+            parse_oauth_error(
+                br#"{"error":"invalid_token","error_description":"Invalid access token: x"}"#
+            ),
+            Some((
+                "invalid_token".into(),
+                Some("Invalid access token: x".into())
+            ))
         );
-        assert_eq!(parse_callback(br#"{"code":"100","data":"regisiter information"}"#), Ok("100".into()));
+        assert_eq!(
+            parse_callback(br#"{"code":"100","data":"regisiter information"}"#),
+            Ok("100".into())
+        );
     }
 }

@@ -21,10 +21,16 @@ pub(super) enum Staged {
 
 pub(super) fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleError> {
     let key = pkg.key();
-    let update = agent.state.packages[&key].update.clone().expect("apply runs with an update");
+    let update = agent.state.packages[&key]
+        .update
+        .clone()
+        .expect("apply runs with an update");
     let ids: Vec<String> = update.patches.iter().map(|p| p.id.clone()).collect();
     if sha256_file(&pkg.path)?.as_deref() != Some(update.from_sha256.as_str()) {
-        let reason = format!("{} changed behind the agent's back; it is not patched", pkg.path.display());
+        let reason = format!(
+            "{} changed behind the agent's back; it is not patched",
+            pkg.path.display()
+        );
         log::error!("{key}: {reason}");
         agent.finish(pkg, &all_codes(&ids, code::FAILED), None)?;
         return Ok(Step::Report(Outcome::Failed { reason }));
@@ -37,7 +43,11 @@ pub(super) fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleError> 
         let p = &update.patches[index];
         match apply_one(agent, pkg, index) {
             Ok(new_sha) => {
-                log::info!("{key}: update {} applied: version {} staged", p.id, p.to_version);
+                log::info!(
+                    "{key}: update {} applied: version {} staged",
+                    p.id,
+                    p.to_version
+                );
                 applied = index + 1;
                 sha = new_sha;
                 if index > 0 {
@@ -59,10 +69,18 @@ pub(super) fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleError> 
         return Ok(Step::Report(Outcome::Failed { reason }));
     }
     if failed != update.failed {
-        agent.pkg_state(&key).update.as_mut().expect("update").failed = failed;
+        agent
+            .pkg_state(&key)
+            .update
+            .as_mut()
+            .expect("update")
+            .failed = failed;
         agent.save()?;
     }
-    Ok(Step::Install(Staged::Fresh { applied, sha256: sha }))
+    Ok(Step::Install(Staged::Fresh {
+        applied,
+        sha256: sha,
+    }))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +98,11 @@ fn apply_one(agent: &Agent, pkg: &Package, index: usize) -> Result<String, Apply
     let id = &update.patches[index].id;
     let io_err = |op, what: &str| {
         let path = what.to_owned();
-        move |source| StoreError::Io { op, path: path.into(), source }
+        move |source| StoreError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
     };
     let old = if index == 0 {
         std::fs::File::open(&pkg.path).map_err(io_err("open", &pkg.path.display().to_string()))?
@@ -107,7 +129,10 @@ fn apply_one(agent: &Agent, pkg: &Package, index: usize) -> Result<String, Apply
         hasher: Sha256::new(),
     };
     patch::apply(&old_map, &patch_bytes, &mut writer, room)?;
-    writer.inner.flush().map_err(io_err("write", "staging file"))?;
+    writer
+        .inner
+        .flush()
+        .map_err(io_err("write", "staging file"))?;
     Ok(hex(&writer.hasher.finalize()))
 }
 

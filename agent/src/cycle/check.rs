@@ -14,7 +14,10 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
         let sha = sha256_file(&pkg.path)?;
         match &sha {
             Some(s) => log::info!("{key}: now managing {} (sha256 {s})", pkg.path.display()),
-            None => log::warn!("{key}: {} does not exist; no patch can apply to it", pkg.path.display()),
+            None => log::warn!(
+                "{key}: {} does not exist; no patch can apply to it",
+                pkg.path.display()
+            ),
         }
         agent.pkg_state(&key).sha256 = sha;
         agent.save()?;
@@ -49,7 +52,11 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
         CheckAnswer::NotAllowed => return Ok(declined(&key, "103")),
         CheckAnswer::NoLanguage => return Ok(declined(&key, "104")),
         CheckAnswer::Failed(code) => {
-            return Err(crate::client::ClientError::Code { what: "check", code }.into());
+            return Err(crate::client::ClientError::Code {
+                what: "check",
+                code,
+            }
+            .into());
         }
         CheckAnswer::Patches(p) => p,
     };
@@ -69,19 +76,29 @@ fn describe(answer: &CheckAnswer) -> String {
 
 /// Rule 1: `103` and `104` are not errors of the agent; it polls again at the usual pace.
 fn declined(key: &str, code: &str) -> Step {
-    log::warn!("{key}: the server declines to update this robot (code {code}); asking again at the next poll");
+    log::warn!(
+        "{key}: the server declines to update this robot (code {code}); asking again at the next poll"
+    );
     Step::Report(Outcome::Declined { code: code.into() })
 }
 
 /// Turns a valid offer into an update, or refuses it before anything is downloaded.
-fn accept(agent: &mut Agent, pkg: &Package, version: &str, offered: Vec<OfferedPatch>) -> Result<Step, CycleError> {
+fn accept(
+    agent: &mut Agent,
+    pkg: &Package,
+    version: &str,
+    offered: Vec<OfferedPatch>,
+) -> Result<Step, CycleError> {
     let key = pkg.key();
     let (again, fresh): (Vec<_>, Vec<_>) = offered
         .into_iter()
         .partition(|p| agent.state.packages[&key].applied.contains(&p.id));
     for p in &again {
         // Rule 4: an applied id is never applied twice; its result is sent again instead.
-        log::info!("{key}: update {} was applied before; sending its result again", p.id);
+        log::info!(
+            "{key}: update {} was applied before; sending its result again",
+            p.id
+        );
         agent.state.outbox.push(Callback {
             package: key.clone(),
             id: p.id.clone(),
@@ -121,7 +138,9 @@ fn accept(agent: &mut Agent, pkg: &Package, version: &str, offered: Vec<OfferedP
         });
     }
     if patches.is_empty() {
-        return Ok(Step::Report(Outcome::UpToDate { version: version.to_owned() }));
+        return Ok(Step::Report(Outcome::UpToDate {
+            version: version.to_owned(),
+        }));
     }
     let ids: Vec<String> = patches.iter().map(|p| p.id.clone()).collect();
     let recorded = agent.state.packages[&key].sha256.clone();
@@ -172,8 +191,16 @@ mod tests {
 
     #[test]
     fn versions_from_names() {
-        assert_eq!(version_of("http://10.10.1.14:8080/version/2s/2s/Alpha2Services-1.1.1.32--17--5mic.patch"), Some(17));
-        assert_eq!(version_of("http://h/a/Alpha2Services-1.1.2.32--18--5mic.patch?x=1"), Some(18));
+        assert_eq!(
+            version_of(
+                "http://10.10.1.14:8080/version/2s/2s/Alpha2Services-1.1.1.32--17--5mic.patch"
+            ),
+            Some(17)
+        );
+        assert_eq!(
+            version_of("http://h/a/Alpha2Services-1.1.2.32--18--5mic.patch?x=1"),
+            Some(18)
+        );
         assert_eq!(version_of("http://h/a/firmware.patch"), None);
         assert_eq!(version_of("http://h/a/A-1--x--f.patch"), None);
         assert_eq!(version_of("http://h/a/A-1--17--f.bin"), None);

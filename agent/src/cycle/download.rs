@@ -45,7 +45,9 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
             let limit = agent.config.agent.download_attempts;
             let reason = crate::error_chain(&err);
             if permanent || attempts >= limit {
-                log::error!("{key}: update {id} cannot be downloaded ({reason}); giving up after {attempts} attempt(s)");
+                log::error!(
+                    "{key}: update {id} cannot be downloaded ({reason}); giving up after {attempts} attempt(s)"
+                );
                 update_mut(agent, &key).failed = Some(Failure {
                     index,
                     reason: format!("download of update {id} failed: {reason}"),
@@ -65,11 +67,18 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
 }
 
 fn update<'a>(agent: &'a Agent, key: &str) -> &'a crate::store::Update {
-    agent.state.packages[key].update.as_ref().expect("download runs with an update")
+    agent.state.packages[key]
+        .update
+        .as_ref()
+        .expect("download runs with an update")
 }
 
 fn update_mut<'a>(agent: &'a mut Agent, key: &str) -> &'a mut crate::store::Update {
-    agent.pkg_state(key).update.as_mut().expect("download runs with an update")
+    agent
+        .pkg_state(key)
+        .update
+        .as_mut()
+        .expect("download runs with an update")
 }
 
 /// Refuses to start when the whole chain, and the files made from it, cannot fit.
@@ -88,7 +97,10 @@ async fn check_space(agent: &mut Agent, pkg: &Package) -> Result<(), CycleError>
         if let Some(size) = size {
             let max = agent.config.agent.max_patch_size;
             if size > max {
-                let reason = format!("update {} is {size} bytes, more than max_patch_size ({max})", p.id);
+                let reason = format!(
+                    "update {} is {size} bytes, more than max_patch_size ({max})",
+                    p.id
+                );
                 log::error!("{key}: {reason}");
                 update_mut(agent, &key).failed = Some(Failure { index, reason });
                 break;
@@ -109,10 +121,21 @@ async fn check_space(agent: &mut Agent, pkg: &Package) -> Result<(), CycleError>
 }
 
 /// One attempt at one patch: resume the partial file, stream the rest, hash, make it durable.
-async fn fetch_one(agent: &mut Agent, key: &str, index: usize, patch: &PatchState) -> Result<(), CycleError> {
+async fn fetch_one(
+    agent: &mut Agent,
+    key: &str,
+    index: usize,
+    patch: &PatchState,
+) -> Result<(), CycleError> {
     let max = agent.config.agent.max_patch_size;
     let (mut file, mut have) = agent.store.open_partial(key, &patch.id, patch.durable)?;
-    let io = |op| move |source| StoreError::Io { op, path: format!("partial download of update {}", patch.id).into(), source };
+    let io = |op| {
+        move |source| StoreError::Io {
+            op,
+            path: format!("partial download of update {}", patch.id).into(),
+            source,
+        }
+    };
     let mut hasher = Sha256::new();
     if have > 0 && patch.etag.is_none() {
         // Without a validator a resumed range could splice two different files.
@@ -123,7 +146,11 @@ async fn fetch_one(agent: &mut Agent, key: &str, index: usize, patch: &PatchStat
         file.seek(SeekFrom::Start(0)).map_err(io("seek"))?;
         hash_prefix(&mut file, have, &mut hasher).map_err(io("read"))?;
     }
-    let mut fetch = match agent.client.fetch(&patch.url, have, patch.etag.as_deref()).await {
+    let mut fetch = match agent
+        .client
+        .fetch(&patch.url, have, patch.etag.as_deref())
+        .await
+    {
         Ok(f) => f,
         Err(e @ ClientError::Invalid { .. }) => {
             // A range answer that does not match: start this patch over next time.
@@ -136,13 +163,20 @@ async fn fetch_one(agent: &mut Agent, key: &str, index: usize, patch: &PatchStat
         Err(e) => return Err(e.into()),
     };
     if fetch.offset == 0 && have > 0 {
-        log::info!("update {}: the server sent the whole patch again; starting over", patch.id);
+        log::info!(
+            "update {}: the server sent the whole patch again; starting over",
+            patch.id
+        );
         have = 0;
         hasher = Sha256::new();
     }
     if let Some(total) = fetch.total {
         if total > max {
-            return Err(ClientError::TooLarge { what: "download", limit: max }.into());
+            return Err(ClientError::TooLarge {
+                what: "download",
+                limit: max,
+            }
+            .into());
         }
     }
     {
@@ -192,7 +226,10 @@ async fn fetch_one(agent: &mut Agent, key: &str, index: usize, patch: &PatchStat
     file.sync_all().map_err(io("fsync"))?;
     agent.store.complete_partial(key, &patch.id)?;
     let sha = crate::install::hex(&hasher.finalize());
-    log::info!("update {}: downloaded {have} bytes (sha256 {sha})", patch.id);
+    log::info!(
+        "update {}: downloaded {have} bytes (sha256 {sha})",
+        patch.id
+    );
     let p = &mut update_mut(agent, key).patches[index];
     p.sha256 = Some(sha);
     p.size = Some(have);
@@ -214,8 +251,20 @@ fn hash_prefix(file: &mut File, len: u64, hasher: &mut Sha256) -> std::io::Resul
 }
 
 /// Makes what was written so far durable and records its length as a fact.
-fn checkpoint(agent: &mut Agent, key: &str, index: usize, out: &mut BufWriter<File>, have: u64) -> Result<(), CycleError> {
-    let io = |op| move |source| StoreError::Io { op, path: "partial download".into(), source };
+fn checkpoint(
+    agent: &mut Agent,
+    key: &str,
+    index: usize,
+    out: &mut BufWriter<File>,
+    have: u64,
+) -> Result<(), CycleError> {
+    let io = |op| {
+        move |source| StoreError::Io {
+            op,
+            path: "partial download".into(),
+            source,
+        }
+    };
     out.flush().map_err(io("write"))?;
     out.get_ref().sync_data().map_err(io("fsync"))?;
     update_mut(agent, key).patches[index].durable = have;
@@ -262,12 +311,15 @@ impl Progress {
                 self.id,
                 have * 100 / t
             ),
-            _ => log::info!("update {}: downloaded {have} bytes ({rate:.0} KiB/s)", self.id),
+            _ => log::info!(
+                "update {}: downloaded {have} bytes ({rate:.0} KiB/s)",
+                self.id
+            ),
         }
         true
     }
 }
 
 fn tenth(have: u64, total: u64) -> u64 {
-    if total == 0 { 10 } else { have.saturating_mul(10) / total }
+    have.saturating_mul(10).checked_div(total).unwrap_or(10)
 }

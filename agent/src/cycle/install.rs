@@ -7,11 +7,21 @@ use crate::hooks;
 use crate::install::{self, sha256_file};
 use crate::store::InstallState;
 
-pub(super) async fn run(agent: &mut Agent, pkg: &Package, staged: Staged) -> Result<Step, CycleError> {
+pub(super) async fn run(
+    agent: &mut Agent,
+    pkg: &Package,
+    staged: Staged,
+) -> Result<Step, CycleError> {
     let key = pkg.key();
-    let update = agent.state.packages[&key].update.clone().expect("install runs with an update");
+    let update = agent.state.packages[&key]
+        .update
+        .clone()
+        .expect("install runs with an update");
     let ids: Vec<String> = update.patches.iter().map(|p| p.id.clone()).collect();
-    let timeout = pkg.hook_timeout.unwrap_or(agent.config.agent.hook_timeout).0;
+    let timeout = pkg
+        .hook_timeout
+        .unwrap_or(agent.config.agent.hook_timeout)
+        .0;
     let marker = match staged {
         Staged::Fresh { applied, sha256 } => {
             let marker = InstallState {
@@ -22,29 +32,55 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package, staged: Staged) -> Res
             if let Some(cmd) = &pkg.pre_install {
                 let env = hook_env(pkg, &update.from_version, &marker.to_version);
                 if let Err(e) = hooks::run("pre_install", cmd, timeout, &env.as_slice()).await {
-                    log::warn!("{key}: {}; the update is deferred to the next poll", crate::error_chain(&e));
+                    log::warn!(
+                        "{key}: {}; the update is deferred to the next poll",
+                        crate::error_chain(&e)
+                    );
                     agent.finish(pkg, &all_codes(&ids, code::NOT_UPDATED), None)?;
                     return Ok(Step::Report(Outcome::Deferred));
                 }
             }
             install::prepare(&pkg.path, agent.store.open_staged(&key, applied - 1)?)?;
-            agent.pkg_state(&key).update.as_mut().expect("update").install = Some(marker.clone());
+            agent
+                .pkg_state(&key)
+                .update
+                .as_mut()
+                .expect("update")
+                .install = Some(marker.clone());
             agent.save()?;
             install::swap(&pkg.path)?;
             marker
         }
         Staged::Resumed => {
-            let marker = update.install.clone().expect("resumed with an install marker");
+            let marker = update
+                .install
+                .clone()
+                .expect("resumed with an install marker");
             let current = sha256_file(&pkg.path)?;
             if current.as_deref() == Some(marker.to_sha256.as_str()) {
-                log::info!("{key}: finishing the install of version {} that a restart interrupted", marker.to_version);
+                log::info!(
+                    "{key}: finishing the install of version {} that a restart interrupted",
+                    marker.to_version
+                );
             } else if current.as_deref() == Some(update.from_sha256.as_str()) {
-                if sha256_file(&install::new_path(&pkg.path))?.as_deref() == Some(marker.to_sha256.as_str()) {
-                    log::info!("{key}: a restart interrupted the install of version {}; swapping it in now", marker.to_version);
+                if sha256_file(&install::new_path(&pkg.path))?.as_deref()
+                    == Some(marker.to_sha256.as_str())
+                {
+                    log::info!(
+                        "{key}: a restart interrupted the install of version {}; swapping it in now",
+                        marker.to_version
+                    );
                     install::swap(&pkg.path)?;
                 } else {
-                    log::info!("{key}: a restart interrupted the install before the new file was ready; applying again");
-                    agent.pkg_state(&key).update.as_mut().expect("update").install = None;
+                    log::info!(
+                        "{key}: a restart interrupted the install before the new file was ready; applying again"
+                    );
+                    agent
+                        .pkg_state(&key)
+                        .update
+                        .as_mut()
+                        .expect("update")
+                        .install = None;
                     agent.save()?;
                     return Ok(Step::Apply);
                 }
@@ -65,7 +101,10 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package, staged: Staged) -> Res
 
     let env = hook_env(pkg, &update.from_version, &marker.to_version);
     let mut problem = None;
-    for (name, cmd) in [("post_install", &pkg.post_install), ("health_check", &pkg.health_check)] {
+    for (name, cmd) in [
+        ("post_install", &pkg.post_install),
+        ("health_check", &pkg.health_check),
+    ] {
         if let Some(cmd) = cmd {
             if let Err(e) = hooks::run(name, cmd, timeout, &env.as_slice()).await {
                 problem = Some(crate::error_chain(&e));
@@ -74,7 +113,10 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package, staged: Staged) -> Res
         }
     }
     if let Some(problem) = problem {
-        log::error!("{key}: {problem}; rolling back to version {}", update.from_version);
+        log::error!(
+            "{key}: {problem}; rolling back to version {}",
+            update.from_version
+        );
         if !install::rollback(&pkg.path)? {
             log::error!("{key}: no previous file to restore");
         }

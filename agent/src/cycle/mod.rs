@@ -81,7 +81,11 @@ pub enum Outcome {
     /// The whole chain is installed.
     Updated { from: String, to: String },
     /// Part of the chain is installed; the rest failed.
-    Partial { from: String, to: String, failed: String },
+    Partial {
+        from: String,
+        to: String,
+        failed: String,
+    },
     /// Nothing was installed: a patch failed, the install failed or was rolled back.
     Failed { reason: String },
     /// `pre_install` asked to wait; the update is reported `3` and tried at the next poll.
@@ -177,7 +181,10 @@ impl Agent {
     }
 
     pub(crate) fn pkg_state(&mut self, key: &str) -> &mut PackageState {
-        self.state.packages.get_mut(key).expect("reconcile() adds every configured package")
+        self.state
+            .packages
+            .get_mut(key)
+            .expect("reconcile() adds every configured package")
     }
 
     /// Runs one cycle for the package at `index` of the config, from wherever its facts say.
@@ -185,7 +192,9 @@ impl Agent {
         let pkg = self.config.packages[index].clone();
         let key = pkg.key();
         let mut step = match &self.pkg_state(&key).update {
-            Some(Update { install: Some(_), .. }) => Step::Install(apply::Staged::Resumed),
+            Some(Update {
+                install: Some(_), ..
+            }) => Step::Install(apply::Staged::Resumed),
             Some(_) => Step::Download,
             None => Step::Check,
         };
@@ -214,7 +223,12 @@ impl Agent {
 
     /// Ends the package's update: records what is installed, queues a callback for every id
     /// and deletes the update's files, all in one atomic write of the state.
-    fn finish(&mut self, pkg: &Package, codes: &[(String, u8)], installed: Option<(String, String)>) -> Result<(), StoreError> {
+    fn finish(
+        &mut self,
+        pkg: &Package,
+        codes: &[(String, u8)],
+        installed: Option<(String, String)>,
+    ) -> Result<(), StoreError> {
         let key = pkg.key();
         let now = unix_now();
         let ps = self.pkg_state(&key);
@@ -272,7 +286,12 @@ mod tests {
     #[test]
     fn rule_three_codes() {
         let ids: Vec<String> = ["23", "25", "27"].map(String::from).to_vec();
-        let codes = |applied, failed| -> Vec<u8> { chain_codes(&ids, applied, failed).into_iter().map(|(_, c)| c).collect() };
+        let codes = |applied, failed| -> Vec<u8> {
+            chain_codes(&ids, applied, failed)
+                .into_iter()
+                .map(|(_, c)| c)
+                .collect()
+        };
         assert_eq!(codes(3, None), [1, 1, 1]);
         assert_eq!(codes(1, Some(1)), [1, 2, 3]);
         assert_eq!(codes(0, Some(0)), [2, 3, 3]);

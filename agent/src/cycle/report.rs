@@ -9,7 +9,12 @@ pub(super) async fn run(agent: &mut Agent) -> Result<(), CycleError> {
             return Err(CycleError::Stopped);
         }
         match agent.client.callback(&cb.id, cb.code).await? {
-            Ack::Accepted => log::info!("{}: reported result {} for update {}", cb.package, cb.code, cb.id),
+            Ack::Accepted => log::info!(
+                "{}: reported result {} for update {}",
+                cb.package,
+                cb.code,
+                cb.id
+            ),
             Ack::Rejected(code) => log::warn!(
                 "{}: the server refused result {} for update {} (code {code}); dropping it",
                 cb.package,

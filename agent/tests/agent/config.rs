@@ -27,9 +27,21 @@ fn a_good_config_loads_with_defaults() {
 #[test]
 fn bad_configs_name_the_key() {
     let cases: [(&str, &str, &str); 6] = [
-        ("poll_interval = \"1h\"", "poll_interval = \"1 hour\"", "poll_interval"),
-        ("url = \"http://127.0.0.1:9\"", "url = \"ftp://x\"", "server.url"),
-        ("version = \"16\"", "version = \"sixteen\"", "package[0].version"),
+        (
+            "poll_interval = \"1h\"",
+            "poll_interval = \"1 hour\"",
+            "poll_interval",
+        ),
+        (
+            "url = \"http://127.0.0.1:9\"",
+            "url = \"ftp://x\"",
+            "server.url",
+        ),
+        (
+            "version = \"16\"",
+            "version = \"sixteen\"",
+            "package[0].version",
+        ),
         ("[robot]", "[robot]\ncolour = \"red\"", "colour"),
         ("id = \"robot-0001\"", "", "robot.id"),
         ("client_id = \"mobile_1\"", "", "client_id"),
@@ -48,7 +60,10 @@ fn a_config_with_secrets_readable_by_others_is_refused() {
     let path = write_config(tmp.path(), "http://127.0.0.1:9", "", "");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let err = Config::load(&path).unwrap_err();
-    assert!(matches!(err, ConfigError::LoosePermissions { mode: 0o644, .. }));
+    assert!(matches!(
+        err,
+        ConfigError::LoosePermissions { mode: 0o644, .. }
+    ));
     assert!(err.to_string().contains("chmod 600"));
 }
 
@@ -59,5 +74,8 @@ async fn the_binary_refuses_a_bad_config_and_names_it() {
     let out = crate::helpers::agent(&path, &["check"]).await;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("agent.toml") && stderr.contains("retry"), "{stderr}");
+    assert!(
+        stderr.contains("agent.toml") && stderr.contains("retry"),
+        "{stderr}"
+    );
 }

@@ -79,12 +79,20 @@ async fn check_sends_all_seven_parameters_and_reuses_the_token() {
         .and(query_param("language", "CN"))
         .and(query_param("robot_version", "1"))
         .and(query_param("robot_id", "robot-0001"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"code":"100","data":"","id":""})))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"code":"100","data":"","id":""})),
+        )
         .expect(2)
         .mount(&s.server)
         .await;
-    assert_eq!(s.client.check(&request()).await.unwrap(), CheckAnswer::UpToDate);
-    assert_eq!(s.client.check(&request()).await.unwrap(), CheckAnswer::UpToDate);
+    assert_eq!(
+        s.client.check(&request()).await.unwrap(),
+        CheckAnswer::UpToDate
+    );
+    assert_eq!(
+        s.client.check(&request()).await.unwrap(),
+        CheckAnswer::UpToDate
+    );
 }
 
 #[tokio::test]
@@ -92,7 +100,10 @@ async fn token_falls_back_to_a_post_form_on_405() {
     let s = setup().await;
     Mock::given(method("GET"))
         .and(path("/oauth/token"))
-        .respond_with(ResponseTemplate::new(405).set_body_json(json!({"status":405,"error":"Method Not Allowed"})))
+        .respond_with(
+            ResponseTemplate::new(405)
+                .set_body_json(json!({"status":405,"error":"Method Not Allowed"})),
+        )
         .expect(1)
         .mount(&s.server)
         .await;
@@ -120,8 +131,14 @@ async fn token_falls_back_to_a_post_form_on_405() {
         .mount(&s.server)
         .await;
     // The first token lives for zero seconds, so the second check refreshes it, by POST at once.
-    assert_eq!(s.client.check(&request()).await.unwrap(), CheckAnswer::NoSuchVersion);
-    assert_eq!(s.client.check(&request()).await.unwrap(), CheckAnswer::NoSuchVersion);
+    assert_eq!(
+        s.client.check(&request()).await.unwrap(),
+        CheckAnswer::NoSuchVersion
+    );
+    assert_eq!(
+        s.client.check(&request()).await.unwrap(),
+        CheckAnswer::NoSuchVersion
+    );
 }
 
 #[tokio::test]
@@ -145,7 +162,9 @@ async fn refused_refresh_falls_back_to_the_password_grant() {
         .await;
     Mock::given(method("GET"))
         .and(path("/file/download"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"code":"100","data":"","id":""})))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"code":"100","data":"","id":""})),
+        )
         .mount(&s.server)
         .await;
     s.client.check(&request()).await.unwrap();
@@ -178,7 +197,10 @@ async fn invalid_token_gets_one_new_token_and_one_retry() {
         .expect(1)
         .mount(&s.server)
         .await;
-    assert_eq!(s.client.check(&request()).await.unwrap(), CheckAnswer::NotAllowed);
+    assert_eq!(
+        s.client.check(&request()).await.unwrap(),
+        CheckAnswer::NotAllowed
+    );
 }
 
 #[tokio::test]
@@ -209,31 +231,60 @@ async fn bad_credentials_are_an_oauth_error() {
     let s = setup().await;
     Mock::given(method("GET"))
         .and(path("/oauth/token"))
-        .respond_with(ResponseTemplate::new(400).set_body_json(
-            json!({"error":"invalid_grant","error_description":"Bad credentials"}),
-        ))
+        .respond_with(
+            ResponseTemplate::new(400).set_body_json(
+                json!({"error":"invalid_grant","error_description":"Bad credentials"}),
+            ),
+        )
         .mount(&s.server)
         .await;
     let err = s.client.check(&request()).await.unwrap_err();
-    assert!(matches!(&err, ClientError::OAuth { status: 400, error, .. } if error == "invalid_grant"), "{err:?}");
+    assert!(
+        matches!(&err, ClientError::OAuth { status: 400, error, .. } if error == "invalid_grant"),
+        "{err:?}"
+    );
     assert!(!ota_agent::error_chain(&err).contains("secret_1"));
 }
 
 #[tokio::test]
 async fn every_check_code() {
     let cases = [
-        (json!({"code":"100","data":"","id":""}), CheckAnswer::UpToDate),
-        (json!({"code":"101","data":"","id":""}), CheckAnswer::UpToDate),
-        (json!({"code":"102","data":"","id":""}), CheckAnswer::NoSuchVersion),
-        (json!({"code":"103","data":"","id":""}), CheckAnswer::NotAllowed),
-        (json!({"code":104,"data":"","id":""}), CheckAnswer::NoLanguage),
+        (
+            json!({"code":"100","data":"","id":""}),
+            CheckAnswer::UpToDate,
+        ),
+        (
+            json!({"code":"101","data":"","id":""}),
+            CheckAnswer::UpToDate,
+        ),
+        (
+            json!({"code":"102","data":"","id":""}),
+            CheckAnswer::NoSuchVersion,
+        ),
+        (
+            json!({"code":"103","data":"","id":""}),
+            CheckAnswer::NotAllowed,
+        ),
+        (
+            json!({"code":104,"data":"","id":""}),
+            CheckAnswer::NoLanguage,
+        ),
     ];
     for (body, expected) in cases {
         let s = setup().await;
-        assert_eq!(answer(&s, ResponseTemplate::new(200).set_body_json(body)).await.unwrap(), expected);
+        assert_eq!(
+            answer(&s, ResponseTemplate::new(200).set_body_json(body))
+                .await
+                .unwrap(),
+            expected
+        );
     }
     let s = setup().await;
-    let failed = answer(&s, ResponseTemplate::new(200).set_body_json(json!({"code":"500","data":""}))).await;
+    let failed = answer(
+        &s,
+        ResponseTemplate::new(200).set_body_json(json!({"code":"500","data":""})),
+    )
+    .await;
     assert_eq!(failed.unwrap(), CheckAnswer::Failed("500".into()));
 }
 
@@ -266,7 +317,12 @@ async fn bad_check_answers_are_refused() {
 #[tokio::test]
 async fn retry_after_is_read() {
     let s = setup().await;
-    let err = answer(&s, ResponseTemplate::new(503).insert_header("retry-after", "120")).await.unwrap_err();
+    let err = answer(
+        &s,
+        ResponseTemplate::new(503).insert_header("retry-after", "120"),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.retry_after(), Some(std::time::Duration::from_secs(120)));
     assert!(!err.is_permanent());
 }
@@ -280,9 +336,17 @@ async fn callback_answers() {
         .mount(&s.server)
         .await;
     for (id, body, expected) in [
-        ("23", json!({"code":"100","data":"regisiter information"}), Some(Ack::Accepted)),
+        (
+            "23",
+            json!({"code":"100","data":"regisiter information"}),
+            Some(Ack::Accepted),
+        ),
         ("24", json!({"code":101}), Some(Ack::Accepted)),
-        ("25", json!({"code":"102","data":"no such id"}), Some(Ack::Rejected("102".into()))),
+        (
+            "25",
+            json!({"code":"102","data":"no such id"}),
+            Some(Ack::Rejected("102".into())),
+        ),
         ("26", json!({"code":"500"}), None),
     ] {
         Mock::given(method("POST"))
@@ -334,6 +398,10 @@ async fn resume_trusts_only_a_matching_206() {
         .respond_with(ResponseTemplate::new(200).set_body_raw("whole", "application/octet-stream"))
         .mount(&s.server)
         .await;
-    let fetch = s.client.fetch(&format!("{}/x--17--f.patch", s.server.uri()), 10, None).await.unwrap();
+    let fetch = s
+        .client
+        .fetch(&format!("{}/x--17--f.patch", s.server.uri()), 10, None)
+        .await
+        .unwrap();
     assert_eq!((fetch.offset, fetch.total), (0, Some(5)));
 }

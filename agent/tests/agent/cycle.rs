@@ -32,7 +32,10 @@ async fn agent_with_answer(answer: serde_json::Value) -> (tempfile::TempDir, Moc
 }
 
 fn patch_gets(requests: &[wiremock::Request]) -> usize {
-    requests.iter().filter(|r| r.url.path().ends_with(".patch")).count()
+    requests
+        .iter()
+        .filter(|r| r.url.path().ends_with(".patch"))
+        .count()
 }
 
 #[tokio::test]
@@ -42,7 +45,10 @@ async fn a_name_without_a_version_is_refused_before_any_download() {
     }))
     .await;
     let err = agent.cycle(0).await.unwrap_err();
-    assert!(matches!(&err, CycleError::Refused(r) if r.contains("firmware.patch") && r.contains("25")), "{err}");
+    assert!(
+        matches!(&err, CycleError::Refused(r) if r.contains("firmware.patch") && r.contains("25")),
+        "{err}"
+    );
     assert_eq!(patch_gets(&server.received_requests().await.unwrap()), 0);
     assert!(agent.state.outbox.is_empty());
     assert!(agent.state.packages.values().all(|p| p.update.is_none()));
@@ -61,9 +67,21 @@ async fn a_downgrade_is_refused() {
 #[tokio::test]
 async fn declines_are_not_errors() {
     for code in ["103", "104"] {
-        let (_tmp, _server, mut agent) = agent_with_answer(json!({"code": code, "data": "", "id": ""})).await;
-        assert_eq!(agent.cycle(0).await.unwrap(), Outcome::Declined { code: code.into() });
-        let last = agent.state.packages.values().next().unwrap().last_check.clone().unwrap();
+        let (_tmp, _server, mut agent) =
+            agent_with_answer(json!({"code": code, "data": "", "id": ""})).await;
+        assert_eq!(
+            agent.cycle(0).await.unwrap(),
+            Outcome::Declined { code: code.into() }
+        );
+        let last = agent
+            .state
+            .packages
+            .values()
+            .next()
+            .unwrap()
+            .last_check
+            .clone()
+            .unwrap();
         assert!(last.ok && last.result.contains(code));
     }
 }
@@ -75,7 +93,9 @@ async fn an_oversized_patch_fails_without_downloading_it() {
     drop((_s, _a));
     Mock::given(method("GET"))
         .and(path("/oauth/token"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"access_token":"t","expires_in":100})))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"access_token":"t","expires_in":100})),
+        )
         .mount(&server)
         .await;
     let answer = json!({"code":"100","data": format!("{}/a--17--f.patch", server.uri()),"id":"23"});
@@ -94,12 +114,28 @@ async fn an_oversized_patch_fails_without_downloading_it() {
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"code":"100"})))
         .mount(&server)
         .await;
-    let config = Config::load(&write_config(tmp.path(), &server.uri(), "", "max_patch_size = 1000000")).unwrap();
+    let config = Config::load(&write_config(
+        tmp.path(),
+        &server.uri(),
+        "",
+        "max_patch_size = 1000000",
+    ))
+    .unwrap();
     let mut agent = Agent::open(config, Shutdown::never()).unwrap();
     let outcome = agent.cycle(0).await.unwrap();
-    assert!(matches!(&outcome, Outcome::Failed { reason } if reason.contains("max_patch_size")), "{outcome:?}");
+    assert!(
+        matches!(&outcome, Outcome::Failed { reason } if reason.contains("max_patch_size")),
+        "{outcome:?}"
+    );
     let requests = server.received_requests().await.unwrap();
-    assert!(requests.iter().all(|r| !(r.method.as_str() == "GET" && r.url.path().ends_with(".patch"))));
-    let callback = requests.iter().find(|r| r.url.path() == "/file/callback").unwrap();
+    assert!(
+        requests
+            .iter()
+            .all(|r| !(r.method.as_str() == "GET" && r.url.path().ends_with(".patch")))
+    );
+    let callback = requests
+        .iter()
+        .find(|r| r.url.path() == "/file/callback")
+        .unwrap();
     assert!(callback.url.query().unwrap().contains("code=2"));
 }

@@ -68,12 +68,19 @@ impl World {
 
     pub async fn with(package_extra: &str, agent_extra: &str) -> World {
         let tmp = tempfile::tempdir().unwrap();
-        let catalog = ota_mock_server::demo::generate(&tmp.path().join("server"), 200 * 1024).unwrap();
-        let server = MockServer::start(Catalog::load(&catalog).unwrap()).await.unwrap();
+        let catalog =
+            ota_mock_server::demo::generate(&tmp.path().join("server"), 200 * 1024).unwrap();
+        let server = MockServer::start(Catalog::load(&catalog).unwrap())
+            .await
+            .unwrap();
         std::fs::create_dir_all(tmp.path().join("robot")).unwrap();
         std::fs::copy(version_path(tmp.path(), 16), managed_path(tmp.path())).unwrap();
         let config = write_config(tmp.path(), &server.uri(), package_extra, agent_extra);
-        World { tmp, server, config }
+        World {
+            tmp,
+            server,
+            config,
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -90,7 +97,11 @@ impl World {
 
     /// The (id, code) pairs the server recorded, in order.
     pub fn callbacks(&self) -> Vec<(String, String)> {
-        self.server.callbacks().into_iter().map(|c| (c.id, c.code)).collect()
+        self.server
+            .callbacks()
+            .into_iter()
+            .map(|c| (c.id, c.code))
+            .collect()
     }
 
     pub async fn agent(&self, args: &[&str]) -> Output {
@@ -99,7 +110,11 @@ impl World {
 
     pub async fn status(&self) -> serde_json::Value {
         let out = self.agent(&["status", "--json"]).await;
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 }
@@ -109,13 +124,18 @@ pub fn version_path(dir: &Path, code: u32) -> PathBuf {
 }
 
 pub fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
 }
 
 /// Runs the agent binary to completion (off the test's runtime, which serves the mock).
 pub async fn agent(config: &Path, args: &[&str]) -> Output {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ota-agent"));
-    cmd.arg("--config").arg(config).args(args).env("OTA_AGENT_LOG", "debug");
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .env("OTA_AGENT_LOG", "debug");
     let out = cmd.output().await.unwrap();
     eprintln!(
         "ota-agent {args:?} exited with {}\n--- stdout\n{}--- stderr\n{}",

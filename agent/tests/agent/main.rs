@@ -4,5 +4,6 @@
 mod config;
 mod contract;
 mod cycle;
+mod daemon;
 mod helpers;
 mod update;

@@ -89,17 +89,23 @@ async fn cut_download_resumes_with_a_range() {
         .filter(|r| r.method == "GET" && r.path.ends_with(".patch"))
         .collect();
     assert!(
-        patch_gets.iter().any(|r| r.range.as_deref() == Some("bytes=1000-")),
+        patch_gets
+            .iter()
+            .any(|r| r.range.as_deref() == Some("bytes=1000-")),
         "{patch_gets:?}"
     );
     let sent: u64 = patch_gets.iter().map(|r| r.bytes_sent).sum();
-    assert!(sent < sizes + sizes / 2, "sent {sent} bytes for {sizes} bytes of patches");
+    assert!(
+        sent < sizes + sizes / 2,
+        "sent {sent} bytes for {sizes} bytes of patches"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callbacks_survive_a_restart() {
     let w = World::new("").await;
-    w.server.inject(Fault::status(Endpoint::Callback, 500, "{\"code\":\"500\"}").times(1000));
+    w.server
+        .inject(Fault::status(Endpoint::Callback, 500, "{\"code\":\"500\"}").times(1000));
     let out = w.agent(&["check"]).await;
     assert!(!out.status.success());
     assert_eq!(w.installed(), w.version(18));
@@ -117,7 +123,11 @@ async fn callbacks_survive_a_restart() {
 async fn changed_file_is_not_patched() {
     let w = World::new("").await;
     // The agent records the file on its first check...
-    w.server.inject(Fault::status(Endpoint::Download, 200, r#"{"code":"100","data":"","id":""}"#));
+    w.server.inject(Fault::status(
+        Endpoint::Download,
+        200,
+        r#"{"code":"100","data":"","id":""}"#,
+    ));
     assert!(w.agent(&["check"]).await.status.success());
     // ...and refuses to patch it once something else changed it.
     std::fs::write(crate::helpers::managed_path(w.dir()), b"changed by hand").unwrap();
@@ -132,12 +142,22 @@ async fn reoffered_id_is_reported_not_applied() {
     let w = World::new("").await;
     assert!(w.agent(&["check"]).await.status.success());
     let patches = w.server.catalog().patches();
-    let urls: Vec<String> = patches.iter().map(|p| format!("{}{}", w.server.uri(), p.url_path)).collect();
+    let urls: Vec<String> = patches
+        .iter()
+        .map(|p| format!("{}{}", w.server.uri(), p.url_path))
+        .collect();
     // The server forgets the robot's results and offers the whole chain again.
-    let body = format!(r#"{{"code":"100","data":"{}","id":"23;25"}}"#, urls.join(";"));
-    w.server.inject(Fault::status(Endpoint::Download, 200, &body));
+    let body = format!(
+        r#"{{"code":"100","data":"{}","id":"23;25"}}"#,
+        urls.join(";")
+    );
+    w.server
+        .inject(Fault::status(Endpoint::Download, 200, &body));
     let out = w.agent(&["check"]).await;
     assert!(out.status.success());
     assert_eq!(w.installed(), w.version(18));
-    assert_eq!(w.callbacks(), pairs(&[("23", "1"), ("25", "1"), ("23", "1"), ("25", "1")]));
+    assert_eq!(
+        w.callbacks(),
+        pairs(&[("23", "1"), ("25", "1"), ("23", "1"), ("25", "1")])
+    );
 }

@@ -1,0 +1,141 @@
+//! The daemon (`ota-agent run`): it updates on its own, resumes after a kill, stops on SIGTERM.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use ota_mock_server::{Endpoint, Fault, FaultKind};
+use rustix::process::{Pid, Signal, kill_process};
+use tokio::process::{Child, Command};
+
+use crate::helpers::{World, pairs};
+
+fn spawn(w: &World) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_ota-agent"))
+        .arg("--config")
+        .arg(&w.config)
+        .arg("run")
+        .env("OTA_AGENT_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &Child, signal: Signal) {
+    let pid = Pid::from_raw(child.id().unwrap() as i32).unwrap();
+    kill_process(pid, signal).unwrap();
+}
+
+/// Waits (bounded) until `done` holds; the agent works at its own pace.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn stderr_of(child: Child) -> (std::process::ExitStatus, String) {
+    let out = child.wait_with_output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("--- agent stderr\n{text}");
+    (out.status, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_updates_then_waits_and_stops_on_sigterm() {
+    let w = World::new("").await;
+    let child = spawn(&w);
+    until("both callbacks", || w.callbacks().len() == 2).await;
+    assert_eq!(w.installed(), w.version(18));
+    signal(&child, Signal::TERM);
+    let (status, log) = stderr_of(child).await;
+    assert!(status.success(), "{status}");
+    assert!(
+        log.contains("next check in"),
+        "the daemon schedules its next poll"
+    );
+    assert!(log.contains("stopping"));
+    assert_eq!(w.callbacks(), pairs(&[("23", "1"), ("25", "1")]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_daemon_resumes_its_download() {
+    let w = World::new("").await;
+    // The first patch stalls after 1000 bytes, long enough for the kill.
+    w.server.inject(
+        Fault::new(
+            Endpoint::Patch,
+            FaultKind::Stall {
+                after: 1000,
+                pause: Duration::from_secs(30),
+            },
+        )
+        .path_contains("--17--")
+        .times(2),
+    );
+    let child = spawn(&w);
+    let state = w.dir().join("state").join("state.json");
+    until("the first 1000 bytes to be durable", || {
+        std::fs::read_to_string(&state).is_ok_and(|s| s.contains("\"durable\": 1000"))
+    })
+    .await;
+    signal(&child, Signal::KILL);
+    let _ = stderr_of(child).await;
+    assert_eq!(w.installed(), w.version(16));
+
+    w.server.clear_faults();
+    let child = spawn(&w);
+    until("both callbacks", || w.callbacks().len() == 2).await;
+    signal(&child, Signal::TERM);
+    let (status, log) = stderr_of(child).await;
+    assert!(status.success());
+    assert!(
+        log.contains("resuming the update a restart interrupted"),
+        "{log}"
+    );
+    assert_eq!(w.installed(), w.version(18));
+    assert_eq!(w.callbacks(), pairs(&[("23", "1"), ("25", "1")]));
+    let resumed = w
+        .server
+        .requests()
+        .into_iter()
+        .any(|r| r.range.as_deref() == Some("bytes=1000-"));
+    assert!(
+        resumed,
+        "the second run asked for the rest of the patch only"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_download_saves_progress() {
+    let w = World::new("").await;
+    w.server.inject(
+        Fault::new(
+            Endpoint::Patch,
+            FaultKind::Stall {
+                after: 1000,
+                pause: Duration::from_secs(30),
+            },
+        )
+        .path_contains("--17--")
+        .times(2),
+    );
+    let child = spawn(&w);
+    let state = w.dir().join("state").join("state.json");
+    until("the first 1000 bytes to be durable", || {
+        std::fs::read_to_string(&state).is_ok_and(|s| s.contains("\"durable\": 1000"))
+    })
+    .await;
+    signal(&child, Signal::TERM);
+    let (status, _) = stderr_of(child).await;
+    assert!(status.success());
+    let update = &w.status().await["packages"][0]["update"];
+    assert_eq!(update["step"], "downloading");
+    assert_eq!(update["downloaded_bytes"], 1000);
+    assert!(w.callbacks().is_empty());
+}
