@@ -1,0 +1,672 @@
+//! The catalog: who may log in, which firmware versions exist and the patches between them.
+//!
+//! A catalog is one TOML file; paths in it are relative to its directory:
+//!
+//! ```toml
+//! [server]
+//! expires_in = 11999            # optional, seconds an access token lives
+//! refresh_expires_in = 2592000  # optional, seconds a refresh token lives (30 days)
+//! token_get = true              # optional; false makes GET /oauth/token answer 405
+//! cache_dir = "cache"           # optional, where made patches are kept
+//!
+//! [[client]]
+//! id = "mobile_1"
+//! secret = "secret_1"
+//!
+//! [[user]]
+//! username = "aa"
+//! password = "aa"
+//!
+//! [[package]]
+//! name = "com.ubtechinc.alpha2services"
+//! label = "Alpha2Services"      # <Name> in patch file names; defaults to the package name
+//! robots = ["15ae48ecs171faef35fafa5feafew"]  # optional; absent lets every robot upgrade
+//!
+//! [[package.file]]
+//! file_name = "service5mic"
+//! language = "CN"
+//!
+//! [[package.file.version]]
+//! code = 16
+//! name = "1.1.0.32"
+//! file = "versions/16"          # the full file
+//!
+//! [[package.file.version]]
+//! code = 17
+//! name = "1.1.1.32"
+//! id = "23"                     # update id of the patch to this version; assigned if absent
+//! file = "versions/17"          # a patch from version 16 is made with qbsdiff and cached
+//! # patch = "patches/17.patch"  # or a ready bsdiff patch from the previous version, served as is
+//! ```
+//!
+//! Version codes increase strictly within a file, ids are unique across the catalog, the first
+//! version needs a full file, and a version needs a patch unless it and the one before have
+//! full files. Made patches are cached under the SHA-256 of the two versions.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// Default lifetime of an access token, as in the contract's example answer.
+pub const DEFAULT_EXPIRES_IN: u64 = 11999;
+
+/// Default lifetime of a refresh token: Spring Security OAuth2's default of 30 days.
+pub const DEFAULT_REFRESH_EXPIRES_IN: u64 = 30 * 24 * 3600;
+
+/// Errors met while loading a catalog; every message names the catalog file.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("cannot read catalog {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot parse catalog {}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("catalog {}: {entry}: {problem}", path.display())]
+    Invalid {
+        path: PathBuf,
+        entry: String,
+        problem: String,
+    },
+    #[error("catalog {}: {entry}: cannot read {}: {source}", path.display(), file.display())]
+    File {
+        path: PathBuf,
+        entry: String,
+        file: PathBuf,
+        source: io::Error,
+    },
+    #[error("catalog {}: {entry}: cannot make patch: {source}", path.display())]
+    Diff {
+        path: PathBuf,
+        entry: String,
+        source: io::Error,
+    },
+    #[error("catalog {}: cannot write patch cache {}: {source}", path.display(), dir.display())]
+    Cache {
+        path: PathBuf,
+        dir: PathBuf,
+        source: io::Error,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalog {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default, rename = "client")]
+    clients: Vec<RawClient>,
+    #[serde(default, rename = "user")]
+    users: Vec<RawUser>,
+    #[serde(default, rename = "package")]
+    packages: Vec<RawPackage>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    expires_in: Option<u64>,
+    refresh_expires_in: Option<u64>,
+    token_get: Option<bool>,
+    cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    id: String,
+    secret: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    username: String,
+    password: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPackage {
+    name: String,
+    label: Option<String>,
+    robots: Option<Vec<String>>,
+    #[serde(default, rename = "file")]
+    files: Vec<RawFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    file_name: String,
+    language: String,
+    #[serde(default, rename = "version")]
+    versions: Vec<RawVersion>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVersion {
+    code: u64,
+    name: String,
+    id: Option<String>,
+    file: Option<PathBuf>,
+    patch: Option<PathBuf>,
+}
+
+/// Server-wide settings from the catalog's `[server]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Settings {
+    pub(crate) expires_in: u64,
+    pub(crate) refresh_expires_in: u64,
+    pub(crate) token_get: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Package {
+    name: String,
+    robots: Option<Vec<String>>,
+    files: Vec<FileEntry>,
+}
+
+#[derive(Debug, Clone)]
+struct FileEntry {
+    file_name: String,
+    language: String,
+    versions: Vec<Version>,
+}
+
+#[derive(Debug, Clone)]
+struct Version {
+    code: u64,
+    /// The update id and URL path of the patch that leads to this version; `None` for the first.
+    patch: Option<(String, String)>,
+}
+
+/// One patch file that the server serves under `/version/...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatchInfo {
+    /// The update id of the patch.
+    pub id: String,
+    /// The path part of the patch's URL, e.g. `/version/pkg/CN/Name-1.1.1.32--17--file.patch`.
+    pub url_path: String,
+    /// Where the patch lives on disk.
+    pub file: PathBuf,
+    /// The size of the patch in bytes.
+    pub len: u64,
+    /// The strong, quoted entity tag of the patch.
+    pub etag: String,
+    /// The version code the patch applies to.
+    pub from_code: u64,
+    /// The version code the patch produces.
+    pub to_code: u64,
+}
+
+/// What `/file/download` answers for one robot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    /// The patches, as (id, URL path), leading from the robot's version to the newest one.
+    Chain(Vec<(String, String)>),
+    NoSuchVersion,
+    RobotNotAllowed,
+    NoLanguage,
+}
+
+/// A loaded catalog with every patch ready on disk.
+#[derive(Clone)]
+pub struct Catalog {
+    path: PathBuf,
+    pub(crate) settings: Settings,
+    clients: HashMap<String, String>,
+    users: HashMap<String, String>,
+    packages: Vec<Package>,
+    patches: HashMap<String, PatchInfo>,
+}
+
+impl fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Secrets stay out of debug output.
+        f.debug_struct("Catalog")
+            .field("path", &self.path)
+            .field("settings", &self.settings)
+            .field("clients", &self.clients.len())
+            .field("users", &self.users.len())
+            .field("packages", &self.packages.len())
+            .field("patches", &self.patches.len())
+            .finish()
+    }
+}
+
+impl Catalog {
+    /// Loads a catalog file, checks it, and makes or finds every patch it needs.
+    pub fn load(path: &Path) -> Result<Catalog, CatalogError> {
+        let text = fs::read_to_string(path).map_err(|source| CatalogError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let raw: RawCatalog = toml::from_str(&text).map_err(|e| CatalogError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        Loader {
+            path: path.to_path_buf(),
+            dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        }
+        .build(raw)
+    }
+
+    /// The file the catalog was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Changes the lifetime of newly issued access tokens, in seconds.
+    pub fn set_expires_in(&mut self, seconds: u64) {
+        self.settings.expires_in = seconds;
+    }
+
+    /// Changes the lifetime of newly issued refresh tokens, in seconds.
+    pub fn set_refresh_expires_in(&mut self, seconds: u64) {
+        self.settings.refresh_expires_in = seconds;
+    }
+
+    /// Chooses whether `GET /oauth/token` works (`true`) or answers 405 like newer servers.
+    pub fn set_token_get(&mut self, allowed: bool) {
+        self.settings.token_get = allowed;
+    }
+
+    /// Every patch the server serves, ordered by update id.
+    pub fn patches(&self) -> Vec<PatchInfo> {
+        let mut all: Vec<PatchInfo> = self.patches.values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    /// The patch with the given update id.
+    pub fn patch_by_id(&self, id: &str) -> Option<PatchInfo> {
+        self.patches.values().find(|p| p.id == id).cloned()
+    }
+
+    pub(crate) fn patch_by_path(&self, url_path: &str) -> Option<&PatchInfo> {
+        self.patches.get(url_path)
+    }
+
+    pub(crate) fn has_id(&self, id: &str) -> bool {
+        self.patches.values().any(|p| p.id == id)
+    }
+
+    /// `None` for an unknown client, else whether the secret matches.
+    pub(crate) fn client_secret_ok(&self, id: &str, secret: &str) -> Option<bool> {
+        self.clients.get(id).map(|s| s == secret)
+    }
+
+    pub(crate) fn user_ok(&self, username: &str, password: &str) -> bool {
+        self.users.get(username).is_some_and(|p| p == password)
+    }
+
+    pub(crate) fn lookup(
+        &self,
+        package: &str,
+        file_name: &str,
+        language: &str,
+        version: &str,
+        robot_id: &str,
+    ) -> Lookup {
+        let Some(package) = self.packages.iter().find(|p| p.name == package) else {
+            return Lookup::NoSuchVersion;
+        };
+        if let Some(robots) = &package.robots
+            && !robots.iter().any(|r| r == robot_id)
+        {
+            return Lookup::RobotNotAllowed;
+        }
+        let files: Vec<&FileEntry> = package
+            .files
+            .iter()
+            .filter(|f| f.file_name == file_name)
+            .collect();
+        if files.is_empty() {
+            return Lookup::NoSuchVersion;
+        }
+        let Some(file) = files.iter().find(|f| f.language == language) else {
+            return Lookup::NoLanguage;
+        };
+        let Ok(code) = version.trim().parse::<u64>() else {
+            return Lookup::NoSuchVersion;
+        };
+        let Some(at) = file.versions.iter().position(|v| v.code == code) else {
+            return Lookup::NoSuchVersion;
+        };
+        Lookup::Chain(
+            file.versions[at + 1..]
+                .iter()
+                .filter_map(|v| v.patch.clone())
+                .collect(),
+        )
+    }
+}
+
+struct Loader {
+    path: PathBuf,
+    dir: PathBuf,
+}
+
+fn url_safe(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl Loader {
+    fn invalid(&self, entry: impl Into<String>, problem: impl Into<String>) -> CatalogError {
+        CatalogError::Invalid {
+            path: self.path.clone(),
+            entry: entry.into(),
+            problem: problem.into(),
+        }
+    }
+
+    fn read(&self, entry: &str, file: &Path) -> Result<Vec<u8>, CatalogError> {
+        let full = self.dir.join(file);
+        fs::read(&full).map_err(|source| CatalogError::File {
+            path: self.path.clone(),
+            entry: entry.to_string(),
+            file: full,
+            source,
+        })
+    }
+
+    fn build(self, raw: RawCatalog) -> Result<Catalog, CatalogError> {
+        let settings = Settings {
+            expires_in: raw.server.expires_in.unwrap_or(DEFAULT_EXPIRES_IN),
+            refresh_expires_in: raw
+                .server
+                .refresh_expires_in
+                .unwrap_or(DEFAULT_REFRESH_EXPIRES_IN),
+            token_get: raw.server.token_get.unwrap_or(true),
+        };
+        let cache_dir = self.dir.join(
+            raw.server
+                .cache_dir
+                .as_deref()
+                .unwrap_or(Path::new("cache")),
+        );
+
+        let mut clients = HashMap::new();
+        for c in raw.clients {
+            if c.id.is_empty() {
+                return Err(self.invalid("client", "empty id"));
+            }
+            if clients.insert(c.id.clone(), c.secret).is_some() {
+                return Err(self.invalid(format!("client \"{}\"", c.id), "duplicate client id"));
+            }
+        }
+        let mut users = HashMap::new();
+        for u in raw.users {
+            if u.username.is_empty() {
+                return Err(self.invalid("user", "empty username"));
+            }
+            if users.insert(u.username.clone(), u.password).is_some() {
+                return Err(self.invalid(format!("user \"{}\"", u.username), "duplicate username"));
+            }
+        }
+
+        // Explicit ids are collected first so that auto-assigned ones never collide with them.
+        let mut used_ids = HashSet::new();
+        for p in &raw.packages {
+            for f in &p.files {
+                for v in &f.versions {
+                    if let Some(id) = &v.id {
+                        let entry = format!(
+                            "package \"{}\" file \"{}\" language \"{}\" version {}",
+                            p.name, f.file_name, f.language, v.code
+                        );
+                        if id.is_empty() || id.contains(';') {
+                            return Err(self.invalid(entry, format!("bad id \"{id}\"")));
+                        }
+                        if !used_ids.insert(id.clone()) {
+                            return Err(self.invalid(entry, format!("duplicate id \"{id}\"")));
+                        }
+                    }
+                }
+            }
+        }
+        let mut next_auto = 1u64;
+        let mut auto_id = || loop {
+            let candidate = next_auto.to_string();
+            next_auto += 1;
+            if !used_ids.contains(&candidate) {
+                used_ids.insert(candidate.clone());
+                return candidate;
+            }
+        };
+
+        let mut packages = Vec::new();
+        let mut patches = HashMap::new();
+        let mut names = HashSet::new();
+        for p in raw.packages {
+            let pentry = format!("package \"{}\"", p.name);
+            if !url_safe(&p.name) {
+                return Err(self.invalid(
+                    pentry,
+                    "name must be non-empty and use only letters, digits, '.', '_' and '-'",
+                ));
+            }
+            if !names.insert(p.name.clone()) {
+                return Err(self.invalid(pentry, "duplicate package"));
+            }
+            let label = p.label.clone().unwrap_or_else(|| p.name.clone());
+            if !url_safe(&label) {
+                return Err(self.invalid(
+                    pentry,
+                    "label must use only letters, digits, '.', '_' and '-'",
+                ));
+            }
+            let mut files = Vec::new();
+            let mut seen_files = HashSet::new();
+            for f in p.files {
+                let fentry = format!(
+                    "package \"{}\" file \"{}\" language \"{}\"",
+                    p.name, f.file_name, f.language
+                );
+                if !url_safe(&f.file_name) || !url_safe(&f.language) {
+                    return Err(self.invalid(
+                        fentry,
+                        "file_name and language must be non-empty and use only letters, digits, '.', '_' and '-'",
+                    ));
+                }
+                if !seen_files.insert((f.file_name.clone(), f.language.clone())) {
+                    return Err(self.invalid(fentry, "duplicate file and language"));
+                }
+                if f.versions.is_empty() {
+                    return Err(self.invalid(fentry, "no versions"));
+                }
+                let mut versions = Vec::new();
+                let mut previous: Option<(u64, Option<Vec<u8>>)> = None;
+                for v in f.versions {
+                    let ventry = format!("{fentry} version {}", v.code);
+                    if !url_safe(&v.name) {
+                        return Err(self.invalid(
+                            ventry,
+                            "name must be non-empty and use only letters, digits, '.', '_' and '-'",
+                        ));
+                    }
+                    if v.file.is_none() && v.patch.is_none() {
+                        return Err(self.invalid(ventry, "neither file nor patch given"));
+                    }
+                    let data = match &v.file {
+                        Some(file) => Some(self.read(&ventry, file)?),
+                        None => None,
+                    };
+                    let Some((prev_code, prev_data)) = previous.take() else {
+                        if v.patch.is_some() && data.is_none() {
+                            return Err(self.invalid(
+                                ventry,
+                                "the first version needs a full file, since no patch leads to it",
+                            ));
+                        }
+                        if let Some(id) = &v.id {
+                            return Err(self.invalid(
+                                ventry,
+                                format!(
+                                    "the first version has no patch, so it cannot have id \"{id}\""
+                                ),
+                            ));
+                        }
+                        versions.push(Version {
+                            code: v.code,
+                            patch: None,
+                        });
+                        previous = Some((v.code, data));
+                        continue;
+                    };
+                    if v.code <= prev_code {
+                        return Err(self.invalid(
+                            ventry,
+                            format!(
+                                "version codes must increase strictly, but {} follows {prev_code}",
+                                v.code
+                            ),
+                        ));
+                    }
+                    let id = v.id.clone().unwrap_or_else(&mut auto_id);
+                    let url_path = format!(
+                        "/version/{}/{}/{}-{}--{}--{}.patch",
+                        p.name, f.language, label, v.name, v.code, f.file_name
+                    );
+                    let file = match (&v.patch, &prev_data, &data) {
+                        (Some(patch), _, _) => {
+                            let bytes = self.read(&ventry, patch)?;
+                            if !bytes.starts_with(b"BSDIFF40") {
+                                return Err(self.invalid(
+                                    ventry,
+                                    format!(
+                                        "{} is not a bsdiff 4.x patch (no BSDIFF40 header)",
+                                        patch.display()
+                                    ),
+                                ));
+                            }
+                            self.dir.join(patch)
+                        }
+                        (None, Some(old), Some(new)) => {
+                            self.cached_patch(&ventry, &cache_dir, old, new)?
+                        }
+                        (None, None, _) => {
+                            return Err(self.invalid(
+                                ventry,
+                                format!(
+                                    "needs a patch, since version {prev_code} has no full file"
+                                ),
+                            ));
+                        }
+                        (None, Some(_), None) => unreachable!("a version without file has a patch"),
+                    };
+                    let (len, etag) = describe(&file).map_err(|source| CatalogError::File {
+                        path: self.path.clone(),
+                        entry: ventry.clone(),
+                        file: file.clone(),
+                        source,
+                    })?;
+                    patches.insert(
+                        url_path.clone(),
+                        PatchInfo {
+                            id: id.clone(),
+                            url_path: url_path.clone(),
+                            file,
+                            len,
+                            etag,
+                            from_code: prev_code,
+                            to_code: v.code,
+                        },
+                    );
+                    versions.push(Version {
+                        code: v.code,
+                        patch: Some((id, url_path)),
+                    });
+                    previous = Some((v.code, data));
+                }
+                files.push(FileEntry {
+                    file_name: f.file_name,
+                    language: f.language,
+                    versions,
+                });
+            }
+            packages.push(Package {
+                name: p.name,
+                robots: p.robots,
+                files,
+            });
+        }
+        Ok(Catalog {
+            path: self.path,
+            settings,
+            clients,
+            users,
+            packages,
+            patches,
+        })
+    }
+
+    /// Finds the patch from `old` to `new` in the cache, or makes it with qbsdiff and stores it.
+    fn cached_patch(
+        &self,
+        entry: &str,
+        cache_dir: &Path,
+        old: &[u8],
+        new: &[u8],
+    ) -> Result<PathBuf, CatalogError> {
+        let mut hasher = Sha256::new();
+        hasher.update((old.len() as u64).to_le_bytes());
+        hasher.update(old);
+        hasher.update(new);
+        let key = hex(&hasher.finalize());
+        let target = cache_dir.join(format!("{key}.patch"));
+        if let Ok(bytes) = fs::read(&target)
+            && bytes.starts_with(b"BSDIFF40")
+        {
+            log::debug!("reusing cached patch {}", target.display());
+            return Ok(target);
+        }
+        let mut patch = Vec::new();
+        qbsdiff::Bsdiff::new(old, new)
+            .compare(io::Cursor::new(&mut patch))
+            .map_err(|source| CatalogError::Diff {
+                path: self.path.clone(),
+                entry: entry.to_string(),
+                source,
+            })?;
+        let cache_error = |source| CatalogError::Cache {
+            path: self.path.clone(),
+            dir: cache_dir.to_path_buf(),
+            source,
+        };
+        fs::create_dir_all(cache_dir).map_err(cache_error)?;
+        // A unique temporary name and a rename keep concurrent loaders from seeing half a patch.
+        let tmp = cache_dir.join(format!(
+            ".{key}.{}.{}.tmp",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        fs::write(&tmp, &patch).map_err(cache_error)?;
+        fs::rename(&tmp, &target).map_err(cache_error)?;
+        log::info!(
+            "made patch {} ({} bytes) for {entry}",
+            target.display(),
+            patch.len()
+        );
+        Ok(target)
+    }
+}
+
+fn describe(file: &Path) -> io::Result<(u64, String)> {
+    let bytes = fs::read(file)?;
+    let digest = Sha256::digest(&bytes);
+    Ok((bytes.len() as u64, format!("\"{}\"", hex(&digest[..16]))))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

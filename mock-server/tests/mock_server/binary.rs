@@ -1,0 +1,148 @@
+//! The `ota-mock-server` binary: the `listening on` line, one request, and a bad catalog.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use crate::common::{client, demo_dir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ota-mock-server");
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the binary and reads the base URL from its one line of stdout.
+async fn start(args: Vec<String>) -> (Running, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let running = Running(child);
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let uri = line
+        .trim_end()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (running, uri)
+}
+
+#[tokio::test]
+async fn the_binary_serves_a_catalog_on_a_free_port() {
+    let catalog = demo_dir().join("catalog.toml");
+    let (_running, uri) = start(vec![
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--catalog".into(),
+        catalog.display().to_string(),
+        "--token-post-only".into(),
+    ])
+    .await;
+    assert!(
+        uri.starts_with("http://127.0.0.1:") && !uri.ends_with(":0"),
+        "{uri}"
+    );
+    let query =
+        "client_id=mobile_1&client_secret=secret_1&grant_type=password&username=aa&password=aa";
+    let response = client()
+        .get(format!("{uri}/oauth/token?{query}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    let response = client()
+        .post(format!("{uri}/oauth/token?{query}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn the_demo_subcommand_generates_and_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_running, uri) = start(vec![
+        "demo".into(),
+        "--dir".into(),
+        dir.path().display().to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--size".into(),
+        "65536".into(),
+    ])
+    .await;
+    assert!(dir.path().join("catalog.toml").is_file());
+    for code in [16, 17, 18] {
+        let len = std::fs::metadata(dir.path().join(format!("versions/{code}")))
+            .unwrap()
+            .len();
+        assert!(
+            len.abs_diff(65536) < 65536 / 5,
+            "version {code} has {len} bytes"
+        );
+    }
+    let query =
+        "client_id=mobile_1&client_secret=secret_1&grant_type=password&username=aa&password=aa";
+    let token: serde_json::Value = client()
+        .get(format!("{uri}/oauth/token?{query}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = format!(
+        "{uri}/file/download?access_token={}&package_name=com.ubtechinc.alpha2services&version=16\
+         &file_name=service5mic&language=CN&robot_version=1&robot_id=r",
+        token["access_token"].as_str().unwrap()
+    );
+    let body: serde_json::Value = client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["id"], "23;25");
+}
+
+#[test]
+fn a_bad_catalog_stops_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("catalog.toml");
+    std::fs::write(
+        &path,
+        "[[package]]\nname = \"p\"\n[[package.file]]\nfile_name = \"f\"\nlanguage = \"CN\"\n\
+         [[package.file.version]]\ncode = 16\nname = \"a\"\nfile = \"nowhere\"\n",
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--catalog"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    assert!(
+        stderr.contains("package \"p\" file \"f\" language \"CN\" version 16"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nowhere"), "{stderr}");
+}

@@ -1,0 +1,119 @@
+//! Shared fixtures: a small demo catalog, an HTTP client and token helpers.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ota_mock_server::{Catalog, MockServer, demo};
+use serde_json::Value;
+
+/// Small enough that debug builds make the patches quickly, big enough for several chunks.
+pub const DEMO_SIZE: usize = 160 * 1024;
+
+pub const CLIENT: (&str, &str) = ("mobile_1", "secret_1");
+pub const USER: (&str, &str) = ("aa", "aa");
+pub const PACKAGE: &str = "com.ubtechinc.alpha2services";
+
+/// A demo catalog shared by the tests that only read it; its patches are made once.
+pub fn demo_dir() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let catalog = demo::generate(dir.path(), DEMO_SIZE).expect("demo");
+        Catalog::load(&catalog).expect("demo catalog loads");
+        dir
+    })
+    .path()
+}
+
+/// A fresh copy of the demo in its own directory, for tests that change files.
+pub fn own_demo() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let catalog = demo::generate(dir.path(), DEMO_SIZE).expect("demo");
+    (dir, catalog)
+}
+
+pub fn demo_catalog() -> Catalog {
+    Catalog::load(&demo_dir().join("catalog.toml")).expect("demo catalog loads")
+}
+
+pub async fn demo_server() -> MockServer {
+    MockServer::start(demo_catalog())
+        .await
+        .expect("server starts")
+}
+
+pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("http client")
+}
+
+/// Status, headers and JSON body of a response.
+pub async fn json(response: reqwest::Response) -> (u16, reqwest::header::HeaderMap, Value) {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.expect("body");
+    let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    (status, headers, value)
+}
+
+pub async fn get_json(url: &str) -> (u16, Value) {
+    let (status, _, value) = json(client().get(url).send().await.expect("request")).await;
+    (status, value)
+}
+
+pub async fn token(server: &MockServer) -> Value {
+    let url = format!(
+        "{}/oauth/token?client_id={}&client_secret={}&grant_type=password&username={}&password={}",
+        server.uri(),
+        CLIENT.0,
+        CLIENT.1,
+        USER.0,
+        USER.1
+    );
+    let (status, body) = get_json(&url).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+pub async fn access_token(server: &MockServer) -> String {
+    token(server).await["access_token"]
+        .as_str()
+        .expect("access token")
+        .to_string()
+}
+
+pub fn download_url(server: &MockServer, token: &str, version: &str) -> String {
+    format!(
+        "{}/file/download?access_token={token}&package_name={PACKAGE}&version={version}\
+         &file_name=service5mic&language=CN&robot_version=1&robot_id=15ae48ecs171faef35fafa5feafew",
+        server.uri()
+    )
+}
+
+/// The patch URLs and ids the server offers to a robot at `version`.
+pub async fn chain(server: &MockServer, version: &str) -> (Vec<String>, Vec<String>) {
+    let token = access_token(server).await;
+    let (status, body) = get_json(&download_url(server, &token, version)).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["code"], "100", "{body}");
+    let split = |s: &str| -> Vec<String> {
+        if s.is_empty() {
+            Vec::new()
+        } else {
+            s.split(';').map(str::to_string).collect()
+        }
+    };
+    (
+        split(body["data"].as_str().expect("data")),
+        split(body["id"].as_str().expect("id")),
+    )
+}
+
+pub async fn fetch(url: &str) -> Vec<u8> {
+    let response = client().get(url).send().await.expect("request");
+    assert_eq!(response.status(), 200);
+    response.bytes().await.expect("body").to_vec()
+}

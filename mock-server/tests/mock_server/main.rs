@@ -1,0 +1,10 @@
+//! Integration tests of the mock update server, through its HTTP interface and its binary.
+
+mod binary;
+mod callback;
+mod catalog;
+mod common;
+mod download;
+mod faults;
+mod patches;
+mod token;
