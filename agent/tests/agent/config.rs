@@ -79,3 +79,21 @@ async fn the_binary_refuses_a_bad_config_and_names_it() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_example_config_is_valid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("agent.toml");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../systemd/agent.toml.example"),
+        &path,
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let c = Config::load(&path).unwrap();
+    assert_eq!(c.agent.poll_interval.0.as_secs(), 6 * 3600);
+    assert_eq!(
+        c.packages[0].path.to_str(),
+        Some("/opt/alpha2/Alpha2Services.apk")
+    );
+}

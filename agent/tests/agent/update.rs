@@ -161,3 +161,36 @@ async fn reoffered_id_is_reported_not_applied() {
         pairs(&[("23", "1"), ("25", "1"), ("23", "1"), ("25", "1")])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_in_debug_output_or_state() {
+    let w = World::new("").await;
+    // A refused token on the way makes the agent log more, and get and use a second token.
+    w.server.inject(Fault::status(
+        Endpoint::Download,
+        401,
+        r#"{"error":"invalid_token","error_description":"Invalid access token: 0123"}"#,
+    ));
+    let out = w.agent(&["check"]).await;
+    assert!(out.status.success());
+    let tokens: Vec<String> = w
+        .server
+        .requests()
+        .iter()
+        .flat_map(|r| r.query.split('&').map(str::to_owned).collect::<Vec<_>>())
+        .filter_map(|pair| pair.strip_prefix("access_token=").map(str::to_owned))
+        .collect();
+    assert!(!tokens.is_empty());
+    let mut seen = String::from_utf8_lossy(&out.stdout).into_owned();
+    seen += &String::from_utf8_lossy(&out.stderr);
+    seen += &std::fs::read_to_string(w.dir().join("state").join("state.json")).unwrap();
+    let status = w.agent(&["status", "--json"]).await;
+    seen += &String::from_utf8_lossy(&status.stdout);
+    assert!(
+        seen.contains("access_token=<redacted>"),
+        "the debug log shows redacted URLs"
+    );
+    for secret in tokens.iter().map(String::as_str).chain(["secret_1"]) {
+        assert!(!seen.contains(secret), "{secret} leaked");
+    }
+}
