@@ -1,10 +1,14 @@
 //! The daemon around the cycle: resume what a restart interrupted, then poll on schedule, back
 //! off after failures, and stop at a safe point on SIGTERM. An error never ends the process.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
 use crate::cycle::{Agent, CycleError, Outcome};
+use crate::logger::utc;
+use crate::notify::Notifier;
 use crate::schedule::{self, human};
 use crate::{Error, Shutdown, error_chain, unix_now};
 
@@ -73,8 +77,15 @@ impl Agent {
 }
 
 /// Runs until `shutdown`; returns only for a stop or a start-up error.
-pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), Error> {
-    let mut agent = Agent::open(config, shutdown.clone())?;
+pub async fn run(
+    config: Config,
+    mut shutdown: Shutdown,
+    notifier: Arc<Notifier>,
+) -> Result<(), Error> {
+    let mut agent = Agent::open(config, shutdown.clone(), notifier.clone())?;
+    // The config is valid and the state reconciled: that is what systemd waits for.
+    notifier.ready("started");
+    let ping = notifier.watchdog_interval();
     log::info!(
         "ota-agent {} started: {} file(s), state in {}",
         env!("CARGO_PKG_VERSION"),
@@ -103,15 +114,27 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), Error> {
     loop {
         if !delay.is_zero() {
             log::info!("next check in {}", human(delay));
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = shutdown.wait() => break,
+            let at = utc(unix_now() + delay.as_secs());
+            if failures == 0 {
+                notifier.status(&format!("idle; next check at {at}"));
+            } else {
+                notifier.status(&format!("{failures} failure(s) in a row; next try at {at}"));
+            }
+            let stop = watched(&notifier, ping, async {
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => false,
+                    () = shutdown.wait() => true,
+                }
+            })
+            .await;
+            if stop {
+                break;
             }
         }
         let results = if resuming {
-            agent.resume_all().await
+            watched(&notifier, ping, agent.resume_all()).await
         } else {
-            agent.cycle_all().await
+            watched(&notifier, ping, agent.cycle_all()).await
         };
         if results
             .iter()
@@ -146,6 +169,24 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), Error> {
         };
         resuming = false;
     }
+    notifier.stopping();
     log::info!("stopping: progress is saved");
     Ok(())
+}
+
+/// Drives `work` to its end, sending `WATCHDOG=1` every `every` while it is pending: a hung
+/// runtime stops the pings and systemd restarts the agent.
+async fn watched<F: Future>(notifier: &Notifier, every: Option<Duration>, work: F) -> F::Output {
+    let Some(every) = every else {
+        return work.await;
+    };
+    let mut work = std::pin::pin!(work);
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return out,
+            _ = ticker.tick() => notifier.watchdog(),
+        }
+    }
 }

@@ -11,6 +11,7 @@
 //! - [`install`]: the managed files: hashing, atomic swap and rollback.
 //! - [`hooks`]: the per-package commands run around an install.
 //! - [`status`]: what `ota-agent status` prints.
+//! - [`notify`]: `READY`, `STATUS` and `WATCHDOG` notifications to systemd.
 //! - [`logger`] and [`redact`]: log lines for a terminal or journald, with secrets masked.
 
 pub mod client;
@@ -20,6 +21,7 @@ pub mod daemon;
 pub mod hooks;
 pub mod install;
 pub mod logger;
+pub mod notify;
 pub mod patch;
 pub mod redact;
 pub mod schedule;

@@ -1,10 +1,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ota_agent::config::{self, Config};
 use ota_agent::cycle::Agent;
+use ota_agent::notify::Notifier;
 use ota_agent::status::Status;
 use ota_agent::store::Store;
 use ota_agent::{Shutdown, daemon, error_chain, logger, patch};
@@ -85,7 +87,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check => {
             let config = Config::load(&cli.config)?;
             runtime()?.block_on(async {
-                let mut agent = Agent::open(config, Shutdown::never())?;
+                let mut agent = Agent::open(config, Shutdown::never(), Arc::new(Notifier::none()))?;
                 let results = agent.cycle_all().await;
                 let mut ok = true;
                 for (key, result) in &results {
@@ -122,7 +124,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     wait_for_signal().await;
                     let _ = stop.send(true);
                 });
-                daemon::run(config, shutdown).await?;
+                daemon::run(config, shutdown, Arc::new(Notifier::from_env())).await?;
                 Ok(ExitCode::SUCCESS)
             })
         }

@@ -19,7 +19,7 @@ pub(super) enum Staged {
     Resumed,
 }
 
-pub(super) fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleError> {
+pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleError> {
     let key = pkg.key();
     let update = agent.state.packages[&key]
         .update
@@ -41,7 +41,11 @@ pub(super) fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleError> 
     let mut sha = String::new();
     for index in 0..usable {
         let p = &update.patches[index];
-        match apply_one(agent, pkg, index) {
+        agent.notifier.status(&format!(
+            "applying update {} (version {})",
+            p.id, p.to_version
+        ));
+        match apply_one(agent, pkg, index).await {
             Ok(new_sha) => {
                 log::info!(
                     "{key}: update {} applied: version {} staged",
@@ -92,24 +96,18 @@ enum ApplyError {
 }
 
 /// Applies patch `index` to the installed file (index 0) or to the previous staging file.
-fn apply_one(agent: &Agent, pkg: &Package, index: usize) -> Result<String, ApplyError> {
+///
+/// The work runs on a blocking thread: a large patch takes a while on a small board, and the
+/// daemon's watchdog keeps being fed meanwhile.
+async fn apply_one(agent: &Agent, pkg: &Package, index: usize) -> Result<String, ApplyError> {
     let key = pkg.key();
     let update = agent.state.packages[&key].update.as_ref().expect("update");
     let id = &update.patches[index].id;
-    let io_err = |op, what: &str| {
-        let path = what.to_owned();
-        move |source| StoreError::Io {
-            op,
-            path: path.into(),
-            source,
-        }
-    };
     let old = if index == 0 {
         std::fs::File::open(&pkg.path).map_err(io_err("open", &pkg.path.display().to_string()))?
     } else {
         agent.store.open_staged(&key, index - 1)?
     };
-    let old_map = patch::map(&old).map_err(io_err("map", "the file to patch"))?;
     let mut patch_bytes = Vec::new();
     agent
         .store
@@ -124,16 +122,32 @@ fn apply_one(agent: &Agent, pkg: &Package, index: usize) -> Result<String, Apply
     let out = agent.store.create_staged(&key, index)?;
     // The result may not be larger than the space left, so a hostile header cannot fill the disk.
     let room = agent.store.free_space()?;
-    let mut writer = HashingWriter {
-        inner: BufWriter::with_capacity(1 << 20, out),
-        hasher: Sha256::new(),
+    let work = move || -> Result<String, ApplyError> {
+        let old_map = patch::map(&old).map_err(io_err("map", "the file to patch"))?;
+        let mut writer = HashingWriter {
+            inner: BufWriter::with_capacity(1 << 20, out),
+            hasher: Sha256::new(),
+        };
+        patch::apply(&old_map, &patch_bytes, &mut writer, room)?;
+        writer
+            .inner
+            .flush()
+            .map_err(io_err("write", "staging file"))?;
+        Ok(hex(&writer.hasher.finalize()))
     };
-    patch::apply(&old_map, &patch_bytes, &mut writer, room)?;
-    writer
-        .inner
-        .flush()
-        .map_err(io_err("write", "staging file"))?;
-    Ok(hex(&writer.hasher.finalize()))
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+fn io_err(op: &'static str, what: &str) -> impl FnOnce(std::io::Error) -> StoreError + use<> {
+    let path = what.to_owned();
+    move |source| StoreError::Io {
+        op,
+        path: path.into(),
+        source,
+    }
 }
 
 struct HashingWriter<W> {

@@ -25,6 +25,9 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
     let version = agent.pkg_state(&key).version.clone();
     let language = agent.config.language(pkg).to_owned();
     log::info!("{key}: checking for updates to version {version}");
+    agent
+        .notifier
+        .status(&format!("checking for updates to {key} version {version}"));
     let answer = agent
         .client
         .check(&CheckRequest {

@@ -190,6 +190,7 @@ async fn fetch_one(
     file.seek(SeekFrom::Start(have)).map_err(io("seek"))?;
     let mut out = BufWriter::with_capacity(256 * 1024, file);
     let mut progress = Progress::new(&patch.id, have, fetch.total);
+    agent.notifier.status(&progress.line(have));
     let mut shutdown = agent.shutdown.clone();
     loop {
         let chunk = tokio::select! {
@@ -210,6 +211,7 @@ async fn fetch_one(
         hasher.update(&chunk);
         out.write_all(&chunk).map_err(io("write"))?;
         if progress.due(have) {
+            agent.notifier.status(&progress.line(have));
             checkpoint(agent, key, index, &mut out, have)?;
         }
     }
@@ -303,20 +305,28 @@ impl Progress {
         }
         self.last_log = now;
         self.last_tenth = tenth_now;
-        let secs = now.duration_since(self.started).as_secs_f64().max(0.001);
+        log::info!("{}", self.line(have));
+        true
+    }
+
+    /// `update 23: downloaded 45% (… of … bytes, … KiB/s)`, for the log and systemd's status.
+    fn line(&self, have: u64) -> String {
+        let secs = Instant::now()
+            .duration_since(self.started)
+            .as_secs_f64()
+            .max(0.001);
         let rate = (have - self.start_bytes) as f64 / secs / 1024.0;
         match self.total {
-            Some(t) if t > 0 => log::info!(
+            Some(t) if t > 0 => format!(
                 "update {}: downloaded {}% ({have} of {t} bytes, {rate:.0} KiB/s)",
                 self.id,
                 have * 100 / t
             ),
-            _ => log::info!(
+            _ => format!(
                 "update {}: downloaded {have} bytes ({rate:.0} KiB/s)",
                 self.id
             ),
         }
-        true
     }
 }
 

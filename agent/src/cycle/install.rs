@@ -40,6 +40,9 @@ pub(super) async fn run(
                     return Ok(Step::Report(Outcome::Deferred));
                 }
             }
+            agent
+                .notifier
+                .status(&format!("installing {key} version {}", marker.to_version));
             install::prepare(&pkg.path, agent.store.open_staged(&key, applied - 1)?)?;
             agent
                 .pkg_state(&key)

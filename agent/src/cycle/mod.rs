@@ -29,10 +29,12 @@ mod install;
 mod report;
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::client::{Client, ClientError};
 use crate::config::{Config, Package};
 use crate::install::InstallError;
+use crate::notify::Notifier;
 use crate::store::{Callback, PackageState, State, Store, StoreError, Update};
 use crate::{Shutdown, unix_now};
 
@@ -131,11 +133,16 @@ pub struct Agent {
     pub store: Store,
     pub state: State,
     pub shutdown: Shutdown,
+    pub notifier: Arc<Notifier>,
 }
 
 impl Agent {
     /// Opens the state directory, loads the state and reconciles it with the config.
-    pub fn open(config: Config, shutdown: Shutdown) -> Result<Agent, crate::Error> {
+    pub fn open(
+        config: Config,
+        shutdown: Shutdown,
+        notifier: Arc<Notifier>,
+    ) -> Result<Agent, crate::Error> {
         let client = Client::new(&config)?;
         let store = Store::open(&config.agent.state_dir)?;
         let state = store.load()?;
@@ -145,6 +152,7 @@ impl Agent {
             store,
             state,
             shutdown,
+            notifier,
         };
         agent.reconcile()?;
         Ok(agent)
@@ -206,7 +214,7 @@ impl Agent {
             step = match step {
                 Step::Check => check::run(self, &pkg).await?,
                 Step::Download => download::run(self, &pkg).await?,
-                Step::Apply => apply::run(self, &pkg)?,
+                Step::Apply => apply::run(self, &pkg).await?,
                 Step::Install(staged) => install::run(self, &pkg, staged).await?,
                 Step::Report(outcome) => {
                     report::run(self).await?;

@@ -4,6 +4,12 @@ use super::{Agent, CycleError};
 use crate::client::Ack;
 
 pub(super) async fn run(agent: &mut Agent) -> Result<(), CycleError> {
+    if !agent.state.outbox.is_empty() {
+        agent.notifier.status(&format!(
+            "sending {} update result(s) to the server",
+            agent.state.outbox.len()
+        ));
+    }
     while let Some(cb) = agent.state.outbox.first().cloned() {
         if agent.shutdown.is_set() {
             return Err(CycleError::Stopped);

@@ -27,7 +27,7 @@ async fn agent_with_answer(answer: serde_json::Value) -> (tempfile::TempDir, Moc
     std::fs::create_dir_all(tmp.path().join("robot")).unwrap();
     std::fs::write(managed_path(tmp.path()), b"version 16").unwrap();
     let config = Config::load(&write_config(tmp.path(), &server.uri(), "", "")).unwrap();
-    let agent = Agent::open(config, Shutdown::never()).unwrap();
+    let agent = Agent::open(config, Shutdown::never(), Default::default()).unwrap();
     (tmp, server, agent)
 }
 
@@ -121,7 +121,7 @@ async fn an_oversized_patch_fails_without_downloading_it() {
         "max_patch_size = 1000000",
     ))
     .unwrap();
-    let mut agent = Agent::open(config, Shutdown::never()).unwrap();
+    let mut agent = Agent::open(config, Shutdown::never(), Default::default()).unwrap();
     let outcome = agent.cycle(0).await.unwrap();
     assert!(
         matches!(&outcome, Outcome::Failed { reason } if reason.contains("max_patch_size")),

@@ -10,7 +10,12 @@ use tokio::process::{Child, Command};
 use crate::helpers::{World, pairs};
 
 fn spawn(w: &World) -> Child {
+    spawn_with(w, &[])
+}
+
+fn spawn_with(w: &World, env: &[(&str, &str)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_ota-agent"))
+        .envs(env.iter().copied())
         .arg("--config")
         .arg(&w.config)
         .arg("run")
@@ -138,4 +143,51 @@ async fn sigterm_mid_download_saves_progress() {
     assert_eq!(update["step"], "downloading");
     assert_eq!(update["downloaded_bytes"], 1000);
     assert!(w.callbacks().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_status_watchdog_and_stopping() {
+    let w = World::new("").await;
+    let path = w.dir().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&path).unwrap();
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = heard.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = socket.recv(&mut buf).await {
+            sink.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    });
+    let child = spawn_with(
+        &w,
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "200000"),
+        ],
+    );
+    let has = |needle: &str| heard.lock().unwrap().iter().any(|m| m.contains(needle));
+    until("idle with a watchdog", || {
+        has("STATUS=idle; next check at") && has("WATCHDOG=1")
+    })
+    .await;
+    signal(&child, Signal::TERM);
+    let (status, _) = stderr_of(child).await;
+    assert!(status.success());
+    until("STOPPING=1", || has("STOPPING=1")).await;
+    let heard = heard.lock().unwrap().clone();
+    assert!(heard[0].starts_with("READY=1"), "{heard:?}");
+    for step in [
+        "checking for updates",
+        "downloaded 100%",
+        "applying update 25",
+        "installing",
+        "sending 2 update result(s)",
+    ] {
+        assert!(
+            heard.iter().any(|m| m.contains(step)),
+            "no status for {step}: {heard:?}"
+        );
+    }
 }
