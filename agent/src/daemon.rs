@@ -114,7 +114,7 @@ pub async fn run(
     loop {
         if !delay.is_zero() {
             log::info!("next check in {}", human(delay));
-            let at = utc(unix_now() + delay.as_secs());
+            let at = utc(unix_now().saturating_add(delay.as_secs()));
             if failures == 0 {
                 notifier.status(&format!("idle; next check at {at}"));
             } else {

@@ -73,6 +73,25 @@ pub fn sha256_file(path: &Path) -> Result<Option<String>, InstallError> {
     }
 }
 
+/// [`sha256_file`] on a blocking thread, so that the runtime (and the watchdog) keep going.
+pub async fn sha256_file_async(path: &Path) -> Result<Option<String>, InstallError> {
+    let path = path.to_owned();
+    blocking(move || sha256_file(&path)).await
+}
+
+/// [`prepare`] on a blocking thread.
+pub async fn prepare_async(target: &Path, new: File) -> Result<(), InstallError> {
+    let target = target.to_owned();
+    blocking(move || prepare(&target, new)).await
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(out) => out,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 /// Copies the new version next to the target (same filesystem, the target's mode) and syncs it.
 pub fn prepare(target: &Path, mut new: impl Read) -> Result<(), InstallError> {
     let tmp = new_path(target);
@@ -98,9 +117,12 @@ pub fn prepare(target: &Path, mut new: impl Read) -> Result<(), InstallError> {
 pub fn swap(target: &Path) -> Result<(), InstallError> {
     let prev = prev_path(target);
     let _ = fs::remove_file(&prev);
-    // Some filesystems (FAT on SD cards) have no hard links; they get a copy.
+    // Some filesystems (FAT on SD cards) have no hard links; they get a synced copy.
     if target.exists() && fs::hard_link(target, &prev).is_err() {
-        fs::copy(target, &prev).map_err(err("copy", target))?;
+        let mut from = File::open(target).map_err(err("open", target))?;
+        let mut to = File::create(&prev).map_err(err("create", &prev))?;
+        io::copy(&mut from, &mut to).map_err(err("copy", target))?;
+        to.sync_all().map_err(err("fsync", &prev))?;
     }
     let new = new_path(target);
     fs::rename(&new, target).map_err(err("rename", &new))?;

@@ -14,7 +14,8 @@ pub fn poll_delay(interval: Duration, jitter: Duration, rng: &mut fastrand::Rng)
 }
 
 /// The delay after `failures` failures in a row (1 for the first): a random point in
-/// `[0, min(max, base · 2^(failures-1))]`, never below [`MIN_RETRY`] nor below `retry_after`.
+/// `[0, min(max, base · 2^(failures-1))]`, never below [`MIN_RETRY`] nor below `retry_after`
+/// (which is itself held to `max`, so a server cannot silence the agent for good).
 pub fn backoff_delay(
     failures: u32,
     base: Duration,
@@ -26,7 +27,7 @@ pub fn backoff_delay(
     let cap = base.saturating_mul(1u32 << exp.min(31)).min(max);
     random_up_to(cap, rng)
         .max(MIN_RETRY)
-        .max(retry_after.unwrap_or_default())
+        .max(retry_after.unwrap_or_default().min(max))
 }
 
 /// The delay before the first check after start: the rest of the poll interval when the last
@@ -85,6 +86,10 @@ mod tests {
             }
         }
         assert!(backoff_delay(1, S(30), S(3600), Some(S(600)), &mut rng) >= S(600));
+        assert_eq!(
+            backoff_delay(1, S(30), S(3600), Some(S(u64::MAX / 4)), &mut rng),
+            S(3600)
+        );
         // Full jitter spreads the retries over the whole window.
         let spread: Vec<Duration> = (0..200)
             .map(|_| backoff_delay(8, S(30), S(3600), None, &mut rng))

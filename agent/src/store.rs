@@ -20,6 +20,8 @@ pub const FORMAT: u32 = 1;
 const APPLIED_MEMORY: usize = 256;
 
 const STATE_FILE: &str = "state.json";
+/// The state as it was before the last save, for when the current file turns out unusable.
+const PREV_FILE: &str = "state.json.prev";
 const LOCK_FILE: &str = "lock";
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +116,9 @@ pub struct Update {
     pub failed: Option<Failure>,
     /// Set just before the managed file is swapped, so a restart knows an install was under way.
     pub install: Option<InstallState>,
+    /// Cycles in a row that found too little free space for the chain.
+    #[serde(default)]
+    pub space_failures: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -123,8 +128,9 @@ pub struct PatchState {
     pub to_version: String,
     /// The size the server announced, once known.
     pub size: Option<u64>,
-    /// The validator for `If-Range` when the download resumes.
-    pub etag: Option<String>,
+    /// The validator for `If-Range` when the download resumes: a strong ETag, or else the
+    /// `Last-Modified` date.
+    pub validator: Option<String>,
     /// How many bytes of the partial download are known to be on disk (fsynced).
     #[serde(default)]
     pub durable: u64,
@@ -146,6 +152,13 @@ pub struct InstallState {
     pub applied: usize,
     pub to_version: String,
     pub to_sha256: String,
+    /// Set once the new file is in place and its hooks are about to run: a restart from here
+    /// means the new version may have hung or rebooted the robot, so it is rolled back.
+    #[serde(default)]
+    pub hooks_started: bool,
+    /// Set once the install failed and the previous file is being restored.
+    #[serde(default)]
+    pub rolling_back: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -202,24 +215,35 @@ impl Store {
         &self.dir
     }
 
-    /// Loads the state; a corrupt or foreign file is moved aside (and logged), never fatal.
+    /// Loads the state. A corrupt, foreign or inconsistent file is moved aside (and logged) and
+    /// the copy kept by the save before is used instead; never fatal.
     pub fn load(&self) -> Result<State, StoreError> {
         let path = self.dir.join(STATE_FILE);
-        match read_state(&path)? {
-            Ok(state) => Ok(state),
-            Err(reason) => {
-                let aside = self
-                    .dir
-                    .join(format!("{STATE_FILE}.corrupt-{}", crate::unix_now()));
-                fs::rename(&path, &aside).map_err(io_err("move aside", &path))?;
-                log::error!(
-                    "state file {} is unusable ({reason}); moved it to {} and starting from the config",
-                    path.display(),
-                    aside.display()
-                );
-                Ok(State::default())
-            }
-        }
+        let reason = match read_state(&path)? {
+            Ok(state) => return Ok(state),
+            Err(reason) => reason,
+        };
+        let aside = self
+            .dir
+            .join(format!("{STATE_FILE}.corrupt-{}", crate::unix_now()));
+        fs::rename(&path, &aside).map_err(io_err("move aside", &path))?;
+        let prev = self.dir.join(PREV_FILE);
+        let fallback = if prev.exists() {
+            read_state(&prev)?.ok()
+        } else {
+            None
+        };
+        let from = if fallback.is_some() {
+            "the copy from the save before"
+        } else {
+            "the config"
+        };
+        log::error!(
+            "state file {} is unusable ({reason}); moved it to {} and starting from {from}",
+            path.display(),
+            aside.display()
+        );
+        Ok(fallback.unwrap_or_default())
     }
 
     /// Reads the state without taking the lock, for `status` while the daemon runs.
@@ -238,12 +262,19 @@ impl Store {
         let path = self.dir.join(STATE_FILE);
         let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
         write_new(&tmp, &bytes)?;
+        let prev = self.dir.join(PREV_FILE);
+        remove_if_present(&prev)?;
+        match fs::hard_link(&path, &prev) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("link", &prev)(e)),
+        }
         fs::rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
         sync_dir(&self.dir)
     }
 
     fn package_dir(&self, key: &str) -> Result<PathBuf, StoreError> {
-        let name: String = key
+        let readable: String = key
             .chars()
             .map(|c| {
                 if c.is_ascii_alphanumeric() || "._-".contains(c) {
@@ -253,7 +284,13 @@ impl Store {
                 }
             })
             .collect();
-        let dir = self.dir.join("packages").join(name);
+        // The hash keeps keys apart that read the same once sanitised (`a_b/c` and `a/b_c`).
+        let digest =
+            crate::install::hex(&<sha2::Sha256 as sha2::Digest>::digest(key.as_bytes())[..6]);
+        let dir = self
+            .dir
+            .join("packages")
+            .join(format!("{readable}-{digest}"));
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -368,7 +405,45 @@ fn read_state(path: &Path) -> Result<Result<State, String>, StoreError> {
             state.format
         )));
     }
-    Ok(Ok(state))
+    Ok(check_facts(&state).map(|()| state))
+}
+
+/// Facts that cannot all be true together mean the file was damaged or edited by hand.
+fn check_facts(state: &State) -> Result<(), String> {
+    let number = |v: &str, what: &str| {
+        v.parse::<u64>()
+            .map(drop)
+            .map_err(|_| format!("{what} `{v}` is not a version code"))
+    };
+    for (key, p) in &state.packages {
+        number(&p.version, &format!("{key}: version"))?;
+        let Some(u) = &p.update else { continue };
+        number(&u.from_version, &format!("{key}: from_version"))?;
+        if u.patches.is_empty() {
+            return Err(format!("{key}: an update without patches"));
+        }
+        for patch in &u.patches {
+            number(
+                &patch.to_version,
+                &format!("{key}: update {} to_version", patch.id),
+            )?;
+        }
+        if u.failed
+            .as_ref()
+            .is_some_and(|f| f.index >= u.patches.len())
+        {
+            return Err(format!("{key}: the failed patch is not in the chain"));
+        }
+        if u.install
+            .as_ref()
+            .is_some_and(|i| i.applied == 0 || i.applied > u.patches.len())
+        {
+            return Err(format!(
+                "{key}: the install marker names patches not in the chain"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn open_private(path: &Path, truncate: bool) -> Result<File, StoreError> {
@@ -437,6 +512,21 @@ mod tests {
             names.iter().any(|n| n.starts_with("state.json.corrupt-")),
             "{names:?}"
         );
+    }
+
+    #[test]
+    fn a_corrupt_state_falls_back_to_the_previous_save() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let mut state = State::default();
+        state.packages.insert("a/b".into(), PackageState::new("6"));
+        store.save(&state).unwrap();
+        let mut newer = state.clone();
+        newer.packages.get_mut("a/b").unwrap().version = "7".into();
+        store.save(&newer).unwrap();
+        let inconsistent = br#"{"format":1,"packages":{"a/b":{"version":"x","update":null,"last_check":null,"sha256":null}}}"#;
+        fs::write(tmp.path().join(STATE_FILE), inconsistent).unwrap();
+        assert_eq!(store.load().unwrap(), state);
     }
 
     #[test]

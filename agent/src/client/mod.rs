@@ -11,7 +11,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_RANGE, RANGE, RETRY_AFTER};
+use reqwest::header::{
+    CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, RANGE, RETRY_AFTER,
+};
 
 use crate::config::Config;
 use crate::redact;
@@ -61,6 +63,11 @@ impl ClientError {
         }
     }
 
+    /// True when the server could not be reached at all.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, ClientError::Transport { source, .. } if source.is_connect())
+    }
+
     /// True when repeating the same request cannot help (a 4xx other than 408 and 429).
     pub fn is_permanent(&self) -> bool {
         match self {
@@ -106,7 +113,8 @@ pub struct Fetch {
     pub offset: u64,
     /// The whole patch's size, when the server said it.
     pub total: Option<u64>,
-    pub etag: Option<String>,
+    /// What a later `If-Range` may name: a strong ETag, or else `Last-Modified`.
+    pub validator: Option<String>,
 }
 
 impl Fetch {
@@ -120,13 +128,22 @@ impl Fetch {
 }
 
 /// The update server as the agent sees it.
-#[derive(Debug)]
 pub struct Client {
     http: reqwest::Client,
     base: String,
     robot: Robot,
     tokens: Mutex<TokenCache>,
     config_secrets: Vec<String>,
+}
+
+// Hand-written so that a debug print never shows the secrets the client holds.
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("robot", &self.robot)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -240,12 +257,12 @@ impl Client {
         &self,
         url: &str,
         offset: u64,
-        etag: Option<&str>,
+        validator: Option<&str>,
     ) -> Result<Fetch, ClientError> {
         let what = "download";
         let mut req = self.http.get(url);
-        let resuming = offset > 0 && etag.is_some();
-        if let (true, Some(tag)) = (resuming, etag) {
+        let resuming = offset > 0 && validator.is_some();
+        if let (true, Some(tag)) = (resuming, validator) {
             req = req
                 .header(RANGE, format!("bytes={offset}-"))
                 .header(IF_RANGE, tag);
@@ -260,18 +277,14 @@ impl Client {
             }
         );
         let resp = req.send().await.map_err(|e| transport(what, e))?;
-        let etag = resp
-            .headers()
-            .get(ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let validator = validator_of(&resp);
         let length = header_u64(&resp, CONTENT_LENGTH);
         match resp.status() {
             StatusCode::OK => Ok(Fetch {
                 total: length,
                 response: Some(resp),
                 offset: 0,
-                etag,
+                validator,
             }),
             StatusCode::PARTIAL_CONTENT if resuming => {
                 let range = resp
@@ -286,7 +299,7 @@ impl Client {
                             total: total.or(length.map(|l| offset + l)),
                             response: Some(resp),
                             offset,
-                            etag,
+                            validator,
                         })
                     }
                     _ => Err(ClientError::Invalid {
@@ -308,7 +321,7 @@ impl Client {
                         response: None,
                         offset,
                         total: Some(total),
-                        etag,
+                        validator,
                     }),
                     _ => Err(ClientError::Invalid {
                         what,
@@ -359,6 +372,14 @@ fn transport(what: &'static str, e: reqwest::Error) -> ClientError {
         what,
         source: e.without_url(),
     }
+}
+
+/// `If-Range` takes a strong ETag or a date; a weak ETag (`W/"…"`) may not be used.
+fn validator_of(resp: &reqwest::Response) -> Option<String> {
+    let header = |name| resp.headers().get(name)?.to_str().ok().map(str::to_owned);
+    header(ETAG)
+        .filter(|tag| !tag.starts_with("W/"))
+        .or_else(|| header(LAST_MODIFIED))
 }
 
 fn header_u64(resp: &reqwest::Response, name: reqwest::header::HeaderName) -> Option<u64> {

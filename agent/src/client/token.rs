@@ -62,7 +62,8 @@ impl TokenCache {
 
     fn store(&mut self, body: TokenBody) -> String {
         // Keep the token until shortly before it runs out: a tenth of its life, at most five minutes.
-        let life = Duration::from_secs(body.expires_in.unwrap_or(3600));
+        // A server may promise anything; a day is plenty, and keeps the arithmetic in range.
+        let life = Duration::from_secs(body.expires_in.unwrap_or(3600).min(86_400));
         let keep = life.saturating_sub((life / 10).min(EARLY));
         self.access = Some((body.access_token.clone(), Instant::now() + keep));
         if let Some(r) = body.refresh_token.filter(|r| !r.is_empty()) {

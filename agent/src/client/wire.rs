@@ -111,13 +111,18 @@ pub fn parse_check(body: &[u8]) -> Result<CheckAnswer, String> {
         if id.is_empty() {
             return Err(format!("update id number {} is empty", i + 1));
         }
-        let parsed = reqwest::Url::parse(url)
-            .map_err(|e| format!("patch URL {url:?} (id {id}) is not a URL: {e}"))?;
+        let parsed = reqwest::Url::parse(url).map_err(|e| {
+            format!(
+                "patch URL {} (id {id}) is not a URL: {e}",
+                crate::redact::url(url)
+            )
+        })?;
         if !matches!(parsed.scheme(), "http" | "https")
             || parsed.host_str().is_none_or(str::is_empty)
         {
             return Err(format!(
-                "patch URL {url:?} (id {id}) is not an http or https URL"
+                "patch URL {} (id {id}) is not an http or https URL",
+                crate::redact::url(url)
             ));
         }
         if patches.iter().any(|p: &OfferedPatch| p.id == *id) {

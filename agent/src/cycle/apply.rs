@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Agent, CycleError, Outcome, Step, all_codes, chain_codes, code};
 use crate::config::Package;
-use crate::install::{hex, sha256_file};
+use crate::install::{hex, sha256_file_async};
 use crate::patch;
 use crate::store::{Failure, StoreError};
 
@@ -26,7 +26,7 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
         .clone()
         .expect("apply runs with an update");
     let ids: Vec<String> = update.patches.iter().map(|p| p.id.clone()).collect();
-    if sha256_file(&pkg.path)?.as_deref() != Some(update.from_sha256.as_str()) {
+    if sha256_file_async(&pkg.path).await?.as_deref() != Some(update.from_sha256.as_str()) {
         let reason = format!(
             "{} changed behind the agent's back; it is not patched",
             pkg.path.display()
@@ -57,6 +57,23 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
                 if index > 0 {
                     agent.store.remove_staged(&key, index - 1)?;
                 }
+            }
+            Err(ApplyError::Missing) => {
+                // The download vanished (cleaned up by hand?): fetch it again.
+                log::warn!(
+                    "{key}: the downloaded patch of update {} is gone; downloading it again",
+                    p.id
+                );
+                let lost = &mut agent
+                    .pkg_state(&key)
+                    .update
+                    .as_mut()
+                    .expect("update")
+                    .patches[index];
+                lost.sha256 = None;
+                lost.durable = 0;
+                agent.save()?;
+                return Ok(Step::Download);
             }
             Err(ApplyError::Store(e)) => return Err(e.into()),
             Err(ApplyError::Patch(e)) => {
@@ -89,6 +106,8 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
 
 #[derive(Debug, thiserror::Error)]
 enum ApplyError {
+    #[error("the downloaded patch is missing")]
+    Missing,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -112,11 +131,7 @@ async fn apply_one(agent: &Agent, pkg: &Package, index: usize) -> Result<String,
     agent
         .store
         .open_patch(&key, id)?
-        .ok_or_else(|| StoreError::Io {
-            op: "open",
-            path: format!("patch of update {id}").into(),
-            source: std::io::ErrorKind::NotFound.into(),
-        })?
+        .ok_or(ApplyError::Missing)?
         .read_to_end(&mut patch_bytes)
         .map_err(io_err("read", "patch"))?;
     let out = agent.store.create_staged(&key, index)?;

@@ -3,7 +3,7 @@
 use super::{Agent, CycleError, Outcome, Step, all_codes, code};
 use crate::client::{CheckAnswer, CheckRequest, OfferedPatch};
 use crate::config::Package;
-use crate::install::sha256_file;
+use crate::install::sha256_file_async;
 use crate::store::{Callback, LastCheck, PatchState, Update};
 use crate::unix_now;
 
@@ -11,7 +11,7 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
     let key = pkg.key();
     if agent.pkg_state(&key).sha256.is_none() {
         // First sight: what is there now is what later patches must apply to.
-        let sha = sha256_file(&pkg.path)?;
+        let sha = sha256_file_async(&pkg.path).await?;
         match &sha {
             Some(s) => log::info!("{key}: now managing {} (sha256 {s})", pkg.path.display()),
             None => log::warn!(
@@ -63,7 +63,7 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
         }
         CheckAnswer::Patches(p) => p,
     };
-    accept(agent, pkg, &version, patches)
+    accept(agent, pkg, &version, patches).await
 }
 
 fn describe(answer: &CheckAnswer) -> String {
@@ -86,7 +86,7 @@ fn declined(key: &str, code: &str) -> Step {
 }
 
 /// Turns a valid offer into an update, or refuses it before anything is downloaded.
-fn accept(
+async fn accept(
     agent: &mut Agent,
     pkg: &Package,
     version: &str,
@@ -97,6 +97,14 @@ fn accept(
         .into_iter()
         .partition(|p| agent.state.packages[&key].applied.contains(&p.id));
     for p in &again {
+        let queued = agent
+            .state
+            .outbox
+            .iter()
+            .any(|c| c.package == key && c.id == p.id && c.code == code::SUCCESS);
+        if queued {
+            continue;
+        }
         // Rule 4: an applied id is never applied twice; its result is sent again instead.
         log::info!(
             "{key}: update {} was applied before; sending its result again",
@@ -112,7 +120,11 @@ fn accept(
     if !again.is_empty() {
         agent.save()?;
     }
-    let mut last: u64 = version.parse().unwrap_or(0);
+    let mut last: u64 = version.parse().map_err(|_| {
+        CycleError::Refused(format!(
+            "the installed version `{version}` is not a version code"
+        ))
+    })?;
     let mut patches = Vec::with_capacity(fresh.len());
     for p in &fresh {
         let to = version_of(&p.url).ok_or_else(|| {
@@ -134,7 +146,7 @@ fn accept(
             url: p.url.clone(),
             to_version: to.to_string(),
             size: None,
-            etag: None,
+            validator: None,
             durable: 0,
             sha256: None,
             attempts: 0,
@@ -147,7 +159,7 @@ fn accept(
     }
     let ids: Vec<String> = patches.iter().map(|p| p.id.clone()).collect();
     let recorded = agent.state.packages[&key].sha256.clone();
-    let current = sha256_file(&pkg.path)?;
+    let current = sha256_file_async(&pkg.path).await?;
     if current.is_none() || current != recorded {
         let reason = format!(
             "{} is missing or was changed behind the agent's back; it is not patched",
@@ -167,6 +179,7 @@ fn accept(
         patches,
         failed: None,
         install: None,
+        space_failures: 0,
     });
     agent.save()?;
     Ok(Step::Download)

@@ -8,19 +8,47 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use super::{Agent, CycleError, Step};
+use super::{Agent, CycleError, Outcome, Step, all_codes, code};
 use crate::client::ClientError;
 use crate::config::Package;
 use crate::store::{Failure, PatchState, StoreError};
 
 /// Immediate resumes of one patch within a cycle before the cycle backs off.
 const QUICK_RESUMES: u32 = 3;
+/// Cycles in a row without room for the chain before its ids are reported "not updated yet".
+const SPACE_TRIES: u32 = 3;
 /// How often progress is logged and the partial file made durable.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleError> {
     let key = pkg.key();
-    check_space(agent, pkg).await?;
+    match check_space(agent, pkg).await {
+        Ok(()) => {
+            if update(agent, &key).space_failures > 0 {
+                update_mut(agent, &key).space_failures = 0;
+                agent.save()?;
+            }
+        }
+        Err(e @ CycleError::NoSpace { .. }) => {
+            let tries = update(agent, &key).space_failures + 1;
+            update_mut(agent, &key).space_failures = tries;
+            agent.save()?;
+            if tries < SPACE_TRIES {
+                return Err(e);
+            }
+            // Give the ids back to the server as "not updated yet" rather than wait forever.
+            let reason = crate::error_chain(&e);
+            log::error!("{key}: {reason}; giving up on this update for now");
+            let ids: Vec<String> = update(agent, &key)
+                .patches
+                .iter()
+                .map(|p| p.id.clone())
+                .collect();
+            agent.finish(pkg, &all_codes(&ids, code::NOT_UPDATED), None)?;
+            return Ok(Step::Report(Outcome::Failed { reason }));
+        }
+        Err(e) => return Err(e),
+    }
     let count = update(agent, &key).patches.len();
     for index in 0..count {
         if update(agent, &key).failed.is_some() {
@@ -38,8 +66,15 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
                 Err(e) => e,
             };
             let permanent = matches!(&err, CycleError::Client(c) if c.is_permanent());
+            // An outage (nothing reachable) or a cut after progress does not use up attempts:
+            // they count downloads that go nowhere.
+            let unreachable = matches!(&err, CycleError::Client(c) if c.is_connect());
             let p = &mut update_mut(agent, &key).patches[index];
-            p.attempts += 1;
+            if p.durable > patch.durable {
+                p.attempts = 0;
+            } else if !unreachable {
+                p.attempts += 1;
+            }
             let attempts = p.attempts;
             let id = p.id.clone();
             let limit = agent.config.agent.download_attempts;
@@ -137,18 +172,26 @@ async fn fetch_one(
         }
     };
     let mut hasher = Sha256::new();
-    if have > 0 && patch.etag.is_none() {
+    if have > 0 && patch.validator.is_none() {
         // Without a validator a resumed range could splice two different files.
         have = 0;
         file.set_len(0).map_err(io("truncate"))?;
     }
     if have > 0 {
-        file.seek(SeekFrom::Start(0)).map_err(io("seek"))?;
-        hash_prefix(&mut file, have, &mut hasher).map_err(io("read"))?;
+        // Hashing what is already there can take a while on a robot: off the runtime thread.
+        let work = move || -> std::io::Result<(File, Sha256)> {
+            file.seek(SeekFrom::Start(0))?;
+            hash_prefix(&mut file, have, &mut hasher)?;
+            Ok((file, hasher))
+        };
+        (file, hasher) = match tokio::task::spawn_blocking(work).await {
+            Ok(done) => done.map_err(io("read"))?,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
     }
     let mut fetch = match agent
         .client
-        .fetch(&patch.url, have, patch.etag.as_deref())
+        .fetch(&patch.url, have, patch.validator.as_deref())
         .await
     {
         Ok(f) => f,
@@ -156,7 +199,7 @@ async fn fetch_one(
             // A range answer that does not match: start this patch over next time.
             let p = &mut update_mut(agent, key).patches[index];
             p.durable = 0;
-            p.etag = None;
+            p.validator = None;
             agent.save()?;
             return Err(e.into());
         }
@@ -181,7 +224,10 @@ async fn fetch_one(
     }
     {
         let p = &mut update_mut(agent, key).patches[index];
-        p.etag = fetch.etag.clone();
+        // A 206 need not repeat the validator; the one the range was asked with still holds.
+        if fetch.validator.is_some() || fetch.offset == 0 {
+            p.validator = fetch.validator.clone();
+        }
         p.size = fetch.total.or(p.size);
         p.durable = p.durable.min(have);
     }
@@ -200,7 +246,15 @@ async fn fetch_one(
                 return Err(CycleError::Stopped);
             }
         };
-        let Some(chunk) = chunk? else { break };
+        let chunk = match chunk {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(e) => {
+                // Keep every byte that arrived: the next attempt resumes right after them.
+                checkpoint(agent, key, index, &mut out, have)?;
+                return Err(e.into());
+            }
+        };
         have += chunk.len() as u64;
         if have > max || fetch.total.is_some_and(|t| have > t) {
             return Err(CycleError::Interrupted {

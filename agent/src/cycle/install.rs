@@ -1,11 +1,15 @@
 //! Install: swap the staged file into place atomically, run the hooks, roll back on failure.
+//!
+//! The install marker in the state records how far an install got (swapped, hooks started,
+//! rolling back), so that a restart at any point either finishes the install or rolls it back,
+//! and never runs a version that failed, or hung in, its hooks.
 
 use super::apply::Staged;
 use super::{Agent, CycleError, Outcome, Step, all_codes, chain_codes, code};
 use crate::config::Package;
 use crate::hooks;
-use crate::install::{self, sha256_file};
-use crate::store::InstallState;
+use crate::install::{self, sha256_file_async};
+use crate::store::{InstallState, Update};
 
 pub(super) async fn run(
     agent: &mut Agent,
@@ -18,20 +22,20 @@ pub(super) async fn run(
         .clone()
         .expect("install runs with an update");
     let ids: Vec<String> = update.patches.iter().map(|p| p.id.clone()).collect();
-    let timeout = pkg
-        .hook_timeout
-        .unwrap_or(agent.config.agent.hook_timeout)
-        .0;
-    let marker = match staged {
+    let mut marker = match staged {
         Staged::Fresh { applied, sha256 } => {
             let marker = InstallState {
                 applied,
                 to_version: update.patches[applied - 1].to_version.clone(),
                 to_sha256: sha256,
+                hooks_started: false,
+                rolling_back: false,
             };
             if let Some(cmd) = &pkg.pre_install {
                 let env = hook_env(pkg, &update.from_version, &marker.to_version);
-                if let Err(e) = hooks::run("pre_install", cmd, timeout, &env.as_slice()).await {
+                if let Err(e) =
+                    hooks::run("pre_install", cmd, timeout(agent, pkg), &env.as_slice()).await
+                {
                     log::warn!(
                         "{key}: {}; the update is deferred to the next poll",
                         crate::error_chain(&e)
@@ -43,14 +47,9 @@ pub(super) async fn run(
             agent
                 .notifier
                 .status(&format!("installing {key} version {}", marker.to_version));
-            install::prepare(&pkg.path, agent.store.open_staged(&key, applied - 1)?)?;
-            agent
-                .pkg_state(&key)
-                .update
-                .as_mut()
-                .expect("update")
-                .install = Some(marker.clone());
-            agent.save()?;
+            let staged_file = agent.store.open_staged(&key, applied - 1)?;
+            install::prepare_async(&pkg.path, staged_file).await?;
+            save_marker(agent, &key, &marker)?;
             install::swap(&pkg.path)?;
             marker
         }
@@ -59,16 +58,25 @@ pub(super) async fn run(
                 .install
                 .clone()
                 .expect("resumed with an install marker");
-            let current = sha256_file(&pkg.path)?;
-            if current.as_deref() == Some(marker.to_sha256.as_str()) {
+            let current = sha256_file_async(&pkg.path).await?;
+            let is_new = current.as_deref() == Some(marker.to_sha256.as_str());
+            let is_old = current.as_deref() == Some(update.from_sha256.as_str());
+            if marker.rolling_back || (marker.hooks_started && is_new) {
+                let problem = if marker.rolling_back {
+                    "a restart interrupted its rollback".to_owned()
+                } else {
+                    "a restart interrupted its hooks; the new version may have hung or rebooted the robot".to_owned()
+                };
+                return roll_back(agent, pkg, &update, marker, problem).await;
+            }
+            if is_new {
                 log::info!(
                     "{key}: finishing the install of version {} that a restart interrupted",
                     marker.to_version
                 );
-            } else if current.as_deref() == Some(update.from_sha256.as_str()) {
-                if sha256_file(&install::new_path(&pkg.path))?.as_deref()
-                    == Some(marker.to_sha256.as_str())
-                {
+            } else if is_old {
+                let prepared = sha256_file_async(&install::new_path(&pkg.path)).await?;
+                if prepared.as_deref() == Some(marker.to_sha256.as_str()) {
                     log::info!(
                         "{key}: a restart interrupted the install of version {}; swapping it in now",
                         marker.to_version
@@ -92,8 +100,7 @@ pub(super) async fn run(
                     "{} is neither the old nor the new version after an interrupted install",
                     pkg.path.display()
                 );
-                log::error!("{key}: {reason}; restoring the previous file");
-                install::rollback(&pkg.path)?;
+                log::error!("{key}: {reason}");
                 agent.finish(pkg, &all_codes(&ids, code::FAILED), None)?;
                 return Ok(Step::Report(Outcome::Failed { reason }));
             }
@@ -102,38 +109,18 @@ pub(super) async fn run(
     };
     log::info!("{key}: version {} is in place", marker.to_version);
 
+    marker.hooks_started = true;
+    save_marker(agent, &key, &marker)?;
     let env = hook_env(pkg, &update.from_version, &marker.to_version);
-    let mut problem = None;
     for (name, cmd) in [
         ("post_install", &pkg.post_install),
         ("health_check", &pkg.health_check),
     ] {
         if let Some(cmd) = cmd {
-            if let Err(e) = hooks::run(name, cmd, timeout, &env.as_slice()).await {
-                problem = Some(crate::error_chain(&e));
-                break;
+            if let Err(e) = hooks::run(name, cmd, timeout(agent, pkg), &env.as_slice()).await {
+                return roll_back(agent, pkg, &update, marker, crate::error_chain(&e)).await;
             }
         }
-    }
-    if let Some(problem) = problem {
-        log::error!(
-            "{key}: {problem}; rolling back to version {}",
-            update.from_version
-        );
-        if !install::rollback(&pkg.path)? {
-            log::error!("{key}: no previous file to restore");
-        }
-        if let Some(cmd) = &pkg.post_install {
-            let env = hook_env(pkg, &marker.to_version, &update.from_version);
-            if let Err(e) = hooks::run("post_install", cmd, timeout, &env.as_slice()).await {
-                log::error!("{key}: after the rollback: {}", crate::error_chain(&e));
-            }
-        }
-        let restored = Some((update.from_version.clone(), update.from_sha256.clone()));
-        agent.finish(pkg, &all_codes(&ids, code::FAILED), restored)?;
-        return Ok(Step::Report(Outcome::Failed {
-            reason: format!("version {} was rolled back: {problem}", marker.to_version),
-        }));
     }
 
     let failed = update.failed.as_ref().map(|f| f.index);
@@ -153,6 +140,64 @@ pub(super) async fn run(
     };
     log::info!("{key}: {outcome}");
     Ok(Step::Report(outcome))
+}
+
+/// Restores the previous file, runs `post_install` for it, and reports every id `2`.
+async fn roll_back(
+    agent: &mut Agent,
+    pkg: &Package,
+    update: &Update,
+    mut marker: InstallState,
+    problem: String,
+) -> Result<Step, CycleError> {
+    let key = pkg.key();
+    log::error!(
+        "{key}: {problem}; rolling back to version {}",
+        update.from_version
+    );
+    marker.rolling_back = true;
+    save_marker(agent, &key, &marker)?;
+    if !install::rollback(&pkg.path)? {
+        log::error!("{key}: no previous file to restore");
+    }
+    if let Some(cmd) = &pkg.post_install {
+        let env = hook_env(pkg, &marker.to_version, &update.from_version);
+        if let Err(e) = hooks::run("post_install", cmd, timeout(agent, pkg), &env.as_slice()).await
+        {
+            log::error!("{key}: after the rollback: {}", crate::error_chain(&e));
+        }
+    }
+    // Record what is really there now, so that later checks patch the right base.
+    let now = sha256_file_async(&pkg.path).await?;
+    let installed = if now.as_deref() == Some(update.from_sha256.as_str()) {
+        Some((update.from_version.clone(), update.from_sha256.clone()))
+    } else if now.as_deref() == Some(marker.to_sha256.as_str()) {
+        Some((marker.to_version.clone(), marker.to_sha256.clone()))
+    } else {
+        None
+    };
+    let ids: Vec<String> = update.patches.iter().map(|p| p.id.clone()).collect();
+    agent.finish(pkg, &all_codes(&ids, code::FAILED), installed)?;
+    Ok(Step::Report(Outcome::Failed {
+        reason: format!("version {} was rolled back: {problem}", marker.to_version),
+    }))
+}
+
+fn save_marker(agent: &mut Agent, key: &str, marker: &InstallState) -> Result<(), CycleError> {
+    agent
+        .pkg_state(key)
+        .update
+        .as_mut()
+        .expect("update")
+        .install = Some(marker.clone());
+    agent.save()?;
+    Ok(())
+}
+
+fn timeout(agent: &Agent, pkg: &Package) -> std::time::Duration {
+    pkg.hook_timeout
+        .unwrap_or(agent.config.agent.hook_timeout)
+        .0
 }
 
 fn hook_env(pkg: &Package, from: &str, to: &str) -> HookEnv {

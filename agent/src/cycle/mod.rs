@@ -158,23 +158,20 @@ impl Agent {
         Ok(agent)
     }
 
-    /// Adds packages seen for the first time, forgets removed ones, and drops stale files.
+    /// Adds packages seen for the first time and drops files no update needs any more. The
+    /// facts of a file no longer configured are kept (not acted on), so that configuring it
+    /// again cannot make the agent forget its version and the updates it applied.
     fn reconcile(&mut self) -> Result<(), StoreError> {
-        let keys: Vec<String> = self.config.packages.iter().map(Package::key).collect();
         for p in &self.config.packages {
-            self.state
+            let ps = self
+                .state
                 .packages
                 .entry(p.key())
                 .or_insert_with(|| PackageState::new(&p.version));
-            if self.state.packages[&p.key()].update.is_none() {
+            if ps.update.is_none() {
                 self.store.clear_package(&p.key())?;
                 crate::install::discard_prepared(&p.path);
             }
-        }
-        let before = self.state.packages.len();
-        self.state.packages.retain(|k, _| keys.contains(k));
-        if self.state.packages.len() != before {
-            log::info!("forgot the state of files no longer in the config");
         }
         self.store.save(&self.state)
     }

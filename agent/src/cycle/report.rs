@@ -3,6 +3,9 @@
 use super::{Agent, CycleError};
 use crate::client::Ack;
 
+/// Sends the outbox. A callback the server fails on is kept, and the ones after it for other ids
+/// still go out (those for the same id wait, so its results arrive in order); the first error
+/// is returned at the end. When the server cannot be reached at all, the rest waits too.
 pub(super) async fn run(agent: &mut Agent) -> Result<(), CycleError> {
     if !agent.state.outbox.is_empty() {
         agent.notifier.status(&format!(
@@ -10,26 +13,53 @@ pub(super) async fn run(agent: &mut Agent) -> Result<(), CycleError> {
             agent.state.outbox.len()
         ));
     }
-    while let Some(cb) = agent.state.outbox.first().cloned() {
+    let mut held: Vec<String> = Vec::new();
+    let mut first_error = None;
+    let mut at = 0;
+    while let Some(cb) = agent.state.outbox.get(at).cloned() {
         if agent.shutdown.is_set() {
             return Err(CycleError::Stopped);
         }
-        match agent.client.callback(&cb.id, cb.code).await? {
-            Ack::Accepted => log::info!(
+        if held.contains(&cb.id) {
+            at += 1;
+            continue;
+        }
+        match agent.client.callback(&cb.id, cb.code).await {
+            Ok(Ack::Accepted) => log::info!(
                 "{}: reported result {} for update {}",
                 cb.package,
                 cb.code,
                 cb.id
             ),
-            Ack::Rejected(code) => log::warn!(
+            Ok(Ack::Rejected(code)) => log::warn!(
                 "{}: the server refused result {} for update {} (code {code}); dropping it",
                 cb.package,
                 cb.code,
                 cb.id
             ),
+            Err(e) => {
+                let unreachable = e.is_connect();
+                log::warn!(
+                    "{}: result {} for update {} stays queued: {}",
+                    cb.package,
+                    cb.code,
+                    cb.id,
+                    crate::error_chain(&e)
+                );
+                first_error.get_or_insert(e);
+                if unreachable {
+                    break;
+                }
+                held.push(cb.id);
+                at += 1;
+                continue;
+            }
         }
-        agent.state.outbox.remove(0);
+        agent.state.outbox.remove(at);
         agent.save()?;
     }
-    Ok(())
+    match first_error {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }

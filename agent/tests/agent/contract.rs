@@ -405,3 +405,41 @@ async fn resume_trusts_only_a_matching_206() {
         .unwrap();
     assert_eq!((fetch.offset, fetch.total), (0, Some(5)));
 }
+
+#[tokio::test]
+async fn an_absurd_expires_in_is_survived() {
+    let s = setup().await;
+    // Mounted first and with a higher priority, this token answer wins over the one of `answer`.
+    Mock::given(method("GET"))
+        .and(path("/oauth/token"))
+        .respond_with(token("forever", u64::MAX))
+        .with_priority(1)
+        .mount(&s.server)
+        .await;
+    let reply = ResponseTemplate::new(200).set_body_json(json!({"code":"102"}));
+    assert_eq!(answer(&s, reply).await.unwrap(), CheckAnswer::NoSuchVersion);
+}
+
+#[tokio::test]
+async fn a_weak_etag_is_not_a_validator_but_last_modified_is() {
+    let s = setup().await;
+    Mock::given(method("GET"))
+        .and(path("/p--17--f.patch"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("etag", "W/\"weak\"")
+                .insert_header("last-modified", "Sun, 29 Nov 2026 07:00:00 GMT")
+                .set_body_raw("data", "application/octet-stream"),
+        )
+        .mount(&s.server)
+        .await;
+    let fetch = s
+        .client
+        .fetch(&format!("{}/p--17--f.patch", s.server.uri()), 0, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        fetch.validator.as_deref(),
+        Some("Sun, 29 Nov 2026 07:00:00 GMT")
+    );
+}

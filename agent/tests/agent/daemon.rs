@@ -191,3 +191,27 @@ async fn systemd_hears_ready_status_watchdog_and_stopping() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_during_the_health_check_rolls_back() {
+    let w = World::new("health_check = \"sleep 30\"").await;
+    let child = spawn(&w);
+    let state = w.dir().join("state").join("state.json");
+    until("the hooks to start", || {
+        std::fs::read_to_string(&state).is_ok_and(|s| s.contains("\"hooks_started\": true"))
+    })
+    .await;
+    // The new version "hung the robot": the agent dies in its health check. (Its orphaned
+    // `sleep` keeps the stderr pipe open, so only the exit is awaited.)
+    let mut child = child;
+    signal(&child, Signal::KILL);
+    child.wait().await.unwrap();
+    assert_eq!(w.installed(), w.version(18));
+
+    let out = w.agent(&["check"]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rolling back to version 16"));
+    assert_eq!(w.installed(), w.version(16));
+    assert_eq!(w.callbacks(), pairs(&[("23", "2"), ("25", "2")]));
+    assert_eq!(w.status().await["packages"][0]["version"], "16");
+}

@@ -194,3 +194,19 @@ async fn no_secret_in_debug_output_or_state() {
         assert!(!seen.contains(secret), "{secret} leaked");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_callback_does_not_hold_up_the_others() {
+    let w = World::new("").await;
+    w.server.inject(
+        Fault::status(Endpoint::Callback, 500, r#"{"code":"500"}"#)
+            .path_contains("id=23")
+            .times(1000),
+    );
+    let out = w.agent(&["check"]).await;
+    assert!(!out.status.success());
+    assert_eq!(w.callbacks(), pairs(&[("25", "1")]));
+    w.server.clear_faults();
+    assert!(w.agent(&["check"]).await.status.success());
+    assert_eq!(w.callbacks(), pairs(&[("25", "1"), ("23", "1")]));
+}
