@@ -32,6 +32,28 @@ fn signal(child: &Child, signal: Signal) {
     kill_process(pid, signal).unwrap();
 }
 
+/// Starts the daemon with the first patch stalling after 1000 bytes (for longer than any test
+/// runs), and returns once those bytes are durable.
+async fn spawn_stalled(w: &World) -> Child {
+    let stall = FaultKind::Stall {
+        after: 1000,
+        pause: Duration::from_secs(30),
+    };
+    // Twice: the agent asks each patch's size with a HEAD before downloading.
+    w.server.inject(
+        Fault::new(Endpoint::Patch, stall)
+            .path_contains("--17--")
+            .times(2),
+    );
+    let child = spawn(w);
+    let state = w.dir().join("state").join("state.json");
+    until("the first 1000 bytes to be durable", || {
+        std::fs::read_to_string(&state).is_ok_and(|s| s.contains("\"durable\": 1000"))
+    })
+    .await;
+    child
+}
+
 /// Waits (bounded) until `done` holds; the agent works at its own pace.
 async fn until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -71,24 +93,7 @@ async fn the_daemon_updates_then_waits_and_stops_on_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_daemon_resumes_its_download() {
     let w = World::new("").await;
-    // The first patch stalls after 1000 bytes, long enough for the kill.
-    w.server.inject(
-        Fault::new(
-            Endpoint::Patch,
-            FaultKind::Stall {
-                after: 1000,
-                pause: Duration::from_secs(30),
-            },
-        )
-        .path_contains("--17--")
-        .times(2),
-    );
-    let child = spawn(&w);
-    let state = w.dir().join("state").join("state.json");
-    until("the first 1000 bytes to be durable", || {
-        std::fs::read_to_string(&state).is_ok_and(|s| s.contains("\"durable\": 1000"))
-    })
-    .await;
+    let child = spawn_stalled(&w).await;
     signal(&child, Signal::KILL);
     let _ = stderr_of(child).await;
     assert_eq!(w.installed(), w.version(16));
@@ -119,23 +124,7 @@ async fn a_killed_daemon_resumes_its_download() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_download_saves_progress() {
     let w = World::new("").await;
-    w.server.inject(
-        Fault::new(
-            Endpoint::Patch,
-            FaultKind::Stall {
-                after: 1000,
-                pause: Duration::from_secs(30),
-            },
-        )
-        .path_contains("--17--")
-        .times(2),
-    );
-    let child = spawn(&w);
-    let state = w.dir().join("state").join("state.json");
-    until("the first 1000 bytes to be durable", || {
-        std::fs::read_to_string(&state).is_ok_and(|s| s.contains("\"durable\": 1000"))
-    })
-    .await;
+    let child = spawn_stalled(&w).await;
     signal(&child, Signal::TERM);
     let (status, _) = stderr_of(child).await;
     assert!(status.success());
