@@ -2,6 +2,11 @@
 # The demo, end to end: the mock server serves its demo catalog (a 16 MiB firmware-like file in
 # versions 16, 17 and 18), a robot at version 16 runs one `ota-agent check`, and the script shows
 # that the installed file became version 18 and which results the server recorded.
+#
+# For other builds of the agent (the ARM ones under qemu, in scripts/cross.sh):
+#   AGENT=path/to/ota-agent      the agent binary to run (default: this workspace's build)
+#   AGENT_RUNNER="qemu-arm -L …" a command to run it with
+#   DEMO_SIZE=BYTES              the size of the demo firmware (default 16 MiB)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -10,6 +15,10 @@ profile=${PROFILE:-debug}
 if [ "$profile" = release ]; then flag=--release; else flag=; fi
 cargo build --quiet $flag -p ota-agent -p ota-mock-server
 bin=${CARGO_TARGET_DIR:-$root/target}/$profile
+agent=${AGENT:-$bin/ota-agent}
+runner=${AGENT_RUNNER:-}
+size_args=()
+[ -n "${DEMO_SIZE:-}" ] && size_args=(--size "$DEMO_SIZE")
 
 work=$(mktemp -d)
 server_pid=
@@ -21,7 +30,7 @@ trap cleanup EXIT
 
 echo "== starting the mock server (demo catalog in $work/server)"
 mkfifo "$work/stdout"
-"$bin/ota-mock-server" demo --dir "$work/server" --listen 127.0.0.1:0 >"$work/stdout" 2>"$work/server.log" &
+"$bin/ota-mock-server" demo --dir "$work/server" --listen 127.0.0.1:0 "${size_args[@]}" >"$work/stdout" 2>"$work/server.log" &
 server_pid=$!
 exec 3<"$work/stdout"
 if ! read -r -t 300 -u 3 line; then
@@ -60,10 +69,10 @@ TOML
 chmod 600 "$work/agent.toml"
 
 echo "== ota-agent check"
-"$bin/ota-agent" --config "$work/agent.toml" check
+$runner "$agent" --config "$work/agent.toml" check
 
 echo "== ota-agent status"
-"$bin/ota-agent" --config "$work/agent.toml" status
+$runner "$agent" --config "$work/agent.toml" status
 
 echo "== the result"
 installed=$(sha256sum "$work/robot/Alpha2Services.apk" | cut -d' ' -f1)
