@@ -253,11 +253,7 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
-        config.validate(path)?;
+        let config = Config::parse(&text, path)?;
         let has_secrets =
             !config.server.client_secret.is_empty() || !config.server.password.is_empty();
         if has_secrets {
@@ -273,6 +269,16 @@ impl Config {
                 });
             }
         }
+        Ok(config)
+    }
+
+    /// Parses and checks config text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        config.validate(path)?;
         Ok(config)
     }
 

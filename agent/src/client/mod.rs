@@ -17,7 +17,7 @@ use reqwest::header::{
 
 use crate::config::Config;
 use crate::redact;
-pub use wire::{CheckAnswer, OfferedPatch, parse_callback, parse_check};
+pub use wire::{CheckAnswer, OfferedPatch, TokenBody, parse_callback, parse_check, parse_token};
 
 use token::TokenCache;
 

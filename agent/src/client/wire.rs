@@ -40,8 +40,9 @@ struct CallbackBody {
     code: Value,
 }
 
-#[derive(Deserialize)]
-pub(super) struct TokenBody {
+/// A token answer of `/oauth/token`.
+#[derive(Debug, Deserialize)]
+pub struct TokenBody {
     pub access_token: String,
     #[serde(default)]
     pub token_type: Option<String>,
@@ -142,7 +143,8 @@ pub fn parse_callback(body: &[u8]) -> Result<String, String> {
     code_of(&parsed.code)
 }
 
-pub(super) fn parse_token(body: &[u8]) -> Result<TokenBody, String> {
+/// Parses and checks a token answer.
+pub fn parse_token(body: &[u8]) -> Result<TokenBody, String> {
     let token: TokenBody = serde_json::from_slice(body).map_err(|e| describe(&e, body))?;
     if token.access_token.trim().is_empty() {
         return Err("`access_token` is empty".into());
