@@ -18,7 +18,7 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config {path} is invalid: {source}")]
+    #[error("config {path} is invalid")]
     Parse {
         path: PathBuf,
         source: toml::de::Error,

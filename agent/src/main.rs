@@ -63,6 +63,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// With a handler for SIGXFSZ, a write past a file-size limit fails with EFBIG (handled like a
+/// full disk) instead of killing the process. Must run inside the runtime.
+fn survive_file_size_limits() -> Option<tokio::signal::unix::Signal> {
+    let xfsz = tokio::signal::unix::SignalKind::from_raw(rustix::process::Signal::XFSZ.as_raw());
+    tokio::signal::unix::signal(xfsz).ok()
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Bspatch {
@@ -87,6 +94,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check => {
             let config = Config::load(&cli.config)?;
             runtime()?.block_on(async {
+                let _xfsz = survive_file_size_limits();
                 let mut agent = Agent::open(config, Shutdown::never(), Arc::new(Notifier::none()))?;
                 let results = agent.cycle_all().await;
                 let mut ok = true;
@@ -119,6 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run => {
             let config = Config::load(&cli.config)?;
             runtime()?.block_on(async {
+                let _xfsz = survive_file_size_limits();
                 let (stop, shutdown) = Shutdown::new();
                 tokio::spawn(async move {
                     wait_for_signal().await;

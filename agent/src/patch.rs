@@ -62,7 +62,15 @@ pub fn header(patch: &[u8]) -> Result<Header, PatchError> {
     }
     let field = |at: usize, name: &str| {
         let v = offtin(&patch[at..at + 8]);
-        u64::try_from(v).map_err(|_| PatchError::Header(format!("negative {name} ({v})")))
+        // A set sign bit is refused even on a zero magnitude: qbsdiff reads that "-0" as -2^63,
+        // and two such block lengths overflow its own length check.
+        if patch[at + 7] & 0x80 != 0 {
+            return Err(PatchError::Header(format!(
+                "negative {name} (-{})",
+                v.unsigned_abs()
+            )));
+        }
+        Ok(v as u64)
     };
     let h = Header {
         control_len: field(8, "control block length")?,

@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 /// The version of the state file's layout; a file with another version is not trusted.
 pub const FORMAT: u32 = 1;
 
-/// How many applied update ids are remembered per file, so that a re-offered one is recognised.
-const APPLIED_MEMORY: usize = 256;
+/// How many applied (and failed) update ids are remembered per file, so that a re-offered one
+/// is recognised.
+const ID_MEMORY: usize = 256;
 
 const STATE_FILE: &str = "state.json";
 /// The state as it was before the last save, for when the current file turns out unusable.
@@ -75,6 +76,9 @@ pub struct PackageState {
     /// Update ids applied and reported as success, oldest first.
     #[serde(default)]
     pub applied: Vec<String>,
+    /// Update ids reported as failed, oldest first: a failure is final, like a success.
+    #[serde(default)]
+    pub failed: Vec<String>,
     pub update: Option<Update>,
     pub last_check: Option<LastCheck>,
 }
@@ -85,18 +89,28 @@ impl PackageState {
             version: version.to_owned(),
             sha256: None,
             applied: Vec::new(),
+            failed: Vec::new(),
             update: None,
             last_check: None,
         }
     }
 
     pub fn remember_applied(&mut self, id: &str) {
-        if !self.applied.iter().any(|a| a == id) {
-            self.applied.push(id.to_owned());
-        }
-        let excess = self.applied.len().saturating_sub(APPLIED_MEMORY);
-        self.applied.drain(..excess);
+        remember(&mut self.applied, id);
     }
+
+    pub fn remember_failed(&mut self, id: &str) {
+        remember(&mut self.failed, id);
+    }
+}
+
+/// Adds `id` to a bounded memory of ids, oldest first.
+fn remember(ids: &mut Vec<String>, id: &str) {
+    if !ids.iter().any(|a| a == id) {
+        ids.push(id.to_owned());
+    }
+    let excess = ids.len().saturating_sub(ID_MEMORY);
+    ids.drain(..excess);
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -1,11 +1,18 @@
-//! The two real binaries, started as processes on ephemeral ports.
+//! The two real binaries as processes on ephemeral ports, a robot's files, and the two
+//! invariants every scenario ends with.
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Output, Stdio};
 
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+/// The demo catalog's versions, and the update id that leads to each.
+pub const VERSIONS: [u32; 3] = [16, 17, 18];
+pub const IDS: [(&str, u32); 2] = [("23", 17), ("25", 18)];
 
 /// A binary of this workspace. `cargo test --workspace` builds them, with the features of the
 /// same run, before any test starts: the agent's and the mock server's own integration tests
@@ -27,6 +34,13 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// An HTTP client for the mock server's admin API.
+pub fn http() -> reqwest::Client {
+    // reqwest is built without a default TLS provider (see the workspace manifest).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 /// `ota-mock-server demo` in a process of its own, killed when dropped.
 pub struct Server {
     _child: Child,
@@ -35,15 +49,15 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn demo(dir: &Path, extra: &[&str]) -> Server {
+    /// The demo catalog with firmware of `size` bytes.
+    pub async fn demo(dir: &Path, size: usize) -> Server {
         let mut child = Command::new(binary("ota-mock-server"))
-            .args(extra)
             .arg("demo")
             .arg("--dir")
             .arg(dir)
-            .args(["--listen", "127.0.0.1:0", "--size", "262144"])
+            .args(["--listen", "127.0.0.1:0", "--size", &size.to_string()])
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .expect("start ota-mock-server");
@@ -69,51 +83,103 @@ impl Server {
         std::fs::read(self.dir.join("versions").join(code.to_string())).expect("version file")
     }
 
-    /// `(id, code)` of every callback the server recorded, through its admin API.
-    pub async fn callbacks(&self) -> Vec<(String, String)> {
-        let list: Vec<serde_json::Value> = http()
-            .get(format!("{}/admin/callbacks", self.url))
-            .send()
-            .await
-            .expect("admin request")
-            .json()
-            .await
-            .expect("callbacks json");
-        list.iter()
+    /// The bytes of every patch the server serves.
+    pub fn patch_bytes(&self) -> u64 {
+        std::fs::read_dir(self.dir.join("cache"))
+            .expect("patch cache")
+            .map(|e| e.expect("cache entry").metadata().expect("metadata").len())
+            .sum()
+    }
+
+    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = http().request(method, format!("{}/admin/{path}", self.url));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("admin request");
+        assert!(
+            resp.status().is_success(),
+            "admin {path}: {}",
+            resp.status()
+        );
+        resp.json().await.expect("admin answer")
+    }
+
+    /// Injects a fault, in the admin API's JSON (see `mock-server/src/lib.rs`).
+    pub async fn inject(&self, fault: Value) {
+        self.admin(reqwest::Method::POST, "faults", Some(fault))
+            .await;
+    }
+
+    pub async fn clear_faults(&self) {
+        self.admin(reqwest::Method::DELETE, "faults", None).await;
+    }
+
+    pub async fn revoke_tokens(&self) {
+        self.admin(reqwest::Method::POST, "revoke", Some(json!({})))
+            .await;
+    }
+
+    pub async fn allow_token_get(&self, allowed: bool) {
+        let body = json!({ "allowed": allowed });
+        self.admin(reqwest::Method::POST, "token-get", Some(body))
+            .await;
+    }
+
+    pub async fn requests(&self) -> Vec<Value> {
+        let list = self.admin(reqwest::Method::GET, "requests", None).await;
+        list.as_array().cloned().unwrap_or_default()
+    }
+
+    /// `(id, code)` of every callback the server recorded for one robot, in order.
+    pub async fn callbacks(&self, robot_id: &str) -> Vec<(String, String)> {
+        let list = self.admin(reqwest::Method::GET, "callbacks", None).await;
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["robot_id"] == robot_id)
             .map(|c| {
-                (
-                    c["id"].as_str().unwrap_or_default().to_owned(),
-                    c["code"].as_str().unwrap_or_default().to_owned(),
-                )
+                let field = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+                (field("id"), field("code"))
             })
             .collect()
     }
 }
 
-/// An HTTP client for the mock server's admin API.
-pub fn http() -> reqwest::Client {
-    // reqwest is built without a default TLS provider (see the workspace manifest).
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
+/// A robot at version 16: its managed file, its state directory, and an agent config.
+pub struct Robot {
+    pub dir: PathBuf,
+    pub id: String,
+    pub config: PathBuf,
 }
 
-/// A robot at version 16 managed by an agent config pointing at `url`.
-pub fn robot(dir: &Path, server: &Server) -> PathBuf {
-    let robot = dir.join("robot");
-    std::fs::create_dir_all(&robot).expect("robot dir");
-    std::fs::write(robot.join("Alpha2Services.apk"), server.version(16)).expect("managed file");
-    let config = dir.join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[server]
+impl Robot {
+    /// `server_extra` and `package_extra` are TOML lines added to those sections.
+    pub fn new(dir: &Path, server: &Server, server_extra: &str, package_extra: &str) -> Robot {
+        let id = format!(
+            "robot-{}",
+            dir.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+        );
+        std::fs::create_dir_all(dir.join("robot")).expect("robot dir");
+        std::fs::write(
+            dir.join("robot").join("Alpha2Services.apk"),
+            server.version(16),
+        )
+        .expect("managed file");
+        let config = dir.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[server]
 url = "{url}"
 client_id = "mobile_1"
 client_secret = "secret_1"
 username = "aa"
 password = "aa"
+connect_timeout = "5s"
+{server_extra}
 [robot]
-id = "15ae48ecs171faef35fafa5feafew"
+id = "{id}"
 version = "1"
 language = "CN"
 [agent]
@@ -125,23 +191,120 @@ name = "com.ubtechinc.alpha2services"
 file_name = "service5mic"
 path = "{path}"
 version = "16"
+{package_extra}
 "#,
-            url = server.url,
-            state = dir.join("state").display(),
-            path = robot.join("Alpha2Services.apk").display(),
-        ),
-    )
-    .expect("config");
-    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    config
+                url = server.url,
+                state = dir.join("state").display(),
+                path = dir.join("robot").join("Alpha2Services.apk").display(),
+            ),
+        )
+        .expect("config");
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        Robot {
+            dir: dir.to_owned(),
+            id,
+            config,
+        }
+    }
+
+    pub fn managed(&self) -> PathBuf {
+        self.dir.join("robot").join("Alpha2Services.apk")
+    }
+
+    pub fn installed(&self) -> Vec<u8> {
+        std::fs::read(self.managed()).expect("managed file")
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(binary("ota-agent"));
+        cmd.arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env("OTA_AGENT_LOG", "debug")
+            .kill_on_drop(true);
+        cmd
+    }
+
+    pub async fn agent(&self, args: &[&str]) -> Output {
+        let out = self.command(args).output().await.expect("run ota-agent");
+        eprintln!(
+            "ota-agent {args:?}: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    pub async fn status(&self) -> Value {
+        let out = self
+            .command(&["status", "--json"])
+            .output()
+            .await
+            .expect("run ota-agent status");
+        assert!(
+            out.status.success(),
+            "status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status json")
+    }
 }
 
-pub fn installed(dir: &Path) -> Vec<u8> {
-    std::fs::read(dir.join("robot").join("Alpha2Services.apk")).expect("managed file")
+/// Lets the agent finish with the faults gone: checks until nothing is under way and no result
+/// waits to be sent.
+pub async fn settle(robot: &Robot, server: &Server) {
+    server.clear_faults().await;
+    for _ in 0..6 {
+        robot.agent(&["check"]).await;
+        let status = robot.status().await;
+        let pkg = &status["packages"][0];
+        let waiting = pkg["callbacks_waiting"].as_array().map_or(0, Vec::len);
+        if pkg["update"].is_null() && waiting == 0 {
+            return;
+        }
+    }
+    panic!("the agent did not settle in six checks");
 }
 
-pub fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect()
+/// Never broken: the managed file is one of the catalog's versions, and the agent says which.
+/// Never lost: every id ends with a callback that matches what is installed, and no id has two
+/// different final codes (`3`, "not updated yet", is not final).
+pub async fn assert_invariants(robot: &Robot, server: &Server) -> u32 {
+    let installed = robot.installed();
+    let version = VERSIONS
+        .into_iter()
+        .find(|v| server.version(*v) == installed)
+        .expect("never broken: the managed file is none of the catalog's versions");
+    let status = robot.status().await;
+    assert_eq!(
+        status["packages"][0]["version"],
+        version.to_string(),
+        "status tells the installed version"
+    );
+    let callbacks = server.callbacks(&robot.id).await;
+    for (id, leads_to) in IDS {
+        let codes: Vec<&str> = callbacks
+            .iter()
+            .filter(|(i, _)| i == id)
+            .map(|(_, c)| c.as_str())
+            .collect();
+        let last = *codes
+            .last()
+            .unwrap_or_else(|| panic!("never lost: no result for update {id} in {callbacks:?}"));
+        let finals: BTreeSet<&str> = codes.iter().copied().filter(|c| *c != "3").collect();
+        assert!(
+            finals.len() <= 1,
+            "update {id} has different final results: {codes:?}"
+        );
+        if version >= leads_to {
+            assert_eq!(last, "1", "update {id} is installed: {callbacks:?}");
+        } else {
+            assert!(
+                last == "2" || last == "3",
+                "update {id} is not installed: {callbacks:?}"
+            );
+        }
+    }
+    version
 }

@@ -76,6 +76,9 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
                 return Ok(Step::Download);
             }
             Err(ApplyError::Store(e)) => return Err(e.into()),
+            Err(ApplyError::NoSpace { needed, free }) => {
+                return Err(CycleError::NoSpace { needed, free });
+            }
             Err(ApplyError::Patch(e)) => {
                 let reason = format!("update {} does not apply: {}", p.id, crate::error_chain(&e));
                 log::error!("{key}: {reason}");
@@ -108,6 +111,8 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
 enum ApplyError {
     #[error("the downloaded patch is missing")]
     Missing,
+    #[error("not enough space for the patched file")]
+    NoSpace { needed: u64, free: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -134,16 +139,31 @@ async fn apply_one(agent: &Agent, pkg: &Package, index: usize) -> Result<String,
         .ok_or(ApplyError::Missing)?
         .read_to_end(&mut patch_bytes)
         .map_err(io_err("read", "patch"))?;
-    let out = agent.store.create_staged(&key, index)?;
-    // The result may not be larger than the space left, so a hostile header cannot fill the disk.
+    // A result larger than the space left is a full disk (try again later), not a bad patch;
+    // and the limit keeps a hostile header from filling the disk.
+    let promised = patch::header(&patch_bytes)?.new_size;
     let room = agent.store.free_space()?;
+    if promised > room {
+        return Err(ApplyError::NoSpace {
+            needed: promised,
+            free: room,
+        });
+    }
+    let out = agent.store.create_staged(&key, index)?;
     let work = move || -> Result<String, ApplyError> {
         let old_map = patch::map(&old).map_err(io_err("map", "the file to patch"))?;
         let mut writer = HashingWriter {
             inner: BufWriter::with_capacity(1 << 20, out),
             hasher: Sha256::new(),
+            failed: None,
         };
-        patch::apply(&old_map, &patch_bytes, &mut writer, room)?;
+        if let Err(e) = patch::apply(&old_map, &patch_bytes, &mut writer, room) {
+            // A write that failed (ENOSPC, EFBIG) is the disk's fault, not the patch's.
+            return Err(match writer.failed.take() {
+                Some(source) => ApplyError::Store(io_err("write", "staging file")(source)),
+                None => e.into(),
+            });
+        }
         writer
             .inner
             .flush()
@@ -168,13 +188,23 @@ fn io_err(op: &'static str, what: &str) -> impl FnOnce(std::io::Error) -> StoreE
 struct HashingWriter<W> {
     inner: W,
     hasher: Sha256,
+    /// The error of a write that failed, kept apart from errors of the patch itself.
+    failed: Option<std::io::Error>,
 }
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
+        match self.inner.write(buf) {
+            Ok(n) => {
+                self.hasher.update(&buf[..n]);
+                Ok(n)
+            }
+            Err(e) => {
+                let kind = e.kind();
+                self.failed = Some(e);
+                Err(kind.into())
+            }
+        }
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()

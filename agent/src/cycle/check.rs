@@ -93,29 +93,41 @@ async fn accept(
     offered: Vec<OfferedPatch>,
 ) -> Result<Step, CycleError> {
     let key = pkg.key();
-    let (again, fresh): (Vec<_>, Vec<_>) = offered
-        .into_iter()
-        .partition(|p| agent.state.packages[&key].applied.contains(&p.id));
-    for p in &again {
+    // Rule 4, and its twin for failures: an id with a final result is never tried again; its
+    // result is sent again instead. Ids after a failed one cannot apply: "not updated yet".
+    let mut fresh = Vec::new();
+    let mut again: Vec<(String, u8)> = Vec::new();
+    let mut blocked_by: Option<String> = None;
+    let ps = &agent.state.packages[&key];
+    for p in offered {
+        if ps.applied.contains(&p.id) {
+            again.push((p.id, code::SUCCESS));
+        } else if blocked_by.is_some() {
+            again.push((p.id, code::NOT_UPDATED));
+        } else if ps.failed.contains(&p.id) {
+            blocked_by = Some(p.id.clone());
+            again.push((p.id, code::FAILED));
+        } else {
+            fresh.push(p);
+        }
+    }
+    for (id, code) in &again {
         let queued = agent
             .state
             .outbox
             .iter()
-            .any(|c| c.package == key && c.id == p.id && c.code == code::SUCCESS);
-        if queued {
-            continue;
+            .any(|c| c.package == key && c.id == *id && c.code == *code);
+        if !queued {
+            log::info!(
+                "{key}: update {id} was offered again; its result {code} is sent again, it is not retried"
+            );
+            agent.state.outbox.push(Callback {
+                package: key.clone(),
+                id: id.clone(),
+                code: *code,
+                queued_at_unix: unix_now(),
+            });
         }
-        // Rule 4: an applied id is never applied twice; its result is sent again instead.
-        log::info!(
-            "{key}: update {} was applied before; sending its result again",
-            p.id
-        );
-        agent.state.outbox.push(Callback {
-            package: key.clone(),
-            id: p.id.clone(),
-            code: code::SUCCESS,
-            queued_at_unix: unix_now(),
-        });
     }
     if !again.is_empty() {
         agent.save()?;
@@ -153,6 +165,11 @@ async fn accept(
         });
     }
     if patches.is_empty() {
+        if let Some(id) = blocked_by {
+            return Ok(Step::Report(Outcome::Failed {
+                reason: format!("update {id} failed before; it is not tried again"),
+            }));
+        }
         return Ok(Step::Report(Outcome::UpToDate {
             version: version.to_owned(),
         }));

@@ -242,8 +242,10 @@ impl Agent {
             ps.sha256 = Some(sha);
         }
         for (id, code) in codes {
-            if *code == code::SUCCESS {
-                ps.remember_applied(id);
+            match *code {
+                code::SUCCESS => ps.remember_applied(id),
+                code::FAILED => ps.remember_failed(id),
+                _ => {}
             }
         }
         ps.update = None;

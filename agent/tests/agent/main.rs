@@ -6,4 +6,6 @@ mod contract;
 mod cycle;
 mod daemon;
 mod helpers;
+mod interop;
+mod props;
 mod update;

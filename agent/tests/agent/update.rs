@@ -40,6 +40,25 @@ async fn corrupt_second_patch_installs_the_first() {
     assert_eq!(w.installed(), w.version(17));
     assert_eq!(w.callbacks(), pairs(&[("23", "1"), ("25", "2")]));
     assert_eq!(w.status().await["packages"][0]["version"], "17");
+
+    // A failure is final: offered again, update 25 is reported again, not fetched again.
+    w.server.clear_faults();
+    let fetched = |w: &World| {
+        w.server
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.contains("--18--"))
+            .count()
+    };
+    let before = fetched(&w);
+    let out = w.agent(&["check"]).await;
+    assert!(!out.status.success());
+    assert_eq!(fetched(&w), before);
+    assert_eq!(w.installed(), w.version(17));
+    assert_eq!(
+        w.callbacks(),
+        pairs(&[("23", "1"), ("25", "2"), ("25", "2")])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Builds the cargo-fuzz targets in agent/fuzz and runs each for a bounded time; fails if any
+# target crashes, leaks past libFuzzer's limits or hangs on one input for over 10 s.
+#
+#   scripts/fuzz.sh [SECONDS_PER_TARGET]     (default 30; SANITIZER=none|address, default address)
+#
+# Only the stable toolchain is needed: RUSTC_BOOTSTRAP=1 lets it take cargo-fuzz's -Z flags.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+seconds=${1:-30}
+sanitizer=${SANITIZER:-address}
+export RUSTC_BOOTSTRAP=1
+
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+cd "$root/agent"
+fuzz=(cargo fuzz)
+"${fuzz[@]}" build --fuzz-dir fuzz -s "$sanitizer"
+
+# Seeds: the fuzzers get much further from a few valid inputs than from nothing.
+corpus=$root/agent/fuzz/corpus
+mkdir -p "$corpus"/{check_answer,token_answer,bspatch,config}
+printf '%s' '{"code": "100", "data": "http://10.10.1.14:8080/version/a--17--5mic.patch;https://h/b--18--5mic.patch", "id": "23;25"}' \
+    >"$corpus/check_answer/seed-patches"
+printf '%s' '{"code":"104","data":""}' >"$corpus/check_answer/seed-no-language"
+printf '%s' '{"access_token":"10bb","token_type":"bearer","refresh_token":"8acf","expires_in":11999,"scope":"read write trust"}' \
+    >"$corpus/token_answer/seed-token"
+cp "$root/systemd/agent.toml.example" "$corpus/config/seed-example"
+if command -v bsdiff >/dev/null; then
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+    printf 'hello robot, version 17 of the services\n%.0s' {1..20} >"$work/old"
+    printf 'hello robot, version 18 of the services!\n%.0s' {1..22} >"$work/new"
+    bsdiff "$work/old" "$work/new" "$work/patch"
+    size=$(stat -c %s "$work/old")
+    # The bspatch target reads a little-endian u16 old-file length first.
+    {
+        printf "\\x$(printf %02x $((size & 255)))\\x$(printf %02x $((size >> 8)))"
+        cat "$work/old" "$work/patch"
+    } >"$corpus/bspatch/seed-debian"
+fi
+
+status=0
+summary=()
+for target in $("${fuzz[@]}" list --fuzz-dir fuzz); do
+    log=$root/agent/fuzz/artifacts/$target.log
+    mkdir -p "$(dirname "$log")"
+    echo "== $target: ${seconds}s"
+    if "${fuzz[@]}" run --fuzz-dir fuzz -s "$sanitizer" "$target" -- \
+        -max_total_time="$seconds" -timeout=10 -print_final_stats=1 >"$log" 2>&1; then
+        result=ok
+    else
+        result=FAILED
+        status=1
+        tail -n 40 "$log"
+    fi
+    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
+    summary+=("$(printf '%-14s %-6s %12s executions' "$target" "$result" "${runs:-?}")")
+done
+printf '%s\n' "${summary[@]}"
+exit "$status"
