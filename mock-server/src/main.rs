@@ -48,6 +48,9 @@ enum Command {
         /// Size of the demo firmware file in bytes.
         #[arg(long, default_value_t = demo::DEFAULT_SIZE)]
         size: usize,
+        /// Answer GET /oauth/token with 405, like newer servers.
+        #[arg(long)]
+        token_post_only: bool,
         /// Log debug messages too.
         #[arg(long, short)]
         verbose: bool,
@@ -87,17 +90,22 @@ fn main() -> anyhow::Result<()> {
         log::LevelFilter::Info
     });
 
-    let (catalog_path, listen) = match &args.command {
+    let (catalog_path, listen, token_post_only) = match &args.command {
         Some(Command::Demo {
-            dir, listen, size, ..
-        }) => (demo::generate(dir, *size)?, *listen),
+            dir,
+            listen,
+            size,
+            token_post_only,
+            ..
+        }) => (demo::generate(dir, *size)?, *listen, *token_post_only),
         None => (
             args.catalog.clone().context("--catalog is required")?,
             args.listen,
+            args.token_post_only,
         ),
     };
     let mut catalog = Catalog::load(&catalog_path)?;
-    if args.token_post_only {
+    if token_post_only {
         catalog.set_token_get(false);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -124,14 +124,19 @@ async fn survives_sigkill_at_random_moments() {
             .map_or(1, |d| d.as_nanos() as u64)
     });
     let kills = env_u64("POWER_LOSS_KILLS").map_or(100, |k| k as usize);
-    eprintln!("power loss: seed {seed} (replay with POWER_LOSS_SEED={seed}), {kills} kills");
+    let start =
+        format!("power loss: seed {seed} (replay with POWER_LOSS_SEED={seed}), {kills} kills\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), start.as_bytes());
     let steps = run(seed, kills).await;
     let total: usize = steps.values().sum();
     let summary: Vec<String> = steps.iter().map(|(s, n)| format!("{s} {n}")).collect();
-    println!(
-        "power loss: survived {total} kill points (seed {seed}): {}",
+    // Written to the process's stderr directly, past the test harness's capture, so that every
+    // run (CI's included) shows the figures.
+    let line = format!(
+        "power loss: survived {total} kill points (seed {seed}): {}\n",
         summary.join(", ")
     );
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
     assert!(total >= kills);
     for step in ["download", "apply", "install", "callback"] {
         assert!(
