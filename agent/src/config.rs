@@ -224,7 +224,9 @@ mod defaults {
         Seconds(Duration::ZERO)
     }
     pub fn retry_base() -> Seconds {
-        Seconds(Duration::from_secs(30))
+        // Five minutes, not seconds: after an outage a fleet's retries then spread out instead
+        // of arriving together (the fleet simulation in tests/ measures it).
+        Seconds(Duration::from_secs(300))
     }
     pub fn retry_max() -> Seconds {
         Seconds(Duration::from_secs(3600))

@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::cycle::{Agent, CycleError, Outcome};
 use crate::logger::utc;
 use crate::notify::Notifier;
-use crate::schedule::{self, human};
+use crate::schedule::{Scheduler, Timing, human};
 use crate::{Error, Shutdown, error_chain, unix_now};
 
 /// What one pass over every managed file gave, per package key.
@@ -95,30 +95,23 @@ pub async fn run(
     if agent.config.server.url.starts_with("http://") {
         log::warn!("the server URL is plain http: tokens and patches travel unprotected");
     }
-    let mut rng = fastrand::Rng::new();
-    let a = &agent.config.agent;
-    let (interval, jitter, startup, base, max) = (
-        a.poll_interval.0,
-        a.poll_jitter(),
-        a.startup_delay.0,
-        a.retry_base.0,
-        a.retry_max.0,
+    let mut schedule = Scheduler::new(
+        Timing::from_config(&agent.config.agent),
+        fastrand::Rng::new(),
     );
-    let mut failures = 0u32;
     let mut resuming = agent.has_unfinished_work();
     let mut delay = if resuming {
         Duration::ZERO
     } else {
-        schedule::first_check_delay(agent.last_check(), unix_now(), interval, startup, &mut rng)
+        schedule.first(agent.last_check(), unix_now())
     };
     loop {
         if !delay.is_zero() {
             log::info!("next check in {}", human(delay));
             let at = utc(unix_now().saturating_add(delay.as_secs()));
-            if failures == 0 {
-                notifier.status(&format!("idle; next check at {at}"));
-            } else {
-                notifier.status(&format!("{failures} failure(s) in a row; next try at {at}"));
+            match schedule.failures() {
+                0 => notifier.status(&format!("idle; next check at {at}")),
+                n => notifier.status(&format!("{n} failure(s) in a row; next try at {at}")),
             }
             let stop = watched(&notifier, ping, async {
                 tokio::select! {
@@ -147,24 +140,20 @@ pub async fn run(
             .iter()
             .filter_map(|(_, r)| r.as_ref().err())
             .collect();
-        delay = if errors.is_empty() {
-            failures = 0;
-            if resuming {
-                schedule::first_check_delay(
-                    agent.last_check(),
-                    unix_now(),
-                    interval,
-                    startup,
-                    &mut rng,
-                )
-            } else {
-                schedule::poll_delay(interval, jitter, &mut rng)
-            }
+        delay = if errors.is_empty() && resuming {
+            // Interrupted work is done; the regular schedule starts as if the agent just started.
+            schedule.after(true, None);
+            schedule.first(agent.last_check(), unix_now())
         } else {
-            failures = failures.saturating_add(1);
             let retry_after = errors.iter().filter_map(|e| e.retry_after()).max();
-            let d = schedule::backoff_delay(failures, base, max, retry_after, &mut rng);
-            log::warn!("{} failure(s) in a row; retrying in {}", failures, human(d));
+            let d = schedule.after(errors.is_empty(), retry_after);
+            if !errors.is_empty() {
+                log::warn!(
+                    "{} failure(s) in a row; retrying in {}",
+                    schedule.failures(),
+                    human(d)
+                );
+            }
             d
         };
         resuming = false;

@@ -8,6 +8,100 @@ use std::time::Duration;
 /// The shortest delay the agent ever waits before a retry, so that a run of failures never spins.
 pub const MIN_RETRY: Duration = Duration::from_secs(1);
 
+/// The timing knobs of the poll loop, from the `[agent]` section of the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub interval: Duration,
+    pub jitter: Duration,
+    pub startup_delay: Duration,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// Exponential back-off with full jitter after failures; without it every retry waits
+    /// `retry_base` (only for comparisons, such as the fleet simulation's).
+    pub backoff: bool,
+}
+
+impl Timing {
+    pub fn from_config(agent: &crate::config::Agent) -> Timing {
+        Timing {
+            interval: agent.poll_interval.0,
+            jitter: agent.poll_jitter(),
+            startup_delay: agent.startup_delay.0,
+            retry_base: agent.retry_base.0,
+            retry_max: agent.retry_max.0,
+            backoff: true,
+        }
+    }
+
+    /// The same timing without any spread: no jitter, no start-up delay, no back-off.
+    pub fn without_spread(self) -> Timing {
+        Timing {
+            jitter: Duration::ZERO,
+            startup_delay: Duration::ZERO,
+            backoff: false,
+            ..self
+        }
+    }
+}
+
+/// The daemon's clock work: how long to wait before the first check and after each cycle.
+#[derive(Debug)]
+pub struct Scheduler {
+    timing: Timing,
+    failures: u32,
+    rng: fastrand::Rng,
+}
+
+impl Scheduler {
+    pub fn new(timing: Timing, rng: fastrand::Rng) -> Scheduler {
+        Scheduler {
+            timing,
+            failures: 0,
+            rng,
+        }
+    }
+
+    /// Failures in a row so far.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// The delay before the first check after start (see [`first_check_delay`]).
+    pub fn first(&mut self, last_check_unix: Option<u64>, now_unix: u64) -> Duration {
+        let t = self.timing;
+        first_check_delay(
+            last_check_unix,
+            now_unix,
+            t.interval,
+            t.startup_delay,
+            &mut self.rng,
+        )
+    }
+
+    /// The delay after a cycle: the poll interval with jitter after a success, a back-off after
+    /// a failure (at least what the server asked for with `Retry-After`).
+    pub fn after(&mut self, ok: bool, retry_after: Option<Duration>) -> Duration {
+        let t = self.timing;
+        if ok {
+            self.failures = 0;
+            return poll_delay(t.interval, t.jitter, &mut self.rng);
+        }
+        self.failures = self.failures.saturating_add(1);
+        if !t.backoff {
+            return t
+                .retry_base
+                .max(retry_after.unwrap_or_default().min(t.retry_max));
+        }
+        backoff_delay(
+            self.failures,
+            t.retry_base,
+            t.retry_max,
+            retry_after,
+            &mut self.rng,
+        )
+    }
+}
+
 /// The delay until the next regular poll: the interval plus a random part of the jitter.
 pub fn poll_delay(interval: Duration, jitter: Duration, rng: &mut fastrand::Rng) -> Duration {
     interval + random_up_to(jitter, rng)
@@ -110,6 +204,29 @@ mod tests {
         );
         assert!(first_check_delay(Some(1000), 9000, S(3600), S(60), &mut rng) <= S(60));
         assert!(first_check_delay(None, 9000, S(3600), S(0), &mut rng).is_zero());
+    }
+
+    #[test]
+    fn scheduler_backs_off_and_recovers() {
+        let timing = Timing {
+            interval: S(3600),
+            jitter: S(60),
+            startup_delay: S(0),
+            retry_base: S(10),
+            retry_max: S(100),
+            backoff: true,
+        };
+        let mut s = Scheduler::new(timing, fastrand::Rng::with_seed(3));
+        for _ in 0..10 {
+            assert!(s.after(false, None) <= S(100));
+        }
+        assert_eq!(s.failures(), 10);
+        assert!(s.after(true, None) >= S(3600));
+        assert_eq!(s.failures(), 0);
+        let mut flat = Scheduler::new(timing.without_spread(), fastrand::Rng::with_seed(3));
+        assert_eq!(flat.after(false, None), S(10));
+        assert_eq!(flat.after(false, None), S(10));
+        assert_eq!(flat.after(true, None), S(3600));
     }
 
     #[test]

@@ -1,0 +1,199 @@
+//! A fleet of robots polling one server, in virtual time, with the agent's own scheduling code
+//! (`ota_agent::schedule::Scheduler`). The server goes away for a while; the simulation counts
+//! the checks it receives per minute, once with the agent's jitter and back-off and once with
+//! them switched off, and prints the rates and a chart of the minutes around the outage.
+//!
+//! `fleet-sim [--robots N] [--hours H] [--outage-at-hour A] [--outage-minutes M] [--seed S]`
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use ota_agent::schedule::{Scheduler, Timing};
+
+#[derive(Debug, Clone, Copy)]
+struct Options {
+    robots: u64,
+    hours: u64,
+    outage_at_minute: u64,
+    outage_minutes: u64,
+    seed: u64,
+}
+
+fn options() -> Result<Options, String> {
+    let mut o = Options {
+        robots: 10_000,
+        hours: 24,
+        outage_at_minute: 12 * 60,
+        outage_minutes: 10,
+        seed: 1,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value: u64 = args
+            .next()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("{flag} needs a number"))?;
+        match flag.as_str() {
+            "--robots" => o.robots = value,
+            "--hours" => o.hours = value,
+            "--outage-at-hour" => o.outage_at_minute = value * 60,
+            "--outage-minutes" => o.outage_minutes = value,
+            "--seed" => o.seed = value,
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    if o.outage_at_minute + o.outage_minutes + 60 > o.hours * 60 || o.outage_at_minute < 120 {
+        return Err("the outage must start after two hours and end an hour before the run".into());
+    }
+    Ok(o)
+}
+
+/// The agent's defaults, as a config without an `[agent]` section gets them.
+fn agent_timing() -> Timing {
+    Timing::from_config(&ota_agent::config::Agent::default())
+}
+
+/// Checks per minute over the whole run.
+fn simulate(o: &Options, timing: Timing) -> Vec<u64> {
+    let end = o.hours * 3_600_000;
+    let outage = (o.outage_at_minute * 60_000)..((o.outage_at_minute + o.outage_minutes) * 60_000);
+    let mut phase = fastrand::Rng::with_seed(o.seed);
+    let mut robots: Vec<Scheduler> = (0..o.robots)
+        .map(|i| {
+            Scheduler::new(
+                timing,
+                fastrand::Rng::with_seed(o.seed.wrapping_mul(1_000_003) ^ i),
+            )
+        })
+        .collect();
+    // The fleet has been running for a while: its robots' next polls are spread over an interval.
+    let interval_ms = timing.interval.as_millis() as u64;
+    let mut queue: BinaryHeap<Reverse<(u64, usize)>> = (0..robots.len())
+        .map(|i| Reverse((phase.u64(0..interval_ms), i)))
+        .collect();
+    let mut per_minute = vec![0u64; (o.hours * 60) as usize];
+    while let Some(Reverse((at, robot))) = queue.pop() {
+        if at >= end {
+            break;
+        }
+        per_minute[(at / 60_000) as usize] += 1;
+        let ok = !outage.contains(&at);
+        let wait = robots[robot].after(ok, None);
+        queue.push(Reverse((at + wait.as_millis() as u64, robot)));
+    }
+    per_minute
+}
+
+struct Figures {
+    steady_mean: f64,
+    steady_peak: f64,
+    outage_peak: f64,
+    after_peak: f64,
+    later_peak: f64,
+}
+
+/// Rates in checks per second, from counts per minute.
+fn figures(o: &Options, per_minute: &[u64]) -> Figures {
+    let rate = |m: &u64| *m as f64 / 60.0;
+    let peak = |range: std::ops::Range<u64>| {
+        per_minute[range.start as usize..range.end as usize]
+            .iter()
+            .map(rate)
+            .fold(0.0, f64::max)
+    };
+    let steady = &per_minute[60..o.outage_at_minute as usize];
+    let back = o.outage_at_minute + o.outage_minutes;
+    Figures {
+        steady_mean: steady.iter().map(rate).sum::<f64>() / steady.len() as f64,
+        steady_peak: peak(60..o.outage_at_minute),
+        outage_peak: peak(o.outage_at_minute..back),
+        after_peak: peak(back..back + 60),
+        later_peak: peak(back + 60..o.hours * 60),
+    }
+}
+
+/// Five-minute bars from 30 minutes before the outage to 90 minutes after it began.
+fn chart(o: &Options, per_minute: &[u64], scale: f64) -> String {
+    let mut out = String::new();
+    let start = o.outage_at_minute - 30;
+    for bucket in (start..o.outage_at_minute + 90).step_by(5) {
+        let rate = per_minute[bucket as usize..bucket as usize + 5]
+            .iter()
+            .sum::<u64>() as f64
+            / 300.0;
+        let bar = "#".repeat(((rate / scale) * 50.0).round() as usize);
+        let offset = bucket as i64 - o.outage_at_minute as i64;
+        let mark = if (o.outage_at_minute..o.outage_at_minute + o.outage_minutes).contains(&bucket)
+        {
+            "down"
+        } else {
+            ""
+        };
+        out += &format!("  {offset:+4} min {mark:>4} {rate:8.2}/s {bar}\n");
+    }
+    out
+}
+
+fn main() {
+    let o = match options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("fleet-sim: {e}");
+            std::process::exit(2);
+        }
+    };
+    println!(
+        "fleet simulation: {} robots, {} h of virtual time, the server down for {} min from hour {}",
+        o.robots,
+        o.hours,
+        o.outage_minutes,
+        o.outage_at_minute / 60
+    );
+    let t = agent_timing();
+    println!(
+        "the agent's defaults: poll every {:?} plus up to {:?} of jitter; back-off from {:?} to {:?}\n",
+        t.interval, t.jitter, t.retry_base, t.retry_max
+    );
+    let with = simulate(&o, agent_timing());
+    let without = simulate(&o, agent_timing().without_spread());
+    let (fw, fo) = (figures(&o, &with), figures(&o, &without));
+    println!("| checks per second | with jitter and back-off | without |");
+    println!("|---|---|---|");
+    println!(
+        "| steady state, mean | {:.2} | {:.2} |",
+        fw.steady_mean, fo.steady_mean
+    );
+    println!(
+        "| steady state, peak minute | {:.2} | {:.2} |",
+        fw.steady_peak, fo.steady_peak
+    );
+    println!(
+        "| during the outage, peak minute | {:.2} | {:.2} |",
+        fw.outage_peak, fo.outage_peak
+    );
+    println!(
+        "| hour after the outage, peak minute | {:.2} | {:.2} |",
+        fw.after_peak, fo.after_peak
+    );
+    println!(
+        "| rest of the run, peak minute | {:.2} | {:.2} |",
+        fw.later_peak, fo.later_peak
+    );
+    let ratio = |f: &Figures| f.after_peak / f.steady_mean;
+    println!(
+        "| peak after the outage / steady mean | {:.1}x | {:.1}x |\n",
+        ratio(&fw),
+        ratio(&fo)
+    );
+    let verdict = if ratio(&fw) < 3.0 { "met" } else { "NOT met" };
+    println!("goal (with jitter, peak after the outage below 3x the steady mean): {verdict}\n");
+    let scale = [&with, &without]
+        .iter()
+        .flat_map(|r| r.iter())
+        .map(|m| *m as f64 / 60.0)
+        .fold(1.0, f64::max);
+    println!("with jitter and back-off, checks per second in 5-minute buckets:");
+    print!("{}", chart(&o, &with, scale));
+    println!("\nwithout them:");
+    print!("{}", chart(&o, &without, scale));
+}
