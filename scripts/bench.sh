@@ -10,6 +10,7 @@
 #   --runs          runs per measurement; the median is reported (default 5, at least 5 advised)
 #   --idle-seconds  how long the idle daemon is watched (default 60)
 #   --wrk-seconds   duration of each wrk run against the mock server (default 10)
+#   --only          a comma-separated subset of apply,download,update,footprint,server
 #   --data          where the test data and the Debian patches are kept between runs
 #                   (default $CARGO_TARGET_DIR/bench-data/SIZE, or target/bench-data/SIZE)
 #
@@ -22,6 +23,7 @@ runs=5
 idle_seconds=60
 wrk_seconds=10
 data=
+only=apply,download,update,footprint,server
 while [ $# -gt 0 ]; do
   case "$1" in
     --size) size=$2; shift 2 ;;
@@ -29,7 +31,8 @@ while [ $# -gt 0 ]; do
     --idle-seconds) idle_seconds=$2; shift 2 ;;
     --wrk-seconds) wrk_seconds=$2; shift 2 ;;
     --data) data=$2; shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --only) only=$2; shift 2 ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -151,6 +154,7 @@ token_of() {
 failed=()
 section() {
   local name=$1
+  [[ ",$only," == *",${name#bench_},"* ]] || return 0
   set +e
   (
     set -e
@@ -239,7 +243,10 @@ bench_download() {
   local dir=$work/dl-server
   mkdir -p "$dir"
   head -c 1024 "$v16" >"$dir/16"
-  { printf 'BSDIFF40'; cat "$v17" "$v18"; } | head -c "$size" >"$dir/big.patch"
+  cat "$v17" "$v18" >"$dir/body"
+  printf 'BSDIFF40' >"$dir/big.patch"
+  head -c $((size - 8)) "$dir/body" >>"$dir/big.patch"
+  rm "$dir/body"
   cat >"$dir/catalog.toml" <<'TOML'
 [[client]]
 id = "mobile_1"
@@ -356,9 +363,9 @@ SH
     agent_config "$work/upd.toml" "$demo_url" "$work/upd-state" "$work/upd-robot/file" 16 1h
     sync
     if [ "$i" -gt 0 ]; then
-      timed "$work/upd-agent" "$agent" --config "$work/upd.toml" check 2>"$work/upd-agent.log"
+      timed "$work/upd-agent" "$agent" --config "$work/upd.toml" check >&2 2>"$work/upd-agent.log"
     else
-      "$agent" --config "$work/upd.toml" check 2>"$work/upd-agent.log"
+      "$agent" --config "$work/upd.toml" check >&2 2>"$work/upd-agent.log"
     fi
     sha=$(sha256sum "$work/upd-robot/file" | cut -d' ' -f1)
     [ "$sha" = "$want" ] || { echo "the agent's update did not give version 18" >&2; return 1; }

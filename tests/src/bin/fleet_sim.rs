@@ -8,7 +8,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use ota_agent::schedule::{Scheduler, Timing};
+use ota_agent::schedule::{Scheduler, Timing, human};
 
 #[derive(Debug, Clone, Copy)]
 struct Options {
@@ -151,8 +151,11 @@ fn main() {
     );
     let t = agent_timing();
     println!(
-        "the agent's defaults: poll every {:?} plus up to {:?} of jitter; back-off from {:?} to {:?}\n",
-        t.interval, t.jitter, t.retry_base, t.retry_max
+        "the agent's defaults: poll every {} plus up to {} of jitter; back-off from {} to {}\n",
+        human(t.interval),
+        human(t.jitter),
+        human(t.retry_base),
+        human(t.retry_max)
     );
     let with = simulate(&o, agent_timing());
     let without = simulate(&o, agent_timing().without_spread());
