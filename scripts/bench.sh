@@ -160,7 +160,7 @@ section() {
     set -e
     # Servers and daemons the section starts are stopped when it ends, however it ends.
     base=${#pids[@]}
-    trap 'for p in "${pids[@]:$base}"; do kill "$p" 2>/dev/null; done' EXIT
+    trap 'for p in "${pids[@]:$base}"; do kill "$p" 2>/dev/null || true; done' EXIT
     "$name"
   )
   local rc=$?
@@ -286,6 +286,7 @@ TOML
   : >"$work/dl-curl"
   : >"$work/dl-agent"
   : >"$work/dl-agent-check"
+  : >"$work/dl-curl-sync"
   local i t1 t2 line start got
   for i in $(seq 0 "$runs"); do
     rm -f "$work/dl.out"
@@ -295,6 +296,13 @@ TOML
     got=$(stat -c %s "$work/dl.out")
     [ "$got" -eq "$size" ]
     [ "$i" -gt 0 ] && elapsed "$t1" "$t2" >>"$work/dl-curl"
+    rm -f "$work/dl.out"
+    # For reading the figures only: curl with the durability the agent has (fsync at the end).
+    t1=$(now)
+    curl -sS -o "$work/dl.out" "$patch_url"
+    sync "$work/dl.out"
+    t2=$(now)
+    [ "$i" -gt 0 ] && elapsed "$t1" "$t2" >>"$work/dl-curl-sync"
     rm -f "$work/dl.out"
 
     # The agent: `check` on a robot at version 16 downloads the patch (streamed to its state
@@ -325,9 +333,13 @@ TOML
   put dl_curl_s "$c"
   put dl_agent_s "$a"
   put dl_agent_check_s "$(median <"$work/dl-agent-check")"
+  put dl_curl_sync_s "$(median <"$work/dl-curl-sync")"
+  put dl_curl_sync_mbs "$(awk -v b="$size" -v s="$(get dl_curl_sync_s)" 'BEGIN { printf "%.0f\n", b / s / 1e6 }')"
   put dl_curl_mbs "$(awk -v b="$mib" -v s="$c" 'BEGIN { printf "%.0f\n", b / s / 1e6 }')"
   put dl_agent_mbs "$(awk -v b="$mib" -v s="$a" 'BEGIN { printf "%.0f\n", b / s / 1e6 }')"
-  echo "   curl: $(tr '\n' ',' <"$work/dl-curl")  agent: $(tr '\n' ',' <"$work/dl-agent")" >&2
+  echo "   curl: $(tr '\n' ',' <"$work/dl-curl")  curl+sync: $(tr '\n' ',' <"$work/dl-curl-sync")  agent: $(tr '\n' ',' <"$work/dl-agent")" >&2
+  echo "   the agent's log of the last run, seconds since its start:" >&2
+  awk -v s="$start" '{ t = $1; $1 = ""; printf "   %7.3f%s\n", t - s, $0 }' "$work/dl-agent.log" >&2
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -392,7 +404,16 @@ SH
 # 16 -> 18 update, one that found itself up to date at 18. Once each has logged "next check in",
 # their RSS, CPU time and context switches are read from /proc over the idle window.
 cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
-ctx_switches() { cat /proc/"$1"/task/*/status | awk '/^(non)?voluntary_ctxt_switches/ { n += $2 } END { print n }'; }
+# "TID SWITCHES" for every thread of a process (voluntary and involuntary context switches).
+ctx_switches() {
+  local t
+  for t in /proc/"$1"/task/*; do
+    awk -v tid="${t##*/}" '/^(non)?voluntary_ctxt_switches/ { n += $2 } END { print tid, n }' "$t/status" 2>/dev/null || true
+  done
+}
+# Context switches between two ctx_switches snapshots: threads in both count their difference,
+# new threads all of theirs (a thread that ended in between cannot be counted).
+ctx_delta() { awk 'NR == FNR { a[$1] = $2; next } { n += $2 - ($1 in a ? a[$1] : 0) } END { print n + 0 }' "$1" "$2"; }
 vmrss() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 
 bench_footprint() {
@@ -417,22 +438,27 @@ bench_footprint() {
       sleep 0.1
     done
   done
-  sleep 1
+  # Blocking-pool threads that worked during the first check end after 10 s of idleness.
+  sleep 12
   log "d. footprint: watching two idle daemons for $idle_seconds s"
-  local hz c0u c0d s0u s0d
+  local hz c0u c0d
   hz=$(getconf CLK_TCK)
   c0u=$(cpu_ticks "${dpid[updated]}")
   c0d=$(cpu_ticks "${dpid[uptodate]}")
-  s0u=$(ctx_switches "${dpid[updated]}")
-  s0d=$(ctx_switches "${dpid[uptodate]}")
+  ctx_switches "${dpid[updated]}" >"$work/ctx0-updated"
+  ctx_switches "${dpid[uptodate]}" >"$work/ctx0-uptodate"
   sleep "$idle_seconds"
   put idle_rss_updated_kib "$(vmrss "${dpid[updated]}")"
   put idle_rss_uptodate_kib "$(vmrss "${dpid[uptodate]}")"
   put idle_cpu_updated_ms "$(($(($(cpu_ticks "${dpid[updated]}") - c0u)) * 1000 / hz))"
   put idle_cpu_uptodate_ms "$(($(($(cpu_ticks "${dpid[uptodate]}") - c0d)) * 1000 / hz))"
-  put idle_ctx_updated "$(($(ctx_switches "${dpid[updated]}") - s0u))"
-  put idle_ctx_uptodate "$(($(ctx_switches "${dpid[uptodate]}") - s0d))"
-  put idle_threads "$(awk '/^Threads/ { print $2 }' "/proc/${dpid[uptodate]}/status")"
+  ctx_switches "${dpid[updated]}" >"$work/ctx1-updated"
+  ctx_switches "${dpid[uptodate]}" >"$work/ctx1-uptodate"
+  put idle_ctx_updated "$(ctx_delta "$work/ctx0-updated" "$work/ctx1-updated")"
+  put idle_ctx_uptodate "$(ctx_delta "$work/ctx0-uptodate" "$work/ctx1-uptodate")"
+  put idle_threads "$(wc -l <"$work/ctx1-updated") / $(wc -l <"$work/ctx1-uptodate")"
+  echo "   idle RSS detail (after update): $(grep -E '^(VmRSS|RssAnon|RssFile)' "/proc/${dpid[updated]}/status" | tr -s ' \t' ' ' | tr '\n' ' ')" >&2
+  echo "   idle RSS detail (up to date):   $(grep -E '^(VmRSS|RssAnon|RssFile)' "/proc/${dpid[uptodate]}/status" | tr -s ' \t' ' ' | tr '\n' ' ')" >&2
   for kind in updated uptodate; do
     kill -TERM "${dpid[$kind]}"
     wait "${dpid[$kind]}" || true
@@ -498,6 +524,8 @@ sz_mib=$(awk -v s="$size" 'BEGIN { printf "%g", s / 1048576 }')
   done
   r=$(ratio "$(get dl_agent_mbs)" "$(get dl_curl_mbs)")
   echo "| download over loopback, throughput | $(get dl_agent_mbs) MB/s ($(sec "$(get dl_agent_s)")) | $(get dl_curl_mbs) MB/s ($(sec "$(get dl_curl_s)")) (curl -o) | ${r}× | ≥ 0.9× | $(verdict "$r" '>=' 0.9) |"
+  echo "| download, curl -o then sync FILE (for reading only) | | $(get dl_curl_sync_mbs) MB/s ($(sec "$(get dl_curl_sync_s)")) | | | |"
+  echo "| download, the agent's whole \`check\` (download, failed apply, report) | $(sec "$(get dl_agent_check_s)") | | | | |"
   r=$(ratio "$(get upd_agent_s)" "$(get upd_manual_s)")
   echo "| whole update 16→18 (two patches), wall | $(sec "$(get upd_agent_s)") | $(sec "$(get upd_manual_s)") (curl, bspatch, sha256sum, sync) | ${r}× | ≤ 1.0× | $(verdict "$r" '<=' 1.0) |"
   r=$(ratio "$(get upd_agent_kib)" "$(get upd_manual_kib)")
@@ -508,6 +536,7 @@ sz_mib=$(awk -v s="$size" 'BEGIN { printf "%g", s / 1048576 }')
   echo "| idle daemon RSS, up to date since start | $(mib "$v") | | | < 8 MiB | $(verdict "$v" '<' 8192) |"
   echo "| idle daemon CPU time over ${idle_seconds} s (after update / up to date) | $(get idle_cpu_updated_ms) ms / $(get idle_cpu_uptodate_ms) ms | | | ~0 | |"
   echo "| idle daemon context switches over ${idle_seconds} s (after update / up to date) | $(get idle_ctx_updated) / $(get idle_ctx_uptodate) | | | ~0 | |"
+  echo "| idle daemon threads (after update / up to date) | $(get idle_threads) | | | | |"
   echo "| stripped binary, x86_64: ota-agent / ota-mock-server | $(get size_ota-agent) B / $(get size_ota-mock-server) B | | | | |"
   echo "| mock server /file/download, 64 connections (wrk -t2 -c64 -d${wrk_seconds}s) | $(get rps) req/s | | | | |"
   echo
