@@ -17,8 +17,12 @@ use crate::store::{Failure, PatchState, StoreError};
 const QUICK_RESUMES: u32 = 3;
 /// Cycles in a row without room for the chain before its ids are reported "not updated yet".
 const SPACE_TRIES: u32 = 3;
-/// How often progress is logged and the partial file made durable.
+/// How often progress is logged (and at every tenth of the patch).
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// How often the partial file is made durable (an fsync and a state save) while bytes arrive,
+/// or while the connection stalls with bytes not yet synced. More often would cost a fast link
+/// more than the download itself.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleError> {
     let key = pkg.key();
@@ -238,12 +242,19 @@ async fn fetch_one(
     let mut progress = Progress::new(&patch.id, have, fetch.total);
     agent.notifier.status(&progress.line(have));
     let mut shutdown = agent.shutdown.clone();
+    let mut synced = have;
+    let mut next_sync = Instant::now() + CHECKPOINT_EVERY;
     loop {
         let chunk = tokio::select! {
             c = fetch.chunk() => c,
             () = shutdown.wait() => {
                 checkpoint(agent, key, index, &mut out, have)?;
                 return Err(CycleError::Stopped);
+            }
+            () = tokio::time::sleep_until(next_sync), if have > synced => {
+                checkpoint(agent, key, index, &mut out, have)?;
+                (synced, next_sync) = (have, Instant::now() + CHECKPOINT_EVERY);
+                continue;
             }
         };
         let chunk = match chunk {
@@ -266,7 +277,10 @@ async fn fetch_one(
         out.write_all(&chunk).map_err(io("write"))?;
         if progress.due(have) {
             agent.notifier.status(&progress.line(have));
+        }
+        if Instant::now() >= next_sync {
             checkpoint(agent, key, index, &mut out, have)?;
+            (synced, next_sync) = (have, Instant::now() + CHECKPOINT_EVERY);
         }
     }
     if let Some(total) = fetch.total {
