@@ -20,53 +20,25 @@ runner=${AGENT_RUNNER:-}
 size_args=()
 [ -n "${DEMO_SIZE:-}" ] && size_args=(--size "$DEMO_SIZE")
 
+# shellcheck source=scripts/lib.sh
+source "$root/scripts/lib.sh"
+server_bin=$bin/ota-mock-server
 work=$(mktemp -d)
-server_pid=
+pids=()
 cleanup() {
-  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; done
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 echo "== starting the mock server (demo catalog in $work/server)"
-mkfifo "$work/stdout"
-"$bin/ota-mock-server" demo --dir "$work/server" --listen 127.0.0.1:0 "${size_args[@]}" >"$work/stdout" 2>"$work/server.log" &
-server_pid=$!
-exec 3<"$work/stdout"
-if ! read -r -t 300 -u 3 line; then
-  echo "the mock server did not start:" >&2
-  cat "$work/server.log" >&2
-  exit 1
-fi
-url=${line#listening on }
+start_server demo demo --dir "$work/server" --listen 127.0.0.1:0 "${size_args[@]}"
 echo "   serving at $url"
 
 echo "== a robot at version 16"
 mkdir -p "$work/robot"
 cp "$work/server/versions/16" "$work/robot/Alpha2Services.apk"
-cat >"$work/agent.toml" <<TOML
-[server]
-url = "$url"
-client_id = "mobile_1"
-client_secret = "secret_1"
-username = "aa"
-password = "aa"
-
-[robot]
-id = "15ae48ecs171faef35fafa5feafew"
-version = "1"
-language = "CN"
-
-[agent]
-state_dir = "$work/state"
-
-[[package]]
-name = "com.ubtechinc.alpha2services"
-file_name = "service5mic"
-path = "$work/robot/Alpha2Services.apk"
-version = "16"
-TOML
-chmod 600 "$work/agent.toml"
+agent_config "$work/agent.toml" "$url" "$work/state" "$work/robot/Alpha2Services.apk" 16 6h
 
 echo "== ota-agent check"
 $runner "$agent" --config "$work/agent.toml" check

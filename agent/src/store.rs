@@ -225,10 +225,6 @@ impl Store {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Loads the state. A corrupt, foreign or inconsistent file is moved aside (and logged) and
     /// the copy kept by the save before is used instead; never fatal.
     pub fn load(&self) -> Result<State, StoreError> {

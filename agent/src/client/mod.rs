@@ -172,10 +172,6 @@ impl Client {
         })
     }
 
-    pub fn robot(&self) -> &Robot {
-        &self.robot
-    }
-
     /// Every secret this client knows now, for masking text the server sent.
     fn secrets(&self) -> Vec<String> {
         let mut all = self.config_secrets.clone();
