@@ -47,6 +47,8 @@ pub struct Config {
     pub robot: Robot,
     #[serde(default)]
     pub agent: Agent,
+    #[serde(default)]
+    pub security: Security,
     #[serde(rename = "package", default)]
     pub packages: Vec<Package>,
 }
@@ -139,6 +141,63 @@ impl Agent {
         self.poll_jitter
             .map(|s| s.0)
             .unwrap_or(self.poll_interval.0 / 10)
+    }
+}
+
+/// What the agent trusts: the vendor's signing keys, the TLS roots and pins, the patch hosts.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Security {
+    /// The vendor's ed25519 public keys (base64); any one of them may sign a patch's metadata.
+    #[serde(default)]
+    pub public_keys: Vec<TrustedKey>,
+    /// Refuse (report `2`) a patch without valid signed metadata, instead of warning.
+    #[serde(default)]
+    pub require_signatures: bool,
+    /// PEM file of the CA certificates to trust for HTTPS instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// sha256 of the server's public key (its SPKI), in base64 as curl's `--pinnedpubkey`
+    /// takes it; an HTTPS server must present one of them in its chain.
+    #[serde(default)]
+    pub pinned_keys: Vec<Pin>,
+    /// Hosts (`host` or `host:port`) patches may be downloaded from; absent means any.
+    pub allowed_download_hosts: Option<Vec<String>>,
+}
+
+impl Security {
+    pub fn keys(&self) -> Vec<ota_signing::PublicKey> {
+        self.public_keys.iter().map(|k| k.0).collect()
+    }
+}
+
+/// A public key of the vendor's, as `[security] public_keys` lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrustedKey(pub ota_signing::PublicKey);
+
+impl<'de> Deserialize<'de> for TrustedKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        ota_signing::PublicKey::from_text(&text)
+            .map(TrustedKey)
+            .map_err(|e| serde::de::Error::custom(format!("`{text}`: {e}")))
+    }
+}
+
+/// The sha256 of a subject public key info, as `[security] pinned_keys` lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pin(pub [u8; 32]);
+
+impl<'de> Deserialize<'de> for Pin {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use base64::Engine as _;
+        let text = String::deserialize(d)?;
+        let b64 = text.trim().trim_start_matches("sha256//");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|_| serde::de::Error::custom(format!("pin `{text}` is not base64")))?;
+        bytes.try_into().map(Pin).map_err(|_| {
+            serde::de::Error::custom(format!("pin `{text}` is not the 32 bytes of a sha256"))
+        })
     }
 }
 
@@ -341,6 +400,30 @@ impl Config {
                 "agent.download_attempts",
                 "must be at least 1".into(),
             ));
+        }
+        if self.security.require_signatures && self.security.public_keys.is_empty() {
+            return Err(invalid(
+                "security.require_signatures",
+                "needs at least one key in `security.public_keys`".into(),
+            ));
+        }
+        if let Some(hosts) = &self.security.allowed_download_hosts {
+            if hosts.is_empty() {
+                return Err(invalid(
+                    "security.allowed_download_hosts",
+                    "is empty, which would refuse every patch; leave it out to allow any host"
+                        .into(),
+                ));
+            }
+            if let Some(h) = hosts
+                .iter()
+                .find(|h| h.trim().is_empty() || h.contains(['/', '@', '?', '#', ' ']))
+            {
+                return Err(invalid(
+                    "security.allowed_download_hosts",
+                    format!("`{h}` is not a host or host:port"),
+                ));
+            }
         }
         if self.packages.is_empty() {
             return Err(invalid("package", "no [[package]] is configured".into()));

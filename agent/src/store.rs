@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -31,6 +31,8 @@ pub enum StoreError {
     CreateDir { path: PathBuf, source: io::Error },
     #[error("state directory {path} is in use by another ota-agent (lock held)")]
     Locked { path: PathBuf },
+    #[error("{path} is a symlink or a file, not a directory; the agent does not follow it")]
+    NotADirectory { path: PathBuf },
     #[error("{op} {path} failed")]
     Io {
         op: &'static str,
@@ -152,6 +154,21 @@ pub struct PatchState {
     pub sha256: Option<String>,
     #[serde(default)]
     pub attempts: u32,
+    /// What the vendor's signed metadata says of the patch, once its signature was verified.
+    #[serde(default)]
+    pub signed: Option<Signed>,
+    /// Set once the patch was let through without a signature (signatures not required).
+    #[serde(default)]
+    pub unsigned: bool,
+}
+
+/// The facts of a verified `.meta.json` that later steps check the patch and its result against.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Signed {
+    pub patch_size: u64,
+    pub patch_sha256: String,
+    pub result_size: u64,
+    pub result_sha256: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -297,18 +314,10 @@ impl Store {
         // The hash keeps keys apart that read the same once sanitised (`a_b/c` and `a/b_c`).
         let digest =
             crate::install::hex(&<sha2::Sha256 as sha2::Digest>::digest(key.as_bytes())[..6]);
-        let dir = self
-            .dir
-            .join("packages")
-            .join(format!("{readable}-{digest}"));
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|source| StoreError::CreateDir {
-                path: dir.clone(),
-                source,
-            })?;
+        let packages = self.dir.join("packages");
+        let dir = packages.join(format!("{readable}-{digest}"));
+        real_dir(&packages)?;
+        real_dir(&dir)?;
         Ok(dir)
     }
 
@@ -354,11 +363,7 @@ impl Store {
 
     pub fn open_patch(&self, key: &str, id: &str) -> Result<Option<File>, StoreError> {
         let path = self.package_dir(key)?.join(Self::file_name(id, "patch"));
-        match OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&path)
-        {
+        match open_read(&path) {
             Ok(f) => Ok(Some(f)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err("open", &path)(e)),
@@ -373,7 +378,7 @@ impl Store {
 
     pub fn open_staged(&self, key: &str, index: usize) -> Result<File, StoreError> {
         let path = self.package_dir(key)?.join(format!("staged-{index}"));
-        File::open(&path).map_err(io_err("open", &path))
+        open_read(&path).map_err(io_err("open", &path))
     }
 
     pub fn remove_staged(&self, key: &str, index: usize) -> Result<(), StoreError> {
@@ -400,9 +405,19 @@ impl Store {
 }
 
 fn read_state(path: &Path) -> Result<Result<State, String>, StoreError> {
-    let bytes = match fs::read(path) {
+    let read = |path| {
+        let mut bytes = Vec::new();
+        open_read(path)?.read_to_end(&mut bytes)?;
+        Ok::<_, io::Error>(bytes)
+    };
+    let bytes = match read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Ok(State::default())),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            return Ok(Err(
+                "it is a symlink, which the agent does not follow".into()
+            ));
+        }
         Err(e) => return Err(io_err("read", path)(e)),
     };
     let state: State = match serde_json::from_slice(&bytes) {
@@ -454,6 +469,37 @@ fn check_facts(state: &State) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Opens a file of the state directory for reading, never through a symlink.
+fn open_read(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+}
+
+/// Creates a directory of the state directory (mode 0700) and makes sure it is one: a symlink
+/// planted in its place would send downloads and staging files elsewhere.
+fn real_dir(path: &Path) -> Result<(), StoreError> {
+    match fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(source) => {
+            return Err(StoreError::CreateDir {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    }
+    let meta = fs::symlink_metadata(path).map_err(io_err("stat", path))?;
+    if meta.is_dir() {
+        Ok(())
+    } else {
+        Err(StoreError::NotADirectory {
+            path: path.to_owned(),
+        })
+    }
 }
 
 fn open_private(path: &Path, truncate: bool) -> Result<File, StoreError> {
@@ -537,6 +583,42 @@ mod tests {
         let inconsistent = br#"{"format":1,"packages":{"a/b":{"version":"x","update":null,"last_check":null,"sha256":null}}}"#;
         fs::write(tmp.path().join(STATE_FILE), inconsistent).unwrap();
         assert_eq!(store.load().unwrap(), state);
+    }
+
+    #[test]
+    fn planted_symlinks_are_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let victim = elsewhere.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        let state_dir = tmp.path().join("state");
+        let store = Store::open(&state_dir).unwrap();
+        store.clear_package("p/f").unwrap();
+        let dir = fs::read_dir(state_dir.join("packages"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        std::os::unix::fs::symlink(&victim, dir.join("23.part")).unwrap();
+        assert!(store.open_partial("p/f", "23", 0).is_err());
+        std::os::unix::fs::symlink(&victim, dir.join("staged-0")).unwrap();
+        assert!(store.open_staged("p/f", 0).is_err());
+        assert!(store.create_staged("p/f", 0).is_err());
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+
+        fs::remove_dir_all(state_dir.join("packages")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), state_dir.join("packages")).unwrap();
+        let err = store.open_partial("p/f", "23", 0).unwrap_err();
+        assert!(matches!(err, StoreError::NotADirectory { .. }), "{err}");
+        assert_eq!(fs::read_dir(elsewhere.path()).unwrap().count(), 1);
+
+        drop(store);
+        fs::remove_file(state_dir.join("state.json")).ok();
+        std::os::unix::fs::symlink(&victim, state_dir.join("state.json")).unwrap();
+        let store = Store::open(&state_dir).unwrap();
+        assert_eq!(store.load().unwrap(), State::default());
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! take, when to retry and what to report are decided by the cycle. URLs are logged redacted and
 //! errors never carry a secret.
 
+mod tls;
 mod token;
 mod wire;
 
@@ -23,6 +24,8 @@ use token::TokenCache;
 
 /// Largest JSON answer the agent reads; the contract's answers are a few hundred bytes.
 const MAX_ANSWER: usize = 1024 * 1024;
+/// Largest signed metadata or signature file the agent reads.
+const SIDECAR_LIMIT: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -52,6 +55,8 @@ pub enum ClientError {
     Code { what: &'static str, code: String },
     #[error("{what}: answer is larger than {limit} bytes")]
     TooLarge { what: &'static str, limit: u64 },
+    #[error("cannot set up TLS: {0}")]
+    TlsSetup(String),
 }
 
 impl ClientError {
@@ -150,12 +155,14 @@ impl Client {
     pub fn new(config: &Config) -> Result<Client, ClientError> {
         // reqwest is built without a default TLS provider so that no C crypto library is linked.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("ota-agent/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(config.server.connect_timeout.0)
-            .read_timeout(config.server.read_timeout.0)
-            .build()
-            .map_err(|e| transport("http client", e))?;
+            .read_timeout(config.server.read_timeout.0);
+        if let Some(tls) = tls::client_config(&config.security).map_err(ClientError::TlsSetup)? {
+            builder = builder.tls_backend_preconfigured(tls);
+        }
+        let http = builder.build().map_err(|e| transport("http client", e))?;
         let robot_id = config.robot_id().map_err(|e| ClientError::Invalid {
             what: "robot id",
             reason: e.to_string(),
@@ -243,6 +250,24 @@ impl Client {
             return Ok(None);
         }
         Ok(header_u64(&resp, CONTENT_LENGTH))
+    }
+
+    /// Fetches a small file next to a patch (its signed metadata); `None` when the server has
+    /// none (404 or 410).
+    pub async fn sidecar(&self, url: &str) -> Result<Option<Vec<u8>>, ClientError> {
+        let what = "signed metadata";
+        log::debug!("GET {}", redact::url(url));
+        let resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| transport(what, e))?;
+        match resp.status() {
+            StatusCode::NOT_FOUND | StatusCode::GONE => Ok(None),
+            s if s.is_success() => read_limited(what, resp, SIDECAR_LIMIT).await.map(Some),
+            status => Err(status_error(what, resp, status, &self.secrets()).await),
+        }
     }
 
     /// Starts (or resumes, when `offset > 0` and a validator is known) the download of a patch.
@@ -347,7 +372,7 @@ impl Client {
                 .map_err(|e| transport(what, e))?;
             let status = resp.status();
             if status.is_success() {
-                return read_limited(what, resp).await;
+                return read_limited(what, resp, MAX_ANSWER).await;
             }
             let err = status_error(what, resp, status, &self.secrets()).await;
             let invalid_token = matches!(&err, ClientError::OAuth { status: 401, error, .. } if error == "invalid_token");
@@ -368,6 +393,15 @@ fn transport(what: &'static str, e: reqwest::Error) -> ClientError {
         what,
         source: e.without_url(),
     }
+}
+
+/// The `host` and `host:port` forms of a URL's authority, lower-case, for
+/// `allowed_download_hosts`; `None` when the URL has no host.
+pub fn host_forms(url: &str) -> Option<(String, String)> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    let host = parsed.host_str()?.to_ascii_lowercase();
+    let port = parsed.port_or_known_default()?;
+    Some((host.clone(), format!("{host}:{port}")))
 }
 
 /// `If-Range` takes a strong ETag or a date; a weak ETag (`W/"…"`) may not be used.
@@ -410,13 +444,14 @@ fn parse_content_range(value: &str) -> Option<ContentRange> {
 async fn read_limited(
     what: &'static str,
     mut resp: reqwest::Response,
+    limit: usize,
 ) -> Result<Vec<u8>, ClientError> {
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| transport(what, e))? {
-        if body.len() + chunk.len() > MAX_ANSWER {
+        if body.len() + chunk.len() > limit {
             return Err(ClientError::TooLarge {
                 what,
-                limit: MAX_ANSWER as u64,
+                limit: limit as u64,
             });
         }
         body.extend_from_slice(&chunk);
@@ -437,7 +472,9 @@ async fn status_error(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
-    let body = read_limited(what, resp).await.unwrap_or_default();
+    let body = read_limited(what, resp, MAX_ANSWER)
+        .await
+        .unwrap_or_default();
     if let Some((error, description)) = wire::parse_oauth_error(&body) {
         return ClientError::OAuth {
             what,

@@ -166,7 +166,7 @@ impl Client {
         if !status.is_success() {
             return Err(status_error(what, resp, status, &self.secrets()).await);
         }
-        let body = read_limited(what, resp).await?;
+        let body = read_limited(what, resp, super::MAX_ANSWER).await?;
         parse_token(&body).map_err(|reason| ClientError::Invalid {
             what,
             reason: redact::text(&reason, &self.secrets()),

@@ -46,7 +46,22 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
             p.id, p.to_version
         ));
         match apply_one(agent, pkg, index).await {
-            Ok(new_sha) => {
+            Ok((new_sha, new_size))
+                if p.signed
+                    .as_ref()
+                    .is_some_and(|s| s.result_sha256 != new_sha || s.result_size != new_size) =>
+            {
+                let signed = p.signed.as_ref().expect("checked in the guard");
+                let reason = format!(
+                    "update {} does not make the file the vendor signed: {new_size} bytes with sha256 {new_sha}; signed: {} bytes with sha256 {}",
+                    p.id, signed.result_size, signed.result_sha256
+                );
+                log::error!("{key}: {reason}");
+                agent.store.remove_staged(&key, index)?;
+                failed = Some(Failure { index, reason });
+                break;
+            }
+            Ok((new_sha, _)) => {
                 log::info!(
                     "{key}: update {} applied: version {} staged",
                     p.id,
@@ -123,7 +138,11 @@ enum ApplyError {
 ///
 /// The work runs on a blocking thread: a large patch takes a while on a small board, and the
 /// daemon's watchdog keeps being fed meanwhile.
-async fn apply_one(agent: &Agent, pkg: &Package, index: usize) -> Result<String, ApplyError> {
+async fn apply_one(
+    agent: &Agent,
+    pkg: &Package,
+    index: usize,
+) -> Result<(String, u64), ApplyError> {
     let key = pkg.key();
     let update = agent.state.packages[&key].update.as_ref().expect("update");
     let id = &update.patches[index].id;
@@ -150,11 +169,12 @@ async fn apply_one(agent: &Agent, pkg: &Package, index: usize) -> Result<String,
         });
     }
     let out = agent.store.create_staged(&key, index)?;
-    let work = move || -> Result<String, ApplyError> {
+    let work = move || -> Result<(String, u64), ApplyError> {
         let old_map = patch::map(&old).map_err(io_err("map", "the file to patch"))?;
         let mut writer = HashingWriter {
             inner: BufWriter::with_capacity(1 << 20, out),
             hasher: Sha256::new(),
+            written: 0,
             failed: None,
         };
         if let Err(e) = patch::apply(&old_map, &patch_bytes, &mut writer, room) {
@@ -168,7 +188,7 @@ async fn apply_one(agent: &Agent, pkg: &Package, index: usize) -> Result<String,
             .inner
             .flush()
             .map_err(io_err("write", "staging file"))?;
-        Ok(hex(&writer.hasher.finalize()))
+        Ok((hex(&writer.hasher.finalize()), writer.written))
     };
     match tokio::task::spawn_blocking(work).await {
         Ok(result) => result,
@@ -188,6 +208,7 @@ fn io_err(op: &'static str, what: &str) -> impl FnOnce(std::io::Error) -> StoreE
 struct HashingWriter<W> {
     inner: W,
     hasher: Sha256,
+    written: u64,
     /// The error of a write that failed, kept apart from errors of the patch itself.
     failed: Option<std::io::Error>,
 }
@@ -197,6 +218,7 @@ impl<W: Write> Write for HashingWriter<W> {
         match self.inner.write(buf) {
             Ok(n) => {
                 self.hasher.update(&buf[..n]);
+                self.written += n as u64;
                 Ok(n)
             }
             Err(e) => {

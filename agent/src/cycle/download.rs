@@ -69,7 +69,8 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
                 Err(e @ CycleError::Stopped) => return Err(e),
                 Err(e) => e,
             };
-            let permanent = matches!(&err, CycleError::Client(c) if c.is_permanent());
+            let permanent = matches!(&err, CycleError::Client(c) if c.is_permanent())
+                || matches!(&err, CycleError::Unauthentic { .. });
             // An outage (nothing reachable) or a cut after progress does not use up attempts:
             // they count downloads that go nowhere.
             let unreachable = matches!(&err, CycleError::Client(c) if c.is_connect());
@@ -124,14 +125,17 @@ fn update_mut<'a>(agent: &'a mut Agent, key: &str) -> &'a mut crate::store::Upda
 async fn check_space(agent: &mut Agent, pkg: &Package) -> Result<(), CycleError> {
     let key = pkg.key();
     let mut needed: u64 = 0;
-    for index in 0..update(agent, &key).patches.len() {
+    let u = update(agent, &key);
+    let usable = u.failed.as_ref().map_or(u.patches.len(), |f| f.index);
+    for index in 0..usable {
         let p = update(agent, &key).patches[index].clone();
         if p.sha256.is_some() {
             continue;
         }
-        let size = match p.size {
-            Some(s) => Some(s),
-            None => agent.client.patch_size(&p.url).await.unwrap_or(None),
+        let size = match (&p.signed, p.size) {
+            (Some(signed), _) => Some(signed.patch_size),
+            (None, Some(s)) => Some(s),
+            (None, None) => agent.client.patch_size(&p.url).await.unwrap_or(None),
         };
         if let Some(size) = size {
             let max = agent.config.agent.max_patch_size;
@@ -226,6 +230,16 @@ async fn fetch_one(
             .into());
         }
     }
+    let signed_size = patch.signed.as_ref().map(|s| s.patch_size);
+    if let (Some(total), Some(signed)) = (fetch.total, signed_size) {
+        if total != signed {
+            return Err(CycleError::Unauthentic {
+                id: patch.id.clone(),
+                reason: format!("the server's patch is {total} bytes, the signed size is {signed}"),
+            });
+        }
+    }
+    let started_at = fetch.offset;
     {
         let p = &mut update_mut(agent, key).patches[index];
         // A 206 need not repeat the validator; the one the range was asked with still holds.
@@ -267,6 +281,15 @@ async fn fetch_one(
             }
         };
         have += chunk.len() as u64;
+        if signed_size.is_some_and(|s| have > s) {
+            return Err(CycleError::Unauthentic {
+                id: patch.id.clone(),
+                reason: format!(
+                    "the server sent more than the signed {} bytes",
+                    signed_size.unwrap_or_default()
+                ),
+            });
+        }
         if have > max || fetch.total.is_some_and(|t| have > t) {
             return Err(CycleError::Interrupted {
                 id: patch.id.clone(),
@@ -294,8 +317,34 @@ async fn fetch_one(
     }
     let file = out.into_inner().map_err(|e| io("write")(e.into_error()))?;
     file.sync_all().map_err(io("fsync"))?;
-    agent.store.complete_partial(key, &patch.id)?;
     let sha = crate::install::hex(&hasher.finalize());
+    if let Some(signed) = &patch.signed {
+        if have != signed.patch_size || sha != signed.patch_sha256 {
+            // A resumed download may have spliced two files: one more try from the start. A
+            // whole download with the wrong bytes is the server's answer, and it is refused.
+            let p = &mut update_mut(agent, key).patches[index];
+            p.durable = 0;
+            p.validator = None;
+            agent.save()?;
+            let reason = format!(
+                "{have} bytes with sha256 {sha}; signed: {} bytes with sha256 {}",
+                signed.patch_size, signed.patch_sha256
+            );
+            if started_at > 0 {
+                return Err(CycleError::Interrupted {
+                    id: patch.id.clone(),
+                    reason: format!(
+                        "the resumed download does not match its signature ({reason}); starting over"
+                    ),
+                });
+            }
+            return Err(CycleError::Unauthentic {
+                id: patch.id.clone(),
+                reason,
+            });
+        }
+    }
+    agent.store.complete_partial(key, &patch.id)?;
     log::info!(
         "update {}: downloaded {have} bytes (sha256 {sha})",
         patch.id

@@ -1,16 +1,16 @@
 //! The update cycle of one managed file, as an explicit state machine, one file per step.
 //!
 //! ```text
-//!                  start-up: an update was under way ───────────────┐
-//!                          │ (patches recorded)                     │ (install marker set)
-//!                          v                                        v
-//!   ┌───────┐  offer  ┌──────────┐  chain fetched  ┌───────┐ k ≥ 1 ┌─────────┐
-//!   │ Check │ ──────> │ Download │ ──────────────> │ Apply │ ────> │ Install │
-//!   └───────┘         └──────────┘ (or patch k     └───────┘       └─────────┘
-//!       │ up to date,              failed for good)    │ nothing       │ installed, rolled
-//!       │ 102, 103, 104                                │ applied       │ back or deferred
-//!       v                                              v               v
-//!   ┌────────┐ <──────────────────────────────────────────────────────────┘
+//!                  start-up: an update was under way ──────────────────────────────┐
+//!                          │ (patches recorded)                                    │ (install
+//!                          v                                                       v  marker)
+//!   ┌───────┐  offer  ┌────────┐ metadata  ┌──────────┐ chain    ┌───────┐ k ≥ 1 ┌─────────┐
+//!   │ Check │ ──────> │ Verify │ ────────> │ Download │ ───────> │ Apply │ ────> │ Install │
+//!   └───────┘         └────────┘ signed,   └──────────┘ fetched  └───────┘       └─────────┘
+//!       │ up to date,   (or patch k        (or patch k              │ nothing       │ installed,
+//!       │ 102, 103, 104  refused)           failed for good)        │ applied       │ rolled back
+//!       v                                                           v               v or deferred
+//!   ┌────────┐ <────────────────────────────────────────────────────────────────────┘
 //!   │ Report │   drain the outbox: every (id, code) until the server took it
 //!   └────────┘
 //!
@@ -27,6 +27,7 @@ mod check;
 mod download;
 mod install;
 mod report;
+mod verify;
 
 use std::fmt;
 use std::sync::Arc;
@@ -59,6 +60,8 @@ pub enum CycleError {
     NoSpace { needed: u64, free: u64 },
     #[error("download of update {id} was interrupted: {reason}")]
     Interrupted { id: String, reason: String },
+    #[error("update {id} is not the patch the vendor signed: {reason}")]
+    Unauthentic { id: String, reason: String },
     #[error("stopped by a signal")]
     Stopped,
 }
@@ -119,6 +122,7 @@ impl fmt::Display for Outcome {
 #[derive(Debug)]
 enum Step {
     Check,
+    Verify,
     Download,
     Apply,
     Install(apply::Staged),
@@ -155,6 +159,7 @@ impl Agent {
             notifier,
         };
         agent.reconcile()?;
+        agent.warn_about_trust();
         Ok(agent)
     }
 
@@ -174,6 +179,25 @@ impl Agent {
             }
         }
         self.store.save(&self.state)
+    }
+
+    /// Says once, at start-up, what an attacker on the network could do with this config.
+    fn warn_about_trust(&self) {
+        let security = &self.config.security;
+        if security.public_keys.is_empty() {
+            log::warn!(
+                "no [security] public_keys: patches are unauthenticated, so whoever can answer as the update server can install any file"
+            );
+        } else if !security.require_signatures {
+            log::warn!(
+                "signatures are checked but not required: a patch without signed metadata is installed unauthenticated"
+            );
+        }
+        if self.config.server.url.starts_with("http://") {
+            log::warn!(
+                "server.url is plain http: credentials and tokens cross the network unencrypted"
+            );
+        }
     }
 
     pub fn save(&self) -> Result<(), StoreError> {
@@ -200,7 +224,7 @@ impl Agent {
             Some(Update {
                 install: Some(_), ..
             }) => Step::Install(apply::Staged::Resumed),
-            Some(_) => Step::Download,
+            Some(_) => Step::Verify,
             None => Step::Check,
         };
         loop {
@@ -210,6 +234,7 @@ impl Agent {
             log::debug!("{key}: {step:?}");
             step = match step {
                 Step::Check => check::run(self, &pkg).await?,
+                Step::Verify => verify::run(self, &pkg).await?,
                 Step::Download => download::run(self, &pkg).await?,
                 Step::Apply => apply::run(self, &pkg).await?,
                 Step::Install(staged) => install::run(self, &pkg, staged).await?,

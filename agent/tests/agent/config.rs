@@ -97,3 +97,42 @@ fn the_example_config_is_valid() {
         Some("/opt/alpha2/Alpha2Services.apk")
     );
 }
+
+#[test]
+fn security_settings_are_checked() {
+    let key = ota_signing::SecretKey::generate()
+        .unwrap()
+        .public()
+        .to_text();
+    let with = |section: &str| load_with(|t| format!("{t}\n[security]\n{section}\n"));
+    let c = with(&format!(
+        "public_keys = [\"{key}\"]\nrequire_signatures = true\nallowed_download_hosts = [\"10.10.1.14:8080\"]\npinned_keys = [\"sha256//{}\"]",
+        "A".repeat(43) + "="
+    ))
+    .unwrap();
+    assert_eq!(c.security.keys().len(), 1);
+    assert!(c.security.require_signatures);
+    let cases = [
+        ("require_signatures = true", "security.require_signatures"),
+        ("public_keys = [\"AAAA\"]", "public key has 3 bytes"),
+        (
+            "public_keys = [\"not base64!\"]",
+            "public key is not base64",
+        ),
+        ("pinned_keys = [\"AAAA\"]", "not the 32 bytes of a sha256"),
+        (
+            "allowed_download_hosts = []",
+            "leave it out to allow any host",
+        ),
+        (
+            "allowed_download_hosts = [\"http://evil/\"]",
+            "is not a host or host:port",
+        ),
+        ("require_signature = true", "require_signature"),
+    ];
+    for (section, expected) in cases {
+        let err = with(section).unwrap_err();
+        let text = ota_agent::error_chain(&err);
+        assert!(text.contains(expected), "{section}: {text}");
+    }
+}
