@@ -8,6 +8,7 @@
 //! refresh_expires_in = 2592000  # optional, seconds a refresh token lives (30 days)
 //! token_get = true              # optional; false makes GET /oauth/token answer 405
 //! cache_dir = "cache"           # optional, where made patches are kept
+//! signing_key = "keys/vendor.key"  # optional, signs the metadata served next to every patch
 //!
 //! [[client]]
 //! id = "mobile_1"
@@ -42,6 +43,18 @@
 //! Version codes increase strictly within a file, ids are unique across the catalog, the first
 //! version needs a full file, and a version needs a patch unless it and the one before have
 //! full files. Made patches are cached under the SHA-256 of the two versions.
+//!
+//! # Signed metadata
+//!
+//! `signing_key` names a secret key file as `ota_signing::release::keygen` (or `ota-sign
+//! keygen`) writes it. With it, the server also serves, next to every patch `<path>`,
+//! `<path>.meta.json` (an [`ota_signing::Metadata`] of the package, the file name, the version
+//! step, and the size and SHA-256 of the patch and of the version it produces) and
+//! `<path>.meta.json.sig` (its ed25519 signature), both made once at load time. The result of a
+//! ready-made patch whose version has no full file is found by applying the patch to the
+//! previous version. Without a key those paths answer 404, as the real server, which knows
+//! nothing of signatures, does. [`Catalog::public_key`] is the key an agent must trust;
+//! [`PatchInfo::signed`] holds what is served.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -49,6 +62,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use ota_signing::{Expected, Metadata, PublicKey, SecretKey};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -112,6 +126,7 @@ struct RawServer {
     refresh_expires_in: Option<u64>,
     token_get: Option<bool>,
     cache_dir: Option<PathBuf>,
+    signing_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,6 +201,17 @@ struct Version {
     patch: Option<(String, String)>,
 }
 
+/// The signed metadata served next to a patch when the catalog names a signing key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedMetadata {
+    /// What the metadata states.
+    pub metadata: Metadata,
+    /// The bytes served as `<patch>.meta.json`.
+    pub json: Vec<u8>,
+    /// The text served as `<patch>.meta.json.sig`.
+    pub signature: String,
+}
+
 /// One patch file that the server serves under `/version/...`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PatchInfo {
@@ -203,6 +229,30 @@ pub struct PatchInfo {
     pub from_code: u64,
     /// The version code the patch produces.
     pub to_code: u64,
+    /// The metadata and signature served next to the patch; `None` without a signing key.
+    pub signed: Option<SignedMetadata>,
+}
+
+impl PatchInfo {
+    /// The path of the patch's metadata, `<url_path>.meta.json`.
+    pub fn meta_url_path(&self) -> String {
+        ota_signing::meta_url(&self.url_path)
+    }
+
+    /// The path of the signature of the patch's metadata, `<url_path>.meta.json.sig`.
+    pub fn sig_url_path(&self) -> String {
+        ota_signing::sig_url(&self.url_path)
+    }
+}
+
+/// A file the server serves under `/version/...`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Served<'a> {
+    Patch(&'a PatchInfo),
+    Sidecar {
+        bytes: &'a [u8],
+        content_type: &'static str,
+    },
 }
 
 /// What `/file/download` answers for one robot.
@@ -224,6 +274,7 @@ pub struct Catalog {
     users: HashMap<String, String>,
     packages: Vec<Package>,
     patches: HashMap<String, PatchInfo>,
+    public_key: Option<PublicKey>,
 }
 
 impl fmt::Debug for Catalog {
@@ -236,6 +287,7 @@ impl fmt::Debug for Catalog {
             .field("users", &self.users.len())
             .field("packages", &self.packages.len())
             .field("patches", &self.patches.len())
+            .field("public_key", &self.public_key)
             .finish()
     }
 }
@@ -290,8 +342,34 @@ impl Catalog {
         self.patches.values().find(|p| p.id == id).cloned()
     }
 
+    /// The public key of the catalog's signing key, which an agent must trust; `None` when the
+    /// catalog names no key and the server serves no signed metadata.
+    pub fn public_key(&self) -> Option<PublicKey> {
+        self.public_key
+    }
+
     pub(crate) fn patch_by_path(&self, url_path: &str) -> Option<&PatchInfo> {
         self.patches.get(url_path)
+    }
+
+    /// The patch or sidecar file served at `url_path`, if any.
+    pub(crate) fn served(&self, url_path: &str) -> Option<Served<'_>> {
+        if let Some(patch) = self.patches.get(url_path) {
+            return Some(Served::Patch(patch));
+        }
+        if let Some(patch) = url_path.strip_suffix(".meta.json.sig") {
+            let signed = self.patches.get(patch)?.signed.as_ref()?;
+            return Some(Served::Sidecar {
+                bytes: signed.signature.as_bytes(),
+                content_type: "text/plain",
+            });
+        }
+        let patch = url_path.strip_suffix(".meta.json")?;
+        let signed = self.patches.get(patch)?.signed.as_ref()?;
+        Some(Served::Sidecar {
+            bytes: &signed.json,
+            content_type: "application/json",
+        })
     }
 
     pub(crate) fn has_id(&self, id: &str) -> bool {
@@ -394,6 +472,10 @@ impl Loader {
                 .as_deref()
                 .unwrap_or(Path::new("cache")),
         );
+        let signing_key = match &raw.server.signing_key {
+            Some(file) => Some(self.signing_key(file)?),
+            None => None,
+        };
 
         let mut clients = HashMap::new();
         for c in raw.clients {
@@ -486,6 +568,9 @@ impl Loader {
                 }
                 let mut versions = Vec::new();
                 let mut previous: Option<(u64, Option<Vec<u8>>)> = None;
+                // The whole content of the previous version, kept only when signing, since a
+                // signature covers the result of a patch.
+                let mut previous_content: Option<Vec<u8>> = None;
                 for v in f.versions {
                     let ventry = format!("{fentry} version {}", v.code);
                     if !url_safe(&v.name) {
@@ -520,6 +605,9 @@ impl Loader {
                             code: v.code,
                             patch: None,
                         });
+                        if signing_key.is_some() {
+                            previous_content.clone_from(&data);
+                        }
                         previous = Some((v.code, data));
                         continue;
                     };
@@ -564,22 +652,51 @@ impl Loader {
                         }
                         (None, Some(_), None) => unreachable!("a version without file has a patch"),
                     };
-                    let (len, etag) = describe(&file).map_err(|source| CatalogError::File {
+                    let patch_bytes = fs::read(&file).map_err(|source| CatalogError::File {
                         path: self.path.clone(),
                         entry: ventry.clone(),
                         file: file.clone(),
                         source,
                     })?;
+                    let signed = match &signing_key {
+                        Some(key) => {
+                            let result = match &data {
+                                Some(new) => new.clone(),
+                                None => self.apply(
+                                    &ventry,
+                                    prev_code,
+                                    &patch_bytes,
+                                    previous_content.as_deref(),
+                                )?,
+                            };
+                            let expected = Expected {
+                                package: &p.name,
+                                file_name: &f.file_name,
+                                from_version: prev_code,
+                                to_version: v.code,
+                            };
+                            let metadata = Metadata::describe(&expected, &patch_bytes, &result);
+                            let (json, signature) = metadata.sign(key);
+                            previous_content = Some(result);
+                            Some(SignedMetadata {
+                                metadata,
+                                json,
+                                signature,
+                            })
+                        }
+                        None => None,
+                    };
                     patches.insert(
                         url_path.clone(),
                         PatchInfo {
                             id: id.clone(),
                             url_path: url_path.clone(),
                             file,
-                            len,
-                            etag,
+                            len: patch_bytes.len() as u64,
+                            etag: etag(&patch_bytes),
                             from_code: prev_code,
                             to_code: v.code,
+                            signed,
                         },
                     );
                     versions.push(Version {
@@ -607,7 +724,55 @@ impl Loader {
             users,
             packages,
             patches,
+            public_key: signing_key.as_ref().map(SecretKey::public),
         })
+    }
+
+    fn signing_key(&self, file: &Path) -> Result<SecretKey, CatalogError> {
+        let entry = "server signing_key";
+        let full = self.dir.join(file);
+        let text = fs::read_to_string(&full).map_err(|source| CatalogError::File {
+            path: self.path.clone(),
+            entry: entry.to_string(),
+            file: full.clone(),
+            source,
+        })?;
+        SecretKey::from_text(&text).map_err(|e| {
+            self.invalid(
+                entry,
+                format!("{} is not a secret key file: {e}", full.display()),
+            )
+        })
+    }
+
+    /// The version a ready-made patch produces from the previous one, to sign it.
+    fn apply(
+        &self,
+        entry: &str,
+        prev_code: u64,
+        patch: &[u8],
+        old: Option<&[u8]>,
+    ) -> Result<Vec<u8>, CatalogError> {
+        let Some(old) = old else {
+            return Err(self.invalid(
+                entry,
+                format!(
+                    "the content of version {prev_code} is unknown, so the patch cannot be signed"
+                ),
+            ));
+        };
+        let mut new = Vec::new();
+        qbsdiff::Bspatch::new(patch)
+            .and_then(|p| p.apply(old, io::Cursor::new(&mut new)))
+            .map_err(|e| {
+                self.invalid(
+                    entry,
+                    format!(
+                        "cannot apply the patch to version {prev_code} to sign its result: {e}"
+                    ),
+                )
+            })?;
+        Ok(new)
     }
 
     /// Finds the patch from `old` to `new` in the cache, or makes it with qbsdiff and stores it.
@@ -661,10 +826,9 @@ impl Loader {
     }
 }
 
-fn describe(file: &Path) -> io::Result<(u64, String)> {
-    let bytes = fs::read(file)?;
-    let digest = Sha256::digest(&bytes);
-    Ok((bytes.len() as u64, format!("\"{}\"", hex(&digest[..16]))))
+/// The strong entity tag of a patch: part of its SHA-256, quoted.
+fn etag(bytes: &[u8]) -> String {
+    format!("\"{}\"", hex(&Sha256::digest(bytes)[..16]))
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

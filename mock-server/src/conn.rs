@@ -1,5 +1,7 @@
-//! One TCP connection: the socket wrapper that lets faults close or reset it mid-answer.
+//! One TCP connection: the socket wrapper that lets faults close or reset it mid-answer, with
+//! TLS on top of it when the server serves HTTPS.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -13,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -114,10 +117,14 @@ impl AsyncWrite for Io {
 }
 
 /// Serves one connection until it ends, a fault resets it, or the server stops.
+///
+/// With TLS, the TLS stream wraps the same [`Io`], so the faults that close or reset the
+/// socket act on HTTPS connections too.
 pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     app: Router,
+    tls: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) {
     let stream = Arc::new(stream);
@@ -135,8 +142,32 @@ pub(crate) async fn serve(
         req.extensions_mut().insert(Arc::clone(&request_control));
         app.clone().oneshot(req.map(axum::body::Body::new))
     });
-    let connection =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
+    let http = hyper::server::conn::http1::Builder::new();
+    let Some(acceptor) = tls else {
+        let connection = http.serve_connection(TokioIo::new(io), service);
+        return run(connection, &stream, &control, peer, &stop).await;
+    };
+    let handshake = tokio::select! {
+        result = acceptor.accept(io) => result,
+        () = stop.cancelled() => return,
+    };
+    match handshake {
+        Ok(tls) => {
+            let connection = http.serve_connection(TokioIo::new(tls), service);
+            run(connection, &stream, &control, peer, &stop).await;
+        }
+        Err(e) => log::debug!("tls handshake with {peer} failed: {e}"),
+    }
+}
+
+/// Drives a connection until it ends, a fault resets it, or the server stops.
+async fn run(
+    connection: impl Future<Output = hyper::Result<()>>,
+    stream: &TcpStream,
+    control: &ConnControl,
+    peer: SocketAddr,
+    stop: &CancellationToken,
+) {
     tokio::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => {

@@ -1,11 +1,15 @@
 //! A reproducible demo catalog: a firmware-like file in versions 16, 17 and 18.
 //!
 //! The data comes from a PRNG with a fixed seed, so the same size always gives the same files,
-//! and a directory that already holds them is reused as it is.
+//! and a directory that already holds them is reused as it is. [`generate_signed`] adds a
+//! signing key, so that the server also serves signed metadata next to each patch.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+
+use ota_signing::PublicKey;
+use ota_signing::release::{self, ReleaseError};
 
 /// The default size of the demo firmware file, in bytes.
 pub const DEFAULT_SIZE: usize = 16 * 1024 * 1024;
@@ -27,11 +31,70 @@ pub enum DemoError {
     Write { path: PathBuf, source: io::Error },
     #[error("demo size {0} is too small, it needs at least 4096 bytes")]
     TooSmall(usize),
+    #[error("cannot make or read the demo signing key {}", path.display())]
+    Key { path: PathBuf, source: ReleaseError },
+}
+
+/// The signing key of a signed demo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DemoKey {
+    /// The secret key file the catalog names, `DIR/vendor.key`.
+    pub secret: PathBuf,
+    /// The public key file, `DIR/vendor.pub`, for the agent's config.
+    pub public_file: PathBuf,
+    /// The public key itself.
+    pub public: PublicKey,
 }
 
 /// Writes the demo catalog into `dir` (unless `dir` already holds the same demo) and returns
 /// the path of `dir/catalog.toml`.
 pub fn generate(dir: &Path, size: usize) -> Result<PathBuf, DemoError> {
+    write_demo(dir, size, false)
+}
+
+/// Like [`generate`], with a key pair `dir/vendor.key` and `dir/vendor.pub` (made unless the
+/// secret key exists) that the catalog names as its signing key.
+pub fn generate_signed(dir: &Path, size: usize) -> Result<(PathBuf, DemoKey), DemoError> {
+    fs::create_dir_all(dir).map_err(|source| DemoError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let key = demo_key(dir)?;
+    Ok((write_demo(dir, size, true)?, key))
+}
+
+fn demo_key(dir: &Path) -> Result<DemoKey, DemoError> {
+    let prefix = dir.join("vendor");
+    let (secret, public_file) = release::key_paths(&prefix);
+    let key_error = |source| DemoError::Key {
+        path: secret.clone(),
+        source,
+    };
+    let public = if secret.exists() {
+        let public = release::read_secret_key(&secret)
+            .map_err(key_error)?
+            .public();
+        if !public_file.exists() {
+            fs::write(&public_file, format!("{}\n", public.to_text())).map_err(|source| {
+                DemoError::Write {
+                    path: public_file.clone(),
+                    source,
+                }
+            })?;
+        }
+        public
+    } else {
+        log::info!("making the demo signing key {}", secret.display());
+        release::keygen(&prefix).map_err(key_error)?
+    };
+    Ok(DemoKey {
+        secret,
+        public_file,
+        public,
+    })
+}
+
+fn write_demo(dir: &Path, size: usize, signed: bool) -> Result<PathBuf, DemoError> {
     if size < 4096 {
         return Err(DemoError::TooSmall(size));
     }
@@ -39,6 +102,13 @@ pub fn generate(dir: &Path, size: usize) -> Result<PathBuf, DemoError> {
     let stamp_path = dir.join("demo.stamp");
     let stamp = format!("{FORMAT} seed={SEED:x} size={size}\n");
     let versions = dir.join("versions");
+    let text = catalog_text(signed);
+    let write = |path: &Path, data: &[u8]| {
+        fs::write(path, data).map_err(|source| DemoError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
     let complete = fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp)
         && catalog.is_file()
         && VERSIONS
@@ -46,14 +116,12 @@ pub fn generate(dir: &Path, size: usize) -> Result<PathBuf, DemoError> {
             .all(|(code, _, _)| versions.join(code.to_string()).is_file());
     if complete {
         log::info!("reusing the demo in {}", dir.display());
+        // The same versions serve signed or not; only the catalog differs.
+        if fs::read_to_string(&catalog).is_ok_and(|t| t != text) {
+            write(&catalog, text.as_bytes())?;
+        }
         return Ok(catalog);
     }
-    let write = |path: &Path, data: &[u8]| {
-        fs::write(path, data).map_err(|source| DemoError::Write {
-            path: path.to_path_buf(),
-            source,
-        })
-    };
     fs::create_dir_all(&versions).map_err(|source| DemoError::Write {
         path: versions.clone(),
         source,
@@ -68,7 +136,7 @@ pub fn generate(dir: &Path, size: usize) -> Result<PathBuf, DemoError> {
         }
         write(&versions.join(code.to_string()), &data)?;
     }
-    write(&catalog, catalog_text().as_bytes())?;
+    write(&catalog, text.as_bytes())?;
     write(&stamp_path, stamp.as_bytes())?;
     log::info!(
         "wrote a demo of {size} bytes per version in {}",
@@ -77,10 +145,16 @@ pub fn generate(dir: &Path, size: usize) -> Result<PathBuf, DemoError> {
     Ok(catalog)
 }
 
-fn catalog_text() -> String {
+fn catalog_text(signed: bool) -> String {
     let mut text = String::from(
         "# The demo catalog of ota-mock-server, with the values of the contract's examples.\n\
-         [server]\nexpires_in = 11999\n\n\
+         [server]\nexpires_in = 11999\n",
+    );
+    if signed {
+        text.push_str("signing_key = \"vendor.key\"\n");
+    }
+    text.push_str(
+        "\n\
          [[client]]\nid = \"mobile_1\"\nsecret = \"secret_1\"\n\n\
          [[user]]\nusername = \"aa\"\npassword = \"aa\"\n\n\
          [[package]]\nname = \"com.ubtechinc.alpha2services\"\nlabel = \"Alpha2Services\"\n\n\

@@ -23,6 +23,21 @@ pub enum Endpoint {
     Callback,
     /// The patch files under `/version/`.
     Patch,
+    /// The signed metadata next to each patch: `<patch>.meta.json` and `<patch>.meta.json.sig`.
+    Metadata,
+}
+
+impl std::fmt::Display for Endpoint {
+    /// The endpoint's name in JSON.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Endpoint::Token => "token",
+            Endpoint::Download => "download",
+            Endpoint::Callback => "callback",
+            Endpoint::Patch => "patch",
+            Endpoint::Metadata => "metadata",
+        })
+    }
 }
 
 impl Endpoint {
@@ -32,6 +47,11 @@ impl Endpoint {
             "/oauth/token" => Some(Endpoint::Token),
             "/file/download" => Some(Endpoint::Download),
             "/file/callback" => Some(Endpoint::Callback),
+            p if p.starts_with("/version/")
+                && (p.ends_with(".meta.json") || p.ends_with(".meta.json.sig")) =>
+            {
+                Some(Endpoint::Metadata)
+            }
             p if p.starts_with("/version/") => Some(Endpoint::Patch),
             _ => None,
         }
@@ -72,6 +92,19 @@ pub enum FaultKind {
     Corrupt { offset: u64 },
     /// Resets the TCP connection before any byte of the answer.
     Reset,
+    /// Answers with another file the server serves under `/version/` (a patch or a sidecar,
+    /// named by its URL path), as if it were the one asked for: a replayed patch. Only for the
+    /// `patch` and `metadata` endpoints.
+    ServeInstead { path: String },
+}
+
+/// Why a fault cannot be injected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FaultError {
+    #[error("serve_instead works only on the patch and metadata endpoints, not {0}")]
+    ServeInsteadEndpoint(Endpoint),
+    #[error("serve_instead needs a path under /version/, not {0:?}")]
+    ServeInsteadPath(String),
 }
 
 fn json_content_type() -> String {
@@ -139,6 +172,29 @@ impl Fault {
                 content_type: "text/html;charset=UTF-8".to_string(),
             },
         )
+    }
+
+    /// Answers requests to `endpoint` with the file the server serves at `path` instead.
+    pub fn serve_instead(endpoint: Endpoint, path: &str) -> Fault {
+        Fault::new(
+            endpoint,
+            FaultKind::ServeInstead {
+                path: path.to_string(),
+            },
+        )
+    }
+
+    /// Checks that the kind of fault makes sense for its endpoint.
+    pub fn check(&self) -> Result<(), FaultError> {
+        if let FaultKind::ServeInstead { path } = &self.kind {
+            if !matches!(self.endpoint, Endpoint::Patch | Endpoint::Metadata) {
+                return Err(FaultError::ServeInsteadEndpoint(self.endpoint));
+            }
+            if !path.starts_with("/version/") {
+                return Err(FaultError::ServeInsteadPath(path.clone()));
+            }
+        }
+        Ok(())
     }
 
     fn matches(&self, endpoint: Endpoint, target: &str) -> bool {
@@ -403,6 +459,44 @@ mod tests {
         let delay: Fault =
             serde_json::from_str(r#"{"endpoint":"download","kind":{"delay_ms":250}}"#).unwrap();
         assert_eq!(delay.kind, FaultKind::Delay(Duration::from_millis(250)));
+        let instead: Fault = serde_json::from_str(
+            r#"{"endpoint":"metadata","kind":{"serve_instead":{"path":"/version/a--17--b.patch.meta.json"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            instead,
+            Fault::serve_instead(Endpoint::Metadata, "/version/a--17--b.patch.meta.json")
+        );
+        assert_eq!(instead.check(), Ok(()));
+    }
+
+    #[test]
+    fn serve_instead_is_only_for_files_under_version() {
+        assert_eq!(
+            Fault::serve_instead(Endpoint::Token, "/version/a.patch").check(),
+            Err(FaultError::ServeInsteadEndpoint(Endpoint::Token))
+        );
+        assert_eq!(
+            Fault::serve_instead(Endpoint::Patch, "/oauth/token").check(),
+            Err(FaultError::ServeInsteadPath("/oauth/token".to_string()))
+        );
+        assert_eq!(
+            Fault::new(Endpoint::Token, FaultKind::Reset).check(),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn sidecars_are_their_own_endpoint() {
+        let patch = "/version/p/CN/N-1.1--17--f.patch";
+        assert_eq!(Endpoint::of_path(patch), Some(Endpoint::Patch));
+        for sidecar in [
+            format!("{patch}.meta.json"),
+            format!("{patch}.meta.json.sig"),
+        ] {
+            assert_eq!(Endpoint::of_path(&sidecar), Some(Endpoint::Metadata));
+        }
+        assert_eq!(Endpoint::of_path("/meta.json"), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ota_mock_server::{Catalog, MockServer, demo};
+use ota_mock_server::{Catalog, MockServer, TlsConfig, demo};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,11 +28,34 @@ struct Args {
     /// Answer GET /oauth/token with 405, like newer servers.
     #[arg(long)]
     token_post_only: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Log debug messages too.
     #[arg(long, short)]
     verbose: bool,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// HTTPS, when both files are given.
+#[derive(Debug, clap::Args)]
+struct TlsArgs {
+    /// Serve HTTPS with this PEM certificate chain (the server's certificate first).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of the --tls-cert certificate.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn load(&self) -> anyhow::Result<Option<TlsConfig>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(TlsConfig::from_pem_files(cert, key)?)),
+            (None, None) => Ok(None),
+            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,6 +74,11 @@ enum Command {
         /// Answer GET /oauth/token with 405, like newer servers.
         #[arg(long)]
         token_post_only: bool,
+        /// Sign patch metadata with DIR/vendor.key (made with DIR/vendor.pub if absent).
+        #[arg(long)]
+        sign: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
         /// Log debug messages too.
         #[arg(long, short)]
         verbose: bool,
@@ -90,18 +118,36 @@ fn main() -> anyhow::Result<()> {
         log::LevelFilter::Info
     });
 
-    let (catalog_path, listen, token_post_only) = match &args.command {
+    let (catalog_path, listen, token_post_only, tls) = match &args.command {
         Some(Command::Demo {
             dir,
             listen,
             size,
             token_post_only,
+            sign,
+            tls,
             ..
-        }) => (demo::generate(dir, *size)?, *listen, *token_post_only),
+        }) => {
+            let catalog = if *sign {
+                let (catalog, key) = demo::generate_signed(dir, *size)?;
+                // On stderr, since stdout carries only the `listening on` line.
+                eprintln!(
+                    "patch metadata is signed with {}; the public key {} is in {}",
+                    key.secret.display(),
+                    key.public,
+                    key.public_file.display()
+                );
+                catalog
+            } else {
+                demo::generate(dir, *size)?
+            };
+            (catalog, *listen, *token_post_only, tls.load()?)
+        }
         None => (
             args.catalog.clone().context("--catalog is required")?,
             args.listen,
             args.token_post_only,
+            args.tls.load()?,
         ),
     };
     let mut catalog = Catalog::load(&catalog_path)?;
@@ -112,15 +158,19 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(serve(catalog, listen, args.public_url.as_deref()))
+    runtime.block_on(serve(catalog, listen, args.public_url.as_deref(), tls))
 }
 
 async fn serve(
     catalog: Catalog,
     listen: SocketAddr,
     public_url: Option<&str>,
+    tls: Option<TlsConfig>,
 ) -> anyhow::Result<()> {
-    let server = MockServer::bind_with_public_url(catalog, listen, public_url).await?;
+    let server = match tls {
+        Some(tls) => MockServer::bind_tls_with_public_url(catalog, listen, public_url, tls).await?,
+        None => MockServer::bind_with_public_url(catalog, listen, public_url).await?,
+    };
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "listening on {}", server.uri()).context("cannot write to stdout")?;
     stdout.flush().context("cannot write to stdout")?;

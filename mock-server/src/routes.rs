@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-use crate::catalog::Lookup;
+use crate::catalog::{Lookup, Served};
 use crate::conn::ConnControl;
 use crate::faults::{BodyFault, Endpoint, Fault, FaultBody, FaultKind};
 use crate::range::{self, RangeRequest};
@@ -115,7 +115,7 @@ fn param<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
 }
 
 /// Records the request, applies any injected fault, and counts the body bytes sent.
-async fn observe(State(state): State<Shared>, req: Request, next: Next) -> Response {
+async fn observe(State(state): State<Shared>, mut req: Request, next: Next) -> Response {
     let Some(control) = req.extensions().get::<Arc<ConnControl>>().cloned() else {
         return next.run(req).await;
     };
@@ -162,6 +162,11 @@ async fn observe(State(state): State<Shared>, req: Request, next: Next) -> Respo
         }
         Some(FaultKind::Delay(delay)) => {
             tokio::time::sleep(*delay).await;
+            next.run(req).await
+        }
+        Some(FaultKind::ServeInstead { path: instead }) => {
+            log::info!("{method} {path}: serving {instead} instead (injected)");
+            req.extensions_mut().insert(ServeInstead(instead.clone()));
             next.run(req).await
         }
         _ => next.run(req).await,
@@ -461,6 +466,12 @@ async fn callback(State(state): State<Shared>, req: Request) -> Response {
     }
 }
 
+/// The URL path of the file to answer a request under `/version/` with, set by a
+/// [`FaultKind::ServeInstead`] fault.
+#[derive(Debug, Clone)]
+struct ServeInstead(String);
+
+/// A patch or one of its sidecar files.
 async fn patch(
     State(state): State<Shared>,
     method: Method,
@@ -468,8 +479,17 @@ async fn patch(
     req: Request,
 ) -> Response {
     let path = req.uri().path();
-    let Some(info) = state.catalog.patch_by_path(path) else {
-        return spring_error(StatusCode::NOT_FOUND, "No message available", path);
+    let served_path = req
+        .extensions()
+        .get::<ServeInstead>()
+        .map_or(path, |instead| instead.0.as_str());
+    let info = match state.catalog.served(served_path) {
+        Some(Served::Patch(info)) => info,
+        Some(Served::Sidecar {
+            bytes,
+            content_type,
+        }) => return sidecar(&method, bytes, content_type),
+        None => return spring_error(StatusCode::NOT_FOUND, "No message available", path),
     };
     let mut file = match tokio::fs::File::open(&info.file).await {
         Ok(file) => file,
@@ -528,6 +548,21 @@ async fn patch(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
+/// A small file served whole: signed metadata or its signature.
+fn sidecar(method: &Method, bytes: &[u8], content_type: &'static str) -> Response {
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::from(bytes.to_vec())
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CONTENT_LENGTH, bytes.len())
+        .body(body)
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
 async fn admin_callbacks(State(state): State<Shared>) -> Response {
     json_response(StatusCode::OK, &json!(state.callbacks()))
 }
@@ -547,6 +582,9 @@ fn ok() -> Response {
 async fn admin_add_fault(State(state): State<Shared>, body: Bytes) -> Response {
     match serde_json::from_slice::<Fault>(&body) {
         Ok(fault) => {
+            if let Err(e) = fault.check() {
+                return admin_bad_request(&format!("bad fault: {e}"));
+            }
             log::info!("injecting {fault:?}");
             state.faults().push(fault);
             ok()

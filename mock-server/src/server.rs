@@ -9,10 +9,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::Catalog;
-use crate::faults::{Fault, FaultQueue};
+use crate::catalog::{Catalog, PatchInfo};
+use crate::faults::{Endpoint, Fault, FaultQueue};
+use crate::tls::{TlsConfig, TlsError};
 use crate::tokens::TokenStore;
 
 /// Errors of starting the server.
@@ -22,6 +24,8 @@ pub enum ServerError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("bad public url {url:?}: it must start with http:// or https://")]
     PublicUrl { url: String },
+    #[error("cannot serve https: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// One call of `/file/callback`, as the robot sent it.
@@ -180,6 +184,42 @@ impl MockServer {
         addr: SocketAddr,
         public_url: Option<&str>,
     ) -> Result<MockServer, ServerError> {
+        MockServer::bind_inner(catalog, addr, public_url, None).await
+    }
+
+    /// Starts an HTTPS server for `catalog` on a free port of 127.0.0.1.
+    pub async fn start_tls(catalog: Catalog, tls: TlsConfig) -> Result<MockServer, ServerError> {
+        MockServer::bind_tls(catalog, SocketAddr::from(([127, 0, 0, 1], 0)), tls).await
+    }
+
+    /// Starts an HTTPS server for `catalog` on `addr`; [`MockServer::uri`] and the patch URLs
+    /// begin with `https://`.
+    pub async fn bind_tls(
+        catalog: Catalog,
+        addr: SocketAddr,
+        tls: TlsConfig,
+    ) -> Result<MockServer, ServerError> {
+        MockServer::bind_inner(catalog, addr, None, Some(tls)).await
+    }
+
+    /// [`MockServer::bind_with_public_url`] over HTTPS.
+    pub async fn bind_tls_with_public_url(
+        catalog: Catalog,
+        addr: SocketAddr,
+        public_url: Option<&str>,
+        tls: TlsConfig,
+    ) -> Result<MockServer, ServerError> {
+        MockServer::bind_inner(catalog, addr, public_url, Some(tls)).await
+    }
+
+    async fn bind_inner(
+        catalog: Catalog,
+        addr: SocketAddr,
+        public_url: Option<&str>,
+        tls: Option<TlsConfig>,
+    ) -> Result<MockServer, ServerError> {
+        // A bad certificate or key is refused before the port is taken.
+        let acceptor = tls.as_ref().map(TlsConfig::acceptor).transpose()?;
         if let Some(url) = public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
@@ -193,7 +233,8 @@ impl MockServer {
         let address = listener
             .local_addr()
             .map_err(|source| ServerError::Bind { addr, source })?;
-        let uri = format!("http://{address}");
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        let uri = format!("{scheme}://{address}");
         let base_url = public_url
             .map(|u| u.trim_end_matches('/').to_string())
             .unwrap_or_else(|| uri.clone());
@@ -208,7 +249,7 @@ impl MockServer {
         });
         let app = crate::routes::router(Arc::clone(&state));
         let stop = CancellationToken::new();
-        let task = tokio::spawn(accept_loop(listener, app, stop.clone()));
+        let task = tokio::spawn(accept_loop(listener, app, acceptor, stop.clone()));
         log::info!("mock update server listening on {uri}");
         Ok(MockServer {
             address,
@@ -245,8 +286,47 @@ impl MockServer {
     }
 
     /// Adds a fault; faults are used in the order they were added.
+    ///
+    /// # Panics
+    ///
+    /// If the fault is invalid (see [`Fault::check`]): a test that asks for the impossible
+    /// should fail at once rather than pass without its fault.
     pub fn inject(&self, fault: Fault) {
+        if let Err(e) = fault.check() {
+            panic!("cannot inject {fault:?}: {e}");
+        }
         self.state.faults().push(fault);
+    }
+
+    /// Answers every request for `instead_of`'s patch, metadata and signature with `served`'s,
+    /// until [`MockServer::clear_faults`]: a replay of an older, validly signed patch.
+    pub fn replay_patch(&self, served: &PatchInfo, instead_of: &PatchInfo) {
+        // The signature's path contains the metadata's, so its fault must come first to be the
+        // one that matches it.
+        let mut faults = self.state.faults();
+        for (endpoint, path, requested) in [
+            (
+                Endpoint::Patch,
+                served.url_path.clone(),
+                instead_of.url_path.clone(),
+            ),
+            (
+                Endpoint::Metadata,
+                served.sig_url_path(),
+                instead_of.sig_url_path(),
+            ),
+            (
+                Endpoint::Metadata,
+                served.meta_url_path(),
+                instead_of.meta_url_path(),
+            ),
+        ] {
+            faults.push(
+                Fault::serve_instead(endpoint, &path)
+                    .path_contains(&requested)
+                    .times(u32::MAX),
+            );
+        }
     }
 
     /// Removes every pending fault.
@@ -289,7 +369,12 @@ impl Drop for MockServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, app: axum::Router, stop: CancellationToken) {
+async fn accept_loop(
+    listener: TcpListener,
+    app: axum::Router,
+    tls: Option<TlsAcceptor>,
+    stop: CancellationToken,
+) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -297,7 +382,13 @@ async fn accept_loop(listener: TcpListener, app: axum::Router, stop: Cancellatio
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    connections.spawn(crate::conn::serve(stream, peer, app.clone(), stop.clone()));
+                    connections.spawn(crate::conn::serve(
+                        stream,
+                        peer,
+                        app.clone(),
+                        tls.clone(),
+                        stop.clone(),
+                    ));
                 }
                 Err(e) => {
                     // Running out of file descriptors is the usual cause; pausing avoids a

@@ -1,9 +1,10 @@
-//! The `ota-mock-server` binary: the `listening on` line, one request, and a bad catalog.
+//! The `ota-mock-server` binary: the `listening on` line, one request, a bad catalog, HTTPS and
+//! the signed demo.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-use crate::common::{client, demo_dir};
+use crate::common::{TestCerts, client, demo_dir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ota-mock-server");
 
@@ -145,4 +146,103 @@ fn a_bad_catalog_stops_the_binary() {
         "{stderr}"
     );
     assert!(stderr.contains("nowhere"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_binary_serves_https_with_pem_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = TestCerts::shared().write_pem(dir.path());
+    let catalog = demo_dir().join("catalog.toml");
+    let (_running, uri) = start(vec![
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--catalog".into(),
+        catalog.display().to_string(),
+        "--tls-cert".into(),
+        cert.display().to_string(),
+        "--tls-key".into(),
+        key.display().to_string(),
+    ])
+    .await;
+    assert!(uri.starts_with("https://127.0.0.1:"), "{uri}");
+    let query =
+        "client_id=mobile_1&client_secret=secret_1&grant_type=password&username=aa&password=aa";
+    let response = client()
+        .get(format!("{uri}/oauth/token?{query}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[test]
+fn a_certificate_needs_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = TestCerts::shared().write_pem(dir.path());
+    let catalog = demo_dir().join("catalog.toml");
+    let output = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--catalog"])
+        .arg(&catalog)
+        .arg("--tls-cert")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--tls-key"), "{stderr}");
+
+    std::fs::write(&key, "not a key").unwrap();
+    let output = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--catalog"])
+        .arg(&catalog)
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&key.display().to_string()), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_signed_demo_makes_a_key_and_signs_every_patch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_running, uri) = start(vec![
+        "demo".into(),
+        "--dir".into(),
+        dir.path().display().to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--size".into(),
+        "65536".into(),
+        "--sign".into(),
+    ])
+    .await;
+    let public =
+        ota_signing::release::read_public_key(&dir.path().join("vendor.pub").display().to_string())
+            .unwrap();
+    assert!(dir.path().join("vendor.key").is_file());
+    let catalog = ota_mock_server::Catalog::load(&dir.path().join("catalog.toml")).unwrap();
+    assert_eq!(catalog.public_key(), Some(public));
+    for patch in catalog.patches() {
+        let get = |path: String| {
+            let url = format!("{uri}{path}");
+            async move {
+                let response = client().get(url).send().await.unwrap();
+                assert_eq!(response.status(), 200);
+                response.bytes().await.unwrap()
+            }
+        };
+        let json = get(patch.meta_url_path()).await;
+        let sig = get(patch.sig_url_path()).await;
+        let meta = ota_signing::verify(&[public], &json, &sig).unwrap();
+        assert_eq!(
+            (meta.from_version, meta.to_version),
+            (patch.from_code, patch.to_code)
+        );
+    }
 }

@@ -7,4 +7,6 @@ mod common;
 mod download;
 mod faults;
 mod patches;
+mod signed;
+mod tls;
 mod token;
