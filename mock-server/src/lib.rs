@@ -91,4 +91,4 @@ mod tokens;
 pub use catalog::{Catalog, CatalogError, PatchInfo, SignedMetadata};
 pub use faults::{Endpoint, Fault, FaultError, FaultKind};
 pub use server::{CallbackRecord, MockServer, RequestRecord, ServerError};
-pub use tls::{TlsConfig, TlsError};
+pub use tls::{TestCertificates, TlsConfig, TlsError};

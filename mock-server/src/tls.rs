@@ -120,3 +120,76 @@ impl TlsConfig {
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 }
+
+/// A throwaway CA and a server certificate it signed for `localhost` and 127.0.0.1, for tests
+/// and demos of HTTPS.
+pub struct TestCertificates {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub cert_der: Vec<u8>,
+    pub key_der: Vec<u8>,
+    /// The server key's subject public key info (DER), what a pin names.
+    pub spki_der: Vec<u8>,
+}
+
+// Hand-written so that a debug print never shows the private key.
+impl fmt::Debug for TestCertificates {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TestCertificates").finish_non_exhaustive()
+    }
+}
+
+impl TestCertificates {
+    /// Makes a new CA and server certificate.
+    ///
+    /// # Panics
+    ///
+    /// When rcgen cannot make a key or a certificate, which only a broken build would do.
+    pub fn generate() -> TestCertificates {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose, PublicKeyData as _,
+        };
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "ota-mock-server test CA");
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
+        let issuer = Issuer::new(ca, ca_key);
+
+        let key = KeyPair::generate().expect("server key");
+        let mut server =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .expect("server params");
+        server
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = server.signed_by(&key, &issuer).expect("server certificate");
+        TestCertificates {
+            ca_pem: ca_cert.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert_der: cert.der().to_vec(),
+            key_der: key.serialize_der(),
+            spki_der: key.subject_public_key_info(),
+        }
+    }
+
+    pub fn tls_config(&self) -> TlsConfig {
+        TlsConfig::from_pem(self.cert_pem.as_bytes(), self.key_pem.as_bytes())
+            .expect("rcgen writes valid PEM")
+    }
+
+    /// Writes the certificate and key as PEM files into `dir`, for the binary.
+    pub fn write_pem(&self, dir: &Path) -> io::Result<(PathBuf, PathBuf)> {
+        let cert = dir.join("server.crt");
+        let key = dir.join("server.key");
+        fs::write(&cert, &self.cert_pem)?;
+        fs::write(&key, &self.key_pem)?;
+        Ok((cert, key))
+    }
+}

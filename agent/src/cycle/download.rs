@@ -55,7 +55,12 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
     }
     let count = update(agent, &key).patches.len();
     for index in 0..count {
-        if update(agent, &key).failed.is_some() {
+        // Patches before a failed one are still fetched: they install (rule 3).
+        if update(agent, &key)
+            .failed
+            .as_ref()
+            .is_some_and(|f| f.index <= index)
+        {
             break;
         }
         if update(agent, &key).patches[index].sha256.is_some() {

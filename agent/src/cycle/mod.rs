@@ -64,6 +64,8 @@ pub enum CycleError {
     Unauthentic { id: String, reason: String },
     #[error("stopped by a signal")]
     Stopped,
+    #[error("the update cycle made no progress in {steps} steps")]
+    NoProgress { steps: usize },
 }
 
 impl CycleError {
@@ -75,6 +77,9 @@ impl CycleError {
         }
     }
 }
+
+/// More steps than any cycle needs, even one that downloads a vanished patch again.
+const MAX_STEPS: usize = 32;
 
 /// How a cycle ended for one managed file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,7 +232,9 @@ impl Agent {
             Some(_) => Step::Verify,
             None => Step::Check,
         };
-        loop {
+        // A cycle takes a handful of steps; many more means two steps keep sending the work back
+        // to each other, and a back-off is better than a busy loop.
+        for _ in 0..MAX_STEPS {
             if self.shutdown.is_set() {
                 return Err(CycleError::Stopped);
             }
@@ -244,6 +251,7 @@ impl Agent {
                 }
             };
         }
+        Err(CycleError::NoProgress { steps: MAX_STEPS })
     }
 
     /// Sends the callbacks waiting in the outbox.

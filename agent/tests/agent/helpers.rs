@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use ota_mock_server::{Catalog, MockServer};
+use ota_mock_server::{Catalog, MockServer, TestCertificates};
 
 pub const PACKAGE: &str = "com.ubtechinc.alpha2services";
 pub const FILE_NAME: &str = "service5mic";
@@ -59,6 +59,17 @@ pub struct World {
     pub tmp: tempfile::TempDir,
     pub server: MockServer,
     pub config: PathBuf,
+    /// The server's certificates, when it serves HTTPS.
+    pub certs: Option<TestCertificates>,
+}
+
+/// How the server of a [`World`] differs from the plain demo.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Serve {
+    /// Signed metadata next to every patch, with the demo's key.
+    pub signed: bool,
+    /// HTTPS with a throwaway CA.
+    pub tls: bool,
 }
 
 impl World {
@@ -67,12 +78,26 @@ impl World {
     }
 
     pub async fn with(package_extra: &str, agent_extra: &str) -> World {
+        Self::serving(Serve::default(), package_extra, agent_extra).await
+    }
+
+    pub async fn serving(serve: Serve, package_extra: &str, agent_extra: &str) -> World {
         let tmp = tempfile::tempdir().unwrap();
-        let catalog =
-            ota_mock_server::demo::generate(&tmp.path().join("server"), 200 * 1024).unwrap();
-        let server = MockServer::start(Catalog::load(&catalog).unwrap())
-            .await
-            .unwrap();
+        let dir = tmp.path().join("server");
+        let catalog = if serve.signed {
+            ota_mock_server::demo::generate_signed(&dir, 200 * 1024)
+                .unwrap()
+                .0
+        } else {
+            ota_mock_server::demo::generate(&dir, 200 * 1024).unwrap()
+        };
+        let catalog = Catalog::load(&catalog).unwrap();
+        let certs = serve.tls.then(TestCertificates::generate);
+        let server = match &certs {
+            Some(c) => MockServer::start_tls(catalog, c.tls_config()).await,
+            None => MockServer::start(catalog).await,
+        }
+        .unwrap();
         std::fs::create_dir_all(tmp.path().join("robot")).unwrap();
         std::fs::copy(version_path(tmp.path(), 16), managed_path(tmp.path())).unwrap();
         let config = write_config(tmp.path(), &server.uri(), package_extra, agent_extra);
@@ -80,7 +105,20 @@ impl World {
             tmp,
             server,
             config,
+            certs,
         }
+    }
+
+    /// Appends a `[security]` section to the agent's config.
+    pub fn secure(&self, section: &str) {
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        text.push_str(&format!("\n[security]\n{section}\n"));
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// The public key of the demo's signing key, as the config lists it.
+    pub fn vendor_key(&self) -> String {
+        self.server.catalog().public_key().unwrap().to_text()
     }
 
     pub fn dir(&self) -> &Path {

@@ -8,4 +8,5 @@ mod daemon;
 mod helpers;
 mod interop;
 mod props;
+mod security;
 mod update;

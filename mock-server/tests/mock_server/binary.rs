@@ -151,7 +151,9 @@ fn a_bad_catalog_stops_the_binary() {
 #[tokio::test]
 async fn the_binary_serves_https_with_pem_files() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = TestCerts::shared().write_pem(dir.path());
+    let (cert, key) = TestCerts::shared()
+        .write_pem(dir.path())
+        .expect("write PEM");
     let catalog = demo_dir().join("catalog.toml");
     let (_running, uri) = start(vec![
         "--listen".into(),
@@ -178,7 +180,9 @@ async fn the_binary_serves_https_with_pem_files() {
 #[test]
 fn a_certificate_needs_its_key() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = TestCerts::shared().write_pem(dir.path());
+    let (cert, key) = TestCerts::shared()
+        .write_pem(dir.path())
+        .expect("write PEM");
     let catalog = demo_dir().join("catalog.toml");
     let output = Command::new(BIN)
         .args(["--listen", "127.0.0.1:0", "--catalog"])

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use ota_mock_server::{Catalog, MockServer, TlsConfig, demo};
+use ota_mock_server::{Catalog, MockServer, TestCertificates, demo};
 use serde_json::Value;
 
 /// Small enough that debug builds make the patches quickly, big enough for several chunks.
@@ -58,65 +58,14 @@ pub fn client_trusting(ca_pem: &str) -> reqwest::Client {
         .expect("http client")
 }
 
-/// A throwaway CA and a server certificate it signed for `localhost` and 127.0.0.1.
-pub struct TestCerts {
-    pub ca_pem: String,
-    pub cert_pem: String,
-    pub key_pem: String,
-    pub cert_der: Vec<u8>,
-    pub key_der: Vec<u8>,
-}
+/// The test certificates: one set for the whole binary, which [`client`] trusts.
+pub struct TestCerts;
 
 impl TestCerts {
-    pub fn generate() -> TestCerts {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-            KeyPair, KeyUsagePurpose,
-        };
-        let ca_key = KeyPair::generate().expect("CA key");
-        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "ota-mock-server test CA");
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
-        let issuer = Issuer::new(ca, ca_key);
-
-        let key = KeyPair::generate().expect("server key");
-        let mut server =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-                .expect("server params");
-        server
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
-        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = server.signed_by(&key, &issuer).expect("server certificate");
-        TestCerts {
-            ca_pem: ca_cert.pem(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            cert_der: cert.der().to_vec(),
-            key_der: key.serialize_der(),
-        }
-    }
-
     /// One set for the whole test binary, which [`client`] trusts.
-    pub fn shared() -> &'static TestCerts {
-        static CERTS: OnceLock<TestCerts> = OnceLock::new();
-        CERTS.get_or_init(TestCerts::generate)
-    }
-
-    pub fn tls_config(&self) -> TlsConfig {
-        TlsConfig::from_pem(self.cert_pem.as_bytes(), self.key_pem.as_bytes()).expect("PEM")
-    }
-
-    /// Writes the certificate and key as PEM files into `dir`, for the binary.
-    pub fn write_pem(&self, dir: &Path) -> (PathBuf, PathBuf) {
-        let cert = dir.join("server.crt");
-        let key = dir.join("server.key");
-        std::fs::write(&cert, &self.cert_pem).expect("write certificate");
-        std::fs::write(&key, &self.key_pem).expect("write key");
-        (cert, key)
+    pub fn shared() -> &'static TestCertificates {
+        static CERTS: OnceLock<TestCertificates> = OnceLock::new();
+        CERTS.get_or_init(TestCertificates::generate)
     }
 }
 

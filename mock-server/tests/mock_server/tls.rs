@@ -1,7 +1,9 @@
 //! HTTPS: the contract's calls and the patches over TLS, certificates that do not fit, and
 //! faults that cut or reset a TLS connection.
 
-use ota_mock_server::{Endpoint, Fault, FaultKind, MockServer, ServerError, TlsConfig, TlsError};
+use ota_mock_server::{
+    Endpoint, Fault, FaultKind, MockServer, ServerError, TestCertificates, TlsConfig, TlsError,
+};
 
 use crate::common::{
     TestCerts, access_token, chain, client, client_trusting, demo_catalog, fetch, tls_demo_server,
@@ -43,7 +45,7 @@ async fn a_der_certificate_and_localhost_work_too() {
 #[tokio::test]
 async fn a_client_that_does_not_trust_the_ca_is_refused() {
     let server = tls_demo_server().await;
-    let stranger = TestCerts::generate();
+    let stranger = TestCertificates::generate();
     let error = client_trusting(&stranger.ca_pem)
         .get(format!("{}/oauth/token", server.uri()))
         .send()
@@ -58,7 +60,7 @@ async fn a_client_that_does_not_trust_the_ca_is_refused() {
 #[tokio::test]
 async fn unusable_certificates_and_keys_are_refused() {
     let certs = TestCerts::shared();
-    let stranger = TestCerts::generate();
+    let stranger = TestCertificates::generate();
     let mismatched =
         TlsConfig::from_pem(certs.cert_pem.as_bytes(), stranger.key_pem.as_bytes()).unwrap();
     let error = MockServer::start_tls(demo_catalog(), mismatched)
@@ -84,7 +86,7 @@ async fn unusable_certificates_and_keys_are_refused() {
     assert!(TlsConfig::from_der(vec![certs.cert_der.clone()], b"junk".to_vec()).is_err());
 
     let dir = tempfile::tempdir().unwrap();
-    let (cert, _) = certs.write_pem(dir.path());
+    let (cert, _) = certs.write_pem(dir.path()).expect("write PEM");
     let missing = dir.path().join("missing.key");
     let error = TlsConfig::from_pem_files(&cert, &missing).unwrap_err();
     assert!(

@@ -1,0 +1,281 @@
+//! What the robot trusts: signed metadata, TLS roots and pins, download hosts. Each refusal is
+//! played against the mock server over real HTTP(S): nothing is installed, and the server records
+//! the results of rule 3 for the refused patch and the ones around it.
+
+use base64::Engine as _;
+use ota_mock_server::{Endpoint, Fault, FaultKind, TestCertificates};
+use sha2::{Digest, Sha256};
+
+use crate::helpers::{Serve, World, pairs};
+
+const SIGNED: Serve = Serve {
+    signed: true,
+    tls: false,
+};
+
+async fn signed_world(extra: &str) -> World {
+    let w = World::serving(SIGNED, "", "").await;
+    w.secure(&format!(
+        "public_keys = [\"{}\"]\nrequire_signatures = true\n{extra}",
+        w.vendor_key()
+    ));
+    w
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// GET requests for patch files (not their metadata).
+fn patch_gets(w: &World) -> usize {
+    w.server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with(".patch"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_chain_installs() {
+    let w = signed_world("").await;
+    let out = w.agent(&["check"]).await;
+    assert!(out.status.success());
+    assert_eq!(w.installed(), w.version(18));
+    assert_eq!(w.callbacks(), pairs(&[("23", "1"), ("25", "1")]));
+    assert!(stderr(&out).contains("update 25: good signature for version 17 → 18"));
+    assert!(!stderr(&out).contains("unauthenticated"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_patch_is_refused() {
+    let w = signed_world("").await;
+    w.server.inject(
+        Fault::new(Endpoint::Patch, FaultKind::Corrupt { offset: 100 })
+            .path_contains("--18--")
+            .times(100),
+    );
+    let out = w.agent(&["check"]).await;
+    assert!(!out.status.success());
+    assert_eq!(w.installed(), w.version(17));
+    assert_eq!(w.callbacks(), pairs(&[("23", "1"), ("25", "2")]));
+    assert!(
+        stderr(&out).contains("update 25 is not the patch the vendor signed"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_metadata_is_refused_before_the_patch_is_fetched() {
+    let w = signed_world("").await;
+    // The agent fetches the metadata before its signature: the first match is the .meta.json.
+    w.server.inject(
+        Fault::new(Endpoint::Metadata, FaultKind::Corrupt { offset: 60 })
+            .path_contains("--17--")
+            .times(1),
+    );
+    let out = w.agent(&["check"]).await;
+    assert!(!out.status.success());
+    assert_eq!(w.installed(), w.version(16));
+    assert_eq!(w.callbacks(), pairs(&[("23", "2"), ("25", "3")]));
+    assert_eq!(patch_gets(&w), 0, "nothing is downloaded");
+    assert!(
+        stderr(&out)
+            .contains("update 23 is refused: the metadata is not signed by any trusted key")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signature_by_an_unknown_key_is_refused() {
+    let w = World::serving(SIGNED, "", "").await;
+    let stranger = ota_signing::SecretKey::generate()
+        .unwrap()
+        .public()
+        .to_text();
+    w.secure(&format!("public_keys = [\"{stranger}\"]"));
+    let out = w.agent(&["check"]).await;
+    assert!(!out.status.success());
+    assert_eq!(w.installed(), w.version(16));
+    assert_eq!(w.callbacks(), pairs(&[("23", "2"), ("25", "3")]));
+    assert_eq!(patch_gets(&w), 0);
+    assert!(stderr(&out).contains("not signed by any trusted key"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_key_allows_rotation() {
+    let w = World::serving(SIGNED, "", "").await;
+    let next = ota_signing::SecretKey::generate()
+        .unwrap()
+        .public()
+        .to_text();
+    w.secure(&format!(
+        "public_keys = [\"{next}\", \"{}\"]\nrequire_signatures = true",
+        w.vendor_key()
+    ));
+    assert!(w.agent(&["check"]).await.status.success());
+    assert_eq!(w.installed(), w.version(18));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_older_signed_patch_is_refused() {
+    let w = signed_world("").await;
+    let patches = w.server.catalog().patches();
+    let older = patches.iter().find(|p| p.id == "23").unwrap();
+    let newer = patches.iter().find(|p| p.id == "25").unwrap();
+    // Update 25's URL serves update 23's patch with its valid signature: 16 → 17 once more.
+    w.server.replay_patch(older, newer);
+    let out = w.agent(&["check"]).await;
+    assert!(!out.status.success());
+    assert_eq!(w.installed(), w.version(17));
+    assert_eq!(w.callbacks(), pairs(&[("23", "1"), ("25", "2")]));
+    assert!(
+        stderr(&out).contains(
+            "update 25 is refused: the signed metadata is for from-version `16`, not `17`"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_signature_is_refused_when_required_and_warned_about_otherwise() {
+    let w = signed_world("").await;
+    let missing = || {
+        Fault::status(Endpoint::Metadata, 404, "{}")
+            .path_contains("--18--")
+            .times(100)
+    };
+    w.server.inject(missing());
+    let out = w.agent(&["check"]).await;
+    assert!(!out.status.success());
+    assert_eq!(w.installed(), w.version(17));
+    assert_eq!(w.callbacks(), pairs(&[("23", "1"), ("25", "2")]));
+    assert!(stderr(&out).contains("it has no signed metadata, and signatures are required"));
+
+    // Not required: the same patch is installed, with a warning.
+    let w = World::serving(SIGNED, "", "").await;
+    w.secure(&format!("public_keys = [\"{}\"]", w.vendor_key()));
+    w.server.inject(missing());
+    let out = w.agent(&["check"]).await;
+    assert!(out.status.success());
+    assert_eq!(w.installed(), w.version(18));
+    assert!(
+        stderr(&out).contains("update 25 has no signed metadata; it is downloaded unauthenticated")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_keys_the_agent_warns_once_and_updates() {
+    let w = World::new("").await;
+    let out = w.agent(&["check"]).await;
+    assert!(out.status.success());
+    assert_eq!(w.installed(), w.version(18));
+    let err = stderr(&out);
+    assert_eq!(
+        err.matches("patches are unauthenticated").count(),
+        1,
+        "{err}"
+    );
+    assert_eq!(err.matches("server.url is plain http").count(), 1, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_outside_the_allowed_hosts_is_never_fetched() {
+    let w = World::new("").await;
+    w.secure("allowed_download_hosts = [\"updates.example.com\"]");
+    let out = w.agent(&["check"]).await;
+    assert!(!out.status.success());
+    assert_eq!(w.installed(), w.version(16));
+    assert_eq!(w.callbacks(), pairs(&[("23", "2"), ("25", "3")]));
+    assert!(
+        !w.server
+            .requests()
+            .iter()
+            .any(|r| r.path.starts_with("/version/")),
+        "nothing is fetched from a host outside the list"
+    );
+    assert!(stderr(&out).contains("which is not in allowed_download_hosts"));
+
+    // The server's own host (any port) is allowed.
+    let w = World::new("").await;
+    w.secure("allowed_download_hosts = [\"127.0.0.1\"]");
+    assert!(w.agent(&["check"]).await.status.success());
+    assert_eq!(w.installed(), w.version(18));
+}
+
+const TLS: Serve = Serve {
+    signed: true,
+    tls: true,
+};
+
+/// A world over HTTPS whose robot trusts `ca_pem` (default: the server's CA) and the vendor's
+/// key; `extra` adds to the `[security]` section, given the server's certificates.
+async fn tls_world(ca_pem: Option<&str>, extra: impl FnOnce(&TestCertificates) -> String) -> World {
+    let w = World::serving(TLS, "", "").await;
+    assert!(w.server.uri().starts_with("https://"));
+    let certs = w.certs.as_ref().unwrap();
+    let ca = w.dir().join("ca.pem");
+    std::fs::write(&ca, ca_pem.unwrap_or(&certs.ca_pem)).unwrap();
+    w.secure(&format!(
+        "public_keys = [\"{}\"]\nrequire_signatures = true\nca_file = \"{}\"\n{}",
+        w.vendor_key(),
+        ca.display(),
+        extra(certs)
+    ));
+    w
+}
+
+fn pin_of(spki_der: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(Sha256::digest(spki_der))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_the_fleet_ca_and_the_right_pin_updates() {
+    let other = pin_of(&TestCertificates::generate().spki_der);
+    let w = tls_world(None, |certs| {
+        format!(
+            "pinned_keys = [\"{other}\", \"sha256//{}\"]",
+            pin_of(&certs.spki_der)
+        )
+    })
+    .await;
+    let out = w.agent(&["check"]).await;
+    assert!(out.status.success());
+    assert_eq!(w.installed(), w.version(18));
+    assert_eq!(w.callbacks(), pairs(&[("23", "1"), ("25", "1")]));
+    assert!(!stderr(&out).contains("plain http"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_from_another_ca_is_refused() {
+    let stranger = TestCertificates::generate();
+    let w = tls_world(Some(&stranger.ca_pem), |_| String::new()).await;
+    let out = w.agent(&["check"]).await;
+    assert!(!out.status.success());
+    assert_eq!(w.installed(), w.version(16));
+    assert!(w.callbacks().is_empty());
+    assert!(w.server.requests().is_empty(), "no request got through");
+    assert!(stderr(&out).contains("certificate"), "{}", stderr(&out));
+
+    // Without a CA file the system's roots are used, and they do not know the test CA either.
+    let w = World::serving(TLS, "", "").await;
+    let out = w.agent(&["check"]).await;
+    assert!(!out.status.success());
+    assert!(w.server.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_key_mismatch_is_refused() {
+    let other = pin_of(&TestCertificates::generate().spki_der);
+    let w = tls_world(None, |_| format!("pinned_keys = [\"{other}\"]")).await;
+    let out = w.agent(&["check"]).await;
+    assert!(!out.status.success());
+    assert_eq!(w.installed(), w.version(16));
+    assert!(w.callbacks().is_empty());
+    assert!(w.server.requests().is_empty(), "no request got through");
+    assert!(
+        stderr(&out).contains("carries none of the pinned public keys"),
+        "{}",
+        stderr(&out)
+    );
+}
