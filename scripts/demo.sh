@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo, end to end: the mock server serves its demo catalog (a 16 MiB firmware-like file in
-# versions 16, 17 and 18), a robot at version 16 runs one `ota-agent check`, and the script shows
-# that the installed file became version 18 and which results the server recorded.
+# versions 16, 17 and 18, every patch with signed metadata), a robot at version 16 that requires
+# the vendor's signature runs one `ota-agent check`, and the script shows that the installed file
+# became version 18 and which results the server recorded.
 #
 # For other builds of the agent (the ARM ones under qemu, in scripts/cross.sh):
 #   AGENT=path/to/ota-agent      the agent binary to run (default: this workspace's build)
@@ -32,13 +33,15 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== starting the mock server (demo catalog in $work/server)"
-start_server demo demo --dir "$work/server" --listen 127.0.0.1:0 "${size_args[@]}"
-echo "   serving at $url"
+start_server demo demo --dir "$work/server" --sign --listen 127.0.0.1:0 "${size_args[@]}"
+echo "   serving at $url, signing with $work/server/vendor.key"
 
-echo "== a robot at version 16"
+echo "== a robot at version 16 that trusts the vendor's key $(cat "$work/server/vendor.pub")"
 mkdir -p "$work/robot"
 cp "$work/server/versions/16" "$work/robot/Alpha2Services.apk"
-agent_config "$work/agent.toml" "$url" "$work/state" "$work/robot/Alpha2Services.apk" 16 6h
+agent_config "$work/agent.toml" "$url" "$work/state" "$work/robot/Alpha2Services.apk" 16 6h \
+  "public_keys = [\"$(cat "$work/server/vendor.pub")\"]
+require_signatures = true"
 
 echo "== ota-agent check"
 $runner "$agent" --config "$work/agent.toml" check
@@ -60,4 +63,4 @@ if [ "$installed" != "$newest" ]; then
   echo "demo FAILED: the installed file is not version 18" >&2
   exit 1
 fi
-echo "demo OK: the robot went from version 16 to 18 through a two-patch chain"
+echo "demo OK: the robot went from version 16 to 18 through a two-patch chain, every patch signed"

@@ -20,7 +20,7 @@ start_server() {
 }
 
 # Writes an agent config: $1 file, $2 server url, $3 state dir, $4 installed file, $5 version,
-# $6 poll interval.
+# $6 poll interval, and optionally $7 a [security] section's lines.
 agent_config() {
   cat >"$1" <<TOML
 [server]
@@ -46,5 +46,8 @@ file_name = "service5mic"
 path = "$4"
 version = "$5"
 TOML
+  if [ -n "${7:-}" ]; then
+    printf '\n[security]\n%s\n' "$7" >>"$1"
+  fi
   chmod 600 "$1"
 }
