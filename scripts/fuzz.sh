@@ -18,13 +18,16 @@ fuzz=(cargo fuzz)
 
 # Seeds: the fuzzers get much further from a few valid inputs than from nothing.
 corpus=$root/agent/fuzz/corpus
-mkdir -p "$corpus"/{check_answer,token_answer,bspatch,config}
+mkdir -p "$corpus"/{check_answer,token_answer,bspatch,config,signed_metadata}
 printf '%s' '{"code": "100", "data": "http://10.10.1.14:8080/version/a--17--5mic.patch;https://h/b--18--5mic.patch", "id": "23;25"}' \
     >"$corpus/check_answer/seed-patches"
 printf '%s' '{"code":"104","data":""}' >"$corpus/check_answer/seed-no-language"
 printf '%s' '{"access_token":"10bb","token_type":"bearer","refresh_token":"8acf","expires_in":11999,"scope":"read write trust"}' \
     >"$corpus/token_answer/seed-token"
 cp "$root/systemd/agent.toml.example" "$corpus/config/seed-example"
+# The signed_metadata target signs its input (after a mode byte of 1) with its own key.
+printf '\x01{"format":1,"package":"com.ubtechinc.alpha2services","file_name":"service5mic","from_version":17,"to_version":18,"patch_size":2539,"patch_sha256":"%s","result_size":205217,"result_sha256":"%s"}' \
+    "$(printf 'a%.0s' {1..64})" "$(printf 'b%.0s' {1..64})" >"$corpus/signed_metadata/seed-metadata"
 if command -v bsdiff >/dev/null; then
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
@@ -54,7 +57,7 @@ for target in $("${fuzz[@]}" list --fuzz-dir fuzz); do
         tail -n 40 "$log"
     fi
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
-    summary+=("$(printf '%-14s %-6s %12s executions' "$target" "$result" "${runs:-?}")")
+    summary+=("$(printf '%-16s %-6s %12s executions' "$target" "$result" "${runs:-?}")")
 done
 printf '%s\n' "${summary[@]}"
 exit "$status"
