@@ -62,8 +62,8 @@ pub fn header(patch: &[u8]) -> Result<Header, PatchError> {
     }
     let field = |at: usize, name: &str| {
         let v = offtin(&patch[at..at + 8]);
-        // A set sign bit is refused even on a zero magnitude: qbsdiff reads that "-0" as -2^63,
-        // and two such block lengths overflow its own length check.
+        // A set sign bit is refused even on a zero magnitude: no bsdiff writes that "-0", and
+        // other readers (qbsdiff) take it as -2^63, which overflowed their length checks.
         if patch[at + 7] & 0x80 != 0 {
             return Err(PatchError::Header(format!(
                 "negative {name} (-{})",
@@ -93,6 +93,10 @@ pub fn header(patch: &[u8]) -> Result<Header, PatchError> {
 }
 
 /// Applies `patch` to `old`, writing the new file to `out`; returns the new file's size.
+///
+/// The diff and extra streams are decompressed on two threads of their own while this one adds
+/// and writes: bzip2 is most of the work, and a robot's board has more than one core. The
+/// threads hand over bounded chunks, so memory stays a few MiB whatever the patch's size.
 pub fn apply<W: Write>(old: &[u8], patch: &[u8], out: W, max_size: u64) -> Result<u64, PatchError> {
     let h = header(patch)?;
     if h.new_size > max_size {
@@ -101,14 +105,27 @@ pub fn apply<W: Write>(old: &[u8], patch: &[u8], out: W, max_size: u64) -> Resul
             limit: max_size,
         });
     }
+    // `header` checked that the blocks fit in the patch.
+    let ctrl_end = HEADER_LEN + h.control_len as usize;
+    let diff_end = ctrl_end + h.diff_len as usize;
     let mut limited = Limited {
         inner: out,
         left: h.new_size,
     };
-    let produced = qbsdiff::Bspatch::new(patch)
-        .map_err(|e| PatchError::Header(e.to_string()))?
-        .apply(old, &mut limited)
-        .map_err(PatchError::Corrupt)?;
+    let produced = std::thread::scope(|scope| {
+        let mut run = Run {
+            old,
+            ctrl: bzip2::read::BzDecoder::new(&patch[HEADER_LEN..ctrl_end]),
+            diff: Stream::spawn(scope, &patch[ctrl_end..diff_end]),
+            extra: Stream::spawn(scope, &patch[diff_end..]),
+            out: &mut limited,
+            scratch: vec![0; CHUNK],
+        };
+        run.apply(h.new_size)
+        // Returning drops the streams' receivers, which stops their threads at their next chunk.
+    })
+    .map_err(PatchError::Corrupt)?;
+    limited.flush().map_err(PatchError::Corrupt)?;
     if produced != h.new_size {
         return Err(PatchError::SizeMismatch {
             produced,
@@ -116,6 +133,163 @@ pub fn apply<W: Write>(old: &[u8], patch: &[u8], out: W, max_size: u64) -> Resul
         });
     }
     Ok(produced)
+}
+
+/// How much a decompression thread hands over at a time, and how many chunks may wait.
+const CHUNK: usize = 256 * 1024;
+const CHUNKS_AHEAD: usize = 4;
+
+fn corrupt(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
+}
+
+/// The state of one application: bsdiff's loop of (add, copy, seek) controls.
+struct Run<'a, R, W> {
+    old: &'a [u8],
+    ctrl: R,
+    diff: Stream,
+    extra: Stream,
+    out: W,
+    scratch: Vec<u8>,
+}
+
+impl<R: io::Read, W: Write> Run<'_, R, W> {
+    fn apply(&mut self, new_size: u64) -> io::Result<u64> {
+        let mut new_pos: u64 = 0;
+        let mut old_pos: i64 = 0;
+        let mut control = [0u8; 24];
+        while new_pos < new_size {
+            // Controls that end early leave the file short, which the caller reports as such.
+            match fill(&mut self.ctrl, &mut control)? {
+                0 => break,
+                24 => {}
+                _ => return Err(corrupt("the control block ends inside a control")),
+            }
+            let (add, copy, seek) = (
+                offtin(&control[0..]),
+                offtin(&control[8..]),
+                offtin(&control[16..]),
+            );
+            let (Ok(add), Ok(copy)) = (u64::try_from(add), u64::try_from(copy)) else {
+                return Err(corrupt("a control with a negative length"));
+            };
+            let fits = |pos: u64, len: u64| pos.checked_add(len).is_some_and(|end| end <= new_size);
+            if !fits(new_pos, add) || !fits(new_pos + add, copy) {
+                return Err(corrupt("a control writes past the promised size"));
+            }
+            self.add(old_pos, add)?;
+            self.copy(copy)?;
+            new_pos += add + copy;
+            old_pos = (old_pos.checked_add(add as i64))
+                .and_then(|p| p.checked_add(seek))
+                .ok_or_else(|| corrupt("a control seeks outside any file"))?;
+        }
+        Ok(new_pos)
+    }
+
+    /// Writes `len` bytes of the old file from `at`, each plus its diff byte.
+    fn add(&mut self, at: i64, len: u64) -> io::Result<()> {
+        let start =
+            usize::try_from(at).map_err(|_| corrupt("a control reads before the old file"))?;
+        let end = start
+            .checked_add(usize::try_from(len).unwrap_or(usize::MAX))
+            .filter(|&end| end <= self.old.len())
+            .ok_or_else(|| corrupt("a control reads past the end of the old file"))?;
+        let mut pos = start;
+        while pos < end {
+            let diff = self.diff.take(end - pos)?;
+            let n = diff.len();
+            let out = &mut self.scratch[..n];
+            for ((o, d), b) in out.iter_mut().zip(diff).zip(&self.old[pos..pos + n]) {
+                *o = d.wrapping_add(*b);
+            }
+            self.out.write_all(out)?;
+            pos += n;
+        }
+        Ok(())
+    }
+
+    fn copy(&mut self, len: u64) -> io::Result<()> {
+        let mut left = len;
+        while left > 0 {
+            let extra = self
+                .extra
+                .take(usize::try_from(left).unwrap_or(usize::MAX))?;
+            left -= extra.len() as u64;
+            self.out.write_all(extra)?;
+        }
+        Ok(())
+    }
+}
+
+/// One bzip2 stream, decompressed on its own thread and received in chunks.
+struct Stream {
+    chunks: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    /// Emptied chunks go back to the thread, so that it does not allocate for every one.
+    spent: std::sync::mpsc::Sender<Vec<u8>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Stream {
+    fn spawn<'scope>(scope: &'scope std::thread::Scope<'scope, '_>, block: &'scope [u8]) -> Stream {
+        let (tx, chunks) = std::sync::mpsc::sync_channel(CHUNKS_AHEAD);
+        let (spent, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
+        scope.spawn(move || {
+            let mut decoder = bzip2::read::BzDecoder::new(block);
+            loop {
+                let mut chunk = recycled.try_recv().unwrap_or_default();
+                chunk.resize(CHUNK, 0);
+                let result = fill(&mut decoder, &mut chunk).map(|n| {
+                    chunk.truncate(n);
+                    chunk
+                });
+                let end = !matches!(&result, Ok(c) if !c.is_empty());
+                if tx.send(result).is_err() || end {
+                    return;
+                }
+            }
+        });
+        Stream {
+            chunks,
+            spent,
+            current: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    /// Up to `max` (at least one) next bytes of the stream; an error at its end.
+    fn take(&mut self, max: usize) -> io::Result<&[u8]> {
+        if self.pos == self.current.len() {
+            let next = match self.chunks.recv() {
+                Ok(Ok(chunk)) if !chunk.is_empty() => chunk,
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(_)) | Err(_) => {
+                    return Err(corrupt("a control reads past the end of a data block"));
+                }
+            };
+            let _ = self.spent.send(std::mem::replace(&mut self.current, next));
+            self.pos = 0;
+        }
+        let n = max.min(self.current.len() - self.pos);
+        let slice = &self.current[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(slice)
+    }
+}
+
+/// Reads until `buf` is full or the stream ends; returns how much was read.
+fn fill(reader: &mut impl io::Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match reader.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// Maps a file read-only; an empty file maps to an empty slice.
