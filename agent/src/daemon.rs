@@ -92,9 +92,6 @@ pub async fn run(
         agent.config.packages.len(),
         agent.config.agent.state_dir.display()
     );
-    if agent.config.server.url.starts_with("http://") {
-        log::warn!("the server URL is plain http: tokens and patches travel unprotected");
-    }
     let mut schedule = Scheduler::new(
         Timing::from_config(&agent.config.agent),
         fastrand::Rng::new(),

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -160,11 +160,16 @@ pub struct PatchState {
     /// Set once the patch was let through without a signature (signatures not required).
     #[serde(default)]
     pub unsigned: bool,
+    /// Downloads whose bytes did not match the signed sha256; the second one is final.
+    #[serde(default)]
+    pub mismatches: u32,
 }
 
 /// The facts of a verified `.meta.json` that later steps check the patch and its result against.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Signed {
+    /// The key that signed, so that a key dropped from the config stops counting at once.
+    pub key: String,
     pub patch_size: u64,
     pub patch_sha256: String,
     pub result_size: u64,
@@ -218,6 +223,10 @@ impl Store {
                 path: dir.to_owned(),
                 source,
             })?;
+        make_private(dir, 0o700)?;
+        for file in [STATE_FILE, PREV_FILE] {
+            make_private(&dir.join(file), 0o600)?;
+        }
         let lock_path = dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)
@@ -480,26 +489,55 @@ fn open_read(path: &Path) -> io::Result<File> {
 }
 
 /// Creates a directory of the state directory (mode 0700) and makes sure it is one: a symlink
-/// planted in its place would send downloads and staging files elsewhere.
+/// planted in its place would send downloads and staging files elsewhere, so it is moved aside
+/// (not followed, not deleted) and a real directory takes its place.
 fn real_dir(path: &Path) -> Result<(), StoreError> {
-    match fs::DirBuilder::new().mode(0o700).create(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(source) => {
-            return Err(StoreError::CreateDir {
-                path: path.to_owned(),
-                source,
-            });
+    for _ in 0..2 {
+        match fs::DirBuilder::new().mode(0o700).create(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(StoreError::CreateDir {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
         }
+        let meta = fs::symlink_metadata(path).map_err(io_err("stat", path))?;
+        if meta.is_dir() {
+            return Ok(());
+        }
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(format!(".unexpected-{}", crate::unix_now()));
+        let aside = PathBuf::from(aside);
+        log::error!(
+            "{} is a symlink or a file, not a directory; moved it to {} and not following it",
+            path.display(),
+            aside.display()
+        );
+        fs::rename(path, &aside).map_err(io_err("move aside", path))?;
     }
-    let meta = fs::symlink_metadata(path).map_err(io_err("stat", path))?;
-    if meta.is_dir() {
-        Ok(())
-    } else {
-        Err(StoreError::NotADirectory {
-            path: path.to_owned(),
-        })
+    Err(StoreError::NotADirectory {
+        path: path.to_owned(),
+    })
+}
+
+/// Takes group and other permissions off a path of the state directory that has them.
+fn make_private(path: &Path, mode: u32) -> Result<(), StoreError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("stat", path)(e)),
+    };
+    let current = meta.permissions().mode() & 0o7777;
+    if meta.file_type().is_symlink() || current & 0o077 == 0 {
+        return Ok(());
     }
+    log::warn!(
+        "{} had mode {current:04o}; setting {mode:04o}",
+        path.display()
+    );
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", path))
 }
 
 fn open_private(path: &Path, truncate: bool) -> Result<File, StoreError> {
@@ -609,9 +647,14 @@ mod tests {
 
         fs::remove_dir_all(state_dir.join("packages")).unwrap();
         std::os::unix::fs::symlink(elsewhere.path(), state_dir.join("packages")).unwrap();
-        let err = store.open_partial("p/f", "23", 0).unwrap_err();
-        assert!(matches!(err, StoreError::NotADirectory { .. }), "{err}");
+        // The planted link is moved aside, not followed, and the download goes where it belongs.
+        store.open_partial("p/f", "23", 0).unwrap();
         assert_eq!(fs::read_dir(elsewhere.path()).unwrap().count(), 1);
+        assert!(
+            fs::symlink_metadata(state_dir.join("packages"))
+                .unwrap()
+                .is_dir()
+        );
 
         drop(store);
         fs::remove_file(state_dir.join("state.json")).ok();

@@ -16,4 +16,6 @@ pub mod metadata;
 pub mod release;
 
 pub use keys::{KeyError, PublicKey, SecretKey};
-pub use metadata::{Expected, FORMAT, Metadata, VerifyError, meta_url, sig_url, verify};
+pub use metadata::{
+    Expected, FORMAT, Metadata, VerifyError, meta_url, sig_url, verify, verify_signed,
+};

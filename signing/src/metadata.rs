@@ -125,11 +125,21 @@ impl Metadata {
 ///
 /// Any one of `keys` may have signed it, so that a vendor can roll keys over.
 pub fn verify(keys: &[PublicKey], json: &[u8], signature: &[u8]) -> Result<Metadata, VerifyError> {
+    verify_signed(keys, json, signature).map(|(meta, _)| meta)
+}
+
+/// [`verify`], also naming the key that signed.
+pub fn verify_signed(
+    keys: &[PublicKey],
+    json: &[u8],
+    signature: &[u8],
+) -> Result<(Metadata, PublicKey), VerifyError> {
     let text = std::str::from_utf8(signature).unwrap_or("");
     let signature = keys::signature_from_text(text).map_err(VerifyError::Signature)?;
-    if !keys.iter().any(|k| k.verifies(json, &signature)) {
-        return Err(VerifyError::UnknownKey);
-    }
+    let signer = *keys
+        .iter()
+        .find(|k| k.verifies(json, &signature))
+        .ok_or(VerifyError::UnknownKey)?;
     let meta: Metadata = serde_json::from_slice(json).map_err(VerifyError::Parse)?;
     if meta.format != FORMAT {
         return Err(VerifyError::Format(meta.format));
@@ -146,7 +156,7 @@ pub fn verify(keys: &[PublicKey], json: &[u8], signature: &[u8]) -> Result<Metad
             return Err(VerifyError::Digest { field });
         }
     }
-    Ok(meta)
+    Ok((meta, signer))
 }
 
 /// Where the metadata of the patch at `patch_url` lives.

@@ -68,9 +68,35 @@ impl ClientError {
         }
     }
 
-    /// True when the server could not be reached at all.
+    /// True when the server could not be reached at all (a certificate it presented and the
+    /// agent refused is not that: it is a server, just not a trusted one).
     pub fn is_connect(&self) -> bool {
         matches!(self, ClientError::Transport { source, .. } if source.is_connect())
+            && !self.is_tls()
+    }
+
+    /// True when TLS refused the peer: an untrusted certificate or a pin mismatch.
+    pub fn is_tls(&self) -> bool {
+        let ClientError::Transport { source, .. } = self else {
+            return false;
+        };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
+        while let Some(e) = cause {
+            if e.downcast_ref::<rustls::Error>().is_some() {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
+    }
+
+    /// True for an HTTP 4xx other than 408 and 429, in either of the server's error shapes.
+    pub fn is_client_error(&self) -> bool {
+        let status = match self {
+            ClientError::Status { status, .. } | ClientError::OAuth { status, .. } => *status,
+            _ => return false,
+        };
+        (400..500).contains(&status) && status != 408 && status != 429
     }
 
     /// True when repeating the same request cannot help (a 4xx other than 408 and 429).
@@ -155,8 +181,21 @@ impl Client {
     pub fn new(config: &Config) -> Result<Client, ClientError> {
         // reqwest is built without a default TLS provider so that no C crypto library is linked.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let allowed = config.security.allowed_download_hosts.clone();
+        let server = host_forms(&config.server.url);
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("ota-agent/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::custom(
+                move |attempt| match redirect_refusal(
+                    attempt.previous(),
+                    attempt.url(),
+                    allowed.as_deref(),
+                    server.as_ref(),
+                ) {
+                    Some(reason) => attempt.error(reason),
+                    None => attempt.follow(),
+                },
+            ))
             .connect_timeout(config.server.connect_timeout.0)
             .read_timeout(config.server.read_timeout.0);
         if let Some(tls) = tls::client_config(&config.security).map_err(ClientError::TlsSetup)? {
@@ -395,6 +434,43 @@ fn transport(what: &'static str, e: reqwest::Error) -> ClientError {
     }
 }
 
+/// Why a redirect to `next` is not followed, if it is not: a loop, a step down from https to
+/// http, or a host outside `allowed_download_hosts` (other than the server's own).
+fn redirect_refusal(
+    previous: &[reqwest::Url],
+    next: &reqwest::Url,
+    allowed: Option<&[String]>,
+    server: Option<&(String, String)>,
+) -> Option<String> {
+    const MAX_REDIRECTS: usize = 5;
+    if previous.len() > MAX_REDIRECTS {
+        return Some(format!("more than {MAX_REDIRECTS} redirects"));
+    }
+    if previous.iter().any(|u| u.scheme() == "https") && next.scheme() != "https" {
+        return Some("a redirect from https to plain http".into());
+    }
+    let allowed = allowed?;
+    let target = host_forms(next.as_str());
+    if target.is_some() && target.as_ref() == server {
+        return None;
+    }
+    if !target.as_ref().is_some_and(|t| host_in(allowed, t)) {
+        return Some(format!(
+            "a redirect to {}, which is not in allowed_download_hosts",
+            next.host_str().unwrap_or("a URL without a host")
+        ));
+    }
+    None
+}
+
+/// True when `host` (its `host` and `host:port` forms) is in an `allowed_download_hosts` list.
+pub fn host_in(allowed: &[String], (host, host_port): &(String, String)) -> bool {
+    allowed.iter().any(|a| {
+        let a = a.trim().to_ascii_lowercase();
+        a == *host || a == *host_port
+    })
+}
+
 /// The `host` and `host:port` forms of a URL's authority, lower-case, for
 /// `allowed_download_hosts`; `None` when the URL has no host.
 pub fn host_forms(url: &str) -> Option<(String, String)> {
@@ -502,6 +578,49 @@ async fn status_error(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirects() {
+        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        let server = host_forms("http://server:8080/");
+        let allowed = vec!["cdn.example.com".to_owned()];
+        let refusal = |prev: &str, next: &str, allowed: Option<&[String]>| {
+            redirect_refusal(&[url(prev)], &url(next), allowed, server.as_ref())
+        };
+        assert_eq!(refusal("http://a/x", "http://b/y", None), None);
+        assert!(
+            refusal("https://a/x", "http://a/x", None)
+                .unwrap()
+                .contains("https to plain http")
+        );
+        assert_eq!(
+            refusal(
+                "http://server:8080/p",
+                "https://cdn.example.com/p",
+                Some(&allowed)
+            ),
+            None
+        );
+        assert_eq!(
+            refusal(
+                "http://cdn.example.com/p",
+                "http://server:8080/p",
+                Some(&allowed)
+            ),
+            None
+        );
+        assert!(
+            refusal(
+                "http://cdn.example.com/p",
+                "http://10.0.0.1/p",
+                Some(&allowed)
+            )
+            .unwrap()
+            .contains("10.0.0.1, which is not in allowed_download_hosts")
+        );
+        let many: Vec<reqwest::Url> = (0..6).map(|i| url(&format!("http://a/{i}"))).collect();
+        assert!(redirect_refusal(&many, &url("http://a/7"), None, None).is_some());
+    }
 
     #[test]
     fn content_range() {

@@ -62,8 +62,12 @@ pub(super) fn client_config(security: &Security) -> Result<Option<rustls::Client
     Ok(Some(config))
 }
 
-/// Verifies as usual, then also demands that a certificate of the chain carries a pinned key:
+/// Verifies as usual, then also demands that the server's own certificate carries a pinned key:
 /// a CA that issues a certificate for the server's name to someone else is not enough.
+///
+/// Only the end-entity certificate counts, as with curl's `--pinnedpubkey`: the intermediates are
+/// whatever the peer chose to send, and an impostor could append the real server's (public)
+/// certificate to its own chain.
 #[derive(Debug)]
 struct Pinned {
     inner: Arc<dyn ServerCertVerifier>,
@@ -86,14 +90,12 @@ impl ServerCertVerifier for Pinned {
             ocsp_response,
             now,
         )?;
-        let pinned = std::iter::once(end_entity)
-            .chain(intermediates)
-            .any(|cert| spki_sha256(cert).is_some_and(|h| self.pins.iter().any(|p| p.0 == h)));
+        let pinned = spki_sha256(end_entity).is_some_and(|h| self.pins.iter().any(|p| p.0 == h));
         if pinned {
             Ok(verified)
         } else {
             Err(rustls::Error::General(
-                "the server's certificate chain carries none of the pinned public keys".into(),
+                "the server's certificate carries none of the pinned public keys".into(),
             ))
         }
     }
@@ -125,4 +127,68 @@ impl ServerCertVerifier for Pinned {
 fn spki_sha256(cert: &CertificateDer<'_>) -> Option<[u8; 32]> {
     let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
     Some(Sha256::digest(parsed.subject_public_key_info().as_ref()).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Accepts any certificate, so that only the pin decides.
+    #[derive(Debug)]
+    struct AcceptAll;
+
+    impl ServerCertVerifier for AcceptAll {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            Vec::new()
+        }
+    }
+
+    fn cert() -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn only_the_servers_own_certificate_satisfies_a_pin() {
+        let (real, impostor) = (cert(), cert());
+        let pinned = Pinned {
+            inner: Arc::new(AcceptAll),
+            pins: vec![Pin(spki_sha256(&real).unwrap())],
+        };
+        let name = ServerName::try_from("localhost").unwrap();
+        let verify = |leaf: &CertificateDer<'_>, rest: &[CertificateDer<'_>]| {
+            pinned.verify_server_cert(leaf, rest, &name, &[], UnixTime::now())
+        };
+        assert!(verify(&real, &[]).is_ok());
+        assert!(verify(&impostor, &[]).is_err());
+        // The real certificate appended to an impostor's chain does not help it.
+        assert!(verify(&impostor, std::slice::from_ref(&real)).is_err());
+    }
 }

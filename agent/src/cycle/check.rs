@@ -1,10 +1,10 @@
 //! Check: ask the server which patches the installed file needs, and accept or refuse the offer.
 
-use super::{Agent, CycleError, Outcome, Step, all_codes, chain_codes, code};
+use super::{Agent, CycleError, Outcome, Step, all_codes, code};
 use crate::client::{CheckAnswer, CheckRequest, OfferedPatch};
-use crate::config::{Package, Security};
+use crate::config::Package;
 use crate::install::sha256_file_async;
-use crate::store::{Callback, Failure, LastCheck, PatchState, Update};
+use crate::store::{Callback, LastCheck, PatchState, Update};
 use crate::unix_now;
 
 pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleError> {
@@ -164,6 +164,7 @@ async fn accept(
             attempts: 0,
             signed: None,
             unsigned: false,
+            mismatches: 0,
         });
     }
     if patches.is_empty() {
@@ -177,25 +178,6 @@ async fn accept(
         }));
     }
     let ids: Vec<String> = patches.iter().map(|p| p.id.clone()).collect();
-    // A patch from a host the robot may not download from fails as if it had been fetched and
-    // found bad (rule 3), but nothing is ever sent to that host.
-    let mut failed = None;
-    if let Some(index) = patches
-        .iter()
-        .position(|p| !host_allowed(&agent.config.security, &p.url))
-    {
-        let reason = format!(
-            "update {} is offered from {}, which is not in allowed_download_hosts",
-            ids[index],
-            crate::redact::url(&patches[index].url)
-        );
-        log::error!("{key}: {reason}; it is refused");
-        if index == 0 {
-            agent.finish(pkg, &chain_codes(&ids, 0, Some(0)), None)?;
-            return Ok(Step::Report(Outcome::Failed { reason }));
-        }
-        failed = Some(Failure { index, reason });
-    }
     let recorded = agent.state.packages[&key].sha256.clone();
     let current = sha256_file_async(&pkg.path).await?;
     if current.is_none() || current != recorded {
@@ -215,26 +197,12 @@ async fn accept(
         from_version: version.to_owned(),
         from_sha256: current.unwrap_or_default(),
         patches,
-        failed,
+        failed: None,
         install: None,
         space_failures: 0,
     });
     agent.save()?;
     Ok(Step::Verify)
-}
-
-/// `allowed_download_hosts` lists `host` (any port) or `host:port`; absent, any host will do.
-fn host_allowed(security: &Security, url: &str) -> bool {
-    let Some(allowed) = &security.allowed_download_hosts else {
-        return true;
-    };
-    let Some((host, host_port)) = crate::client::host_forms(url) else {
-        return false;
-    };
-    allowed.iter().any(|a| {
-        let a = a.trim().to_ascii_lowercase();
-        a == host || a == host_port
-    })
 }
 
 /// The version code in a patch file name `<Name>-<versionName>--<versionCode>--<fileName>.patch`.
@@ -255,39 +223,7 @@ pub(crate) fn version_of(url: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Security, host_allowed, version_of};
-
-    #[test]
-    fn allowed_hosts() {
-        let open = Security::default();
-        assert!(host_allowed(&open, "http://anywhere/x.patch"));
-        let security = Security {
-            allowed_download_hosts: Some(vec![
-                "Updates.Example.com".into(),
-                "10.0.0.1:8080".into(),
-            ]),
-            ..Security::default()
-        };
-        assert!(host_allowed(
-            &security,
-            "https://updates.example.com/a--2--f.patch"
-        ));
-        assert!(host_allowed(
-            &security,
-            "http://updates.example.com:81/a--2--f.patch"
-        ));
-        assert!(host_allowed(
-            &security,
-            "http://10.0.0.1:8080/a--2--f.patch"
-        ));
-        assert!(!host_allowed(&security, "http://10.0.0.1/a--2--f.patch"));
-        assert!(!host_allowed(
-            &security,
-            "http://updates.example.com.evil/a--2--f.patch"
-        ));
-        assert!(!host_allowed(&security, "http://user@evil/a--2--f.patch"));
-        assert!(!host_allowed(&security, "not a url"));
-    }
+    use super::version_of;
 
     #[test]
     fn versions_from_names() {

@@ -324,18 +324,31 @@ async fn fetch_one(
     file.sync_all().map_err(io("fsync"))?;
     let sha = crate::install::hex(&hasher.finalize());
     if let Some(signed) = &patch.signed {
-        if have != signed.patch_size || sha != signed.patch_sha256 {
-            // A resumed download may have spliced two files: one more try from the start. A
-            // whole download with the wrong bytes is the server's answer, and it is refused.
+        if have < signed.patch_size {
+            // A body that just ended early (no length was announced; the bytes are synced):
+            // resume it.
+            update_mut(agent, key).patches[index].durable = have;
+            agent.save()?;
+            return Err(CycleError::Interrupted {
+                id: patch.id.clone(),
+                reason: format!("the body ended after {have} of {} bytes", signed.patch_size),
+            });
+        }
+        if sha != signed.patch_sha256 {
+            // A resumed download may have spliced two versions of the file: it gets one more try
+            // from the start. Wrong bytes from a download that started at zero, or a second time,
+            // are the server's answer, and are refused.
             let p = &mut update_mut(agent, key).patches[index];
             p.durable = 0;
             p.validator = None;
+            p.mismatches += 1;
+            let again = started_at > 0 && p.mismatches < 2;
             agent.save()?;
             let reason = format!(
                 "{have} bytes with sha256 {sha}; signed: {} bytes with sha256 {}",
                 signed.patch_size, signed.patch_sha256
             );
-            if started_at > 0 {
+            if again {
                 return Err(CycleError::Interrupted {
                     id: patch.id.clone(),
                     reason: format!(

@@ -1,22 +1,24 @@
 //! Verify: fetch each patch's signed metadata and check it before a byte of the patch is fetched.
 //!
-//! With no `[security] public_keys` this step does nothing. Otherwise every patch of the chain
-//! needs `<url>.meta.json`, signed by one of the keys, naming this package, this file and this
-//! very version step; what it says of the patch and of the patched file is recorded, and the
-//! download and apply steps hold the bytes to it. A patch that fails here is "patch k failed"
-//! of rule 3: the ones before it still install, it is reported `2` and the ones after it `3`.
+//! With no `[security] public_keys` this step only re-checks the download hosts. Otherwise every
+//! patch of the chain needs `<url>.meta.json`, signed by one of the keys, naming this package,
+//! this file and this very version step; what it says of the patch and of the patched file is
+//! recorded, and the download and apply steps hold the bytes to it. A patch that fails here is
+//! "patch k failed" of rule 3: the ones before it still install, it is reported `2` and the ones
+//! after it `3`.
+//!
+//! Facts recorded under another config are checked again: a patch verified with a key that has
+//! since been dropped, or offered from a host no longer allowed, does not get through.
 
 use ota_signing::{Expected, meta_url, sig_url};
 
-use super::{Agent, CycleError, Step};
-use crate::config::Package;
+use super::{Agent, CycleError, Outcome, Step, chain_codes};
+use crate::client::ClientError;
+use crate::config::{Package, Security};
 use crate::store::{Failure, Signed};
 
 pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleError> {
     let keys = agent.config.security.keys();
-    if keys.is_empty() {
-        return Ok(Step::Download);
-    }
     let require = agent.config.security.require_signatures;
     let key = pkg.key();
     let update = agent.state.packages[&key]
@@ -30,9 +32,23 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
     let mut from = update.from_version.clone();
     for index in 0..usable {
         let p = &update.patches[index];
-        let expected_from = from.clone();
-        from.clone_from(&p.to_version);
-        if p.signed.is_some() || (p.unsigned && !require) {
+        let expected_from = std::mem::replace(&mut from, p.to_version.clone());
+        if !host_allowed(&agent.config.security, &p.url) {
+            let reason = format!(
+                "update {} is offered from {}, which is not in allowed_download_hosts",
+                p.id,
+                crate::redact::url(&p.url)
+            );
+            return refuse(agent, pkg, index, reason);
+        }
+        if keys.is_empty() {
+            continue;
+        }
+        let trusted = p
+            .signed
+            .as_ref()
+            .is_some_and(|s| keys.iter().any(|k| k.to_text() == s.key));
+        if trusted || (p.unsigned && !require) {
             continue;
         }
         let expected = Expected {
@@ -43,17 +59,18 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
         };
         let fetched = match fetch_both(agent, &p.url).await {
             Ok(f) => f,
-            // A refusal that asking again cannot change (a 403, an oversized file) is as bad as a
-            // missing signature; anything else (a timeout, a 500) is retried later.
-            Err(CycleError::Client(e)) if e.is_permanent() => {
+            // A 4xx other than "not found" is not a file that is there: missing, when
+            // signatures are not required; a refusal when they are.
+            Err(e) if e.is_client_error() && !require => None,
+            Err(e) if e.is_client_error() || matches!(e, ClientError::TooLarge { .. }) => {
                 let reason = format!(
                     "update {} is refused: its signed metadata cannot be fetched: {}",
                     p.id,
                     crate::error_chain(&e)
                 );
-                return refuse(agent, &key, index, reason);
+                return refuse(agent, pkg, index, reason);
             }
-            Err(e) => return Err(e),
+            Err(e) => return give_up_or_retry(agent, pkg, index, e),
         };
         let verdict = match fetched {
             None if require => Err("it has no signed metadata, and signatures are required".into()),
@@ -62,51 +79,52 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
                     "{key}: update {} has no signed metadata; it is downloaded unauthenticated",
                     p.id
                 );
-                set(agent, &key, index, None);
+                record(agent, &key, index, None);
                 agent.save()?;
                 continue;
             }
-            Some((json, sig)) => ota_signing::verify(&keys, &json, &sig)
-                .and_then(|meta| meta.check(&expected).map(|()| meta))
+            Some((json, sig)) => ota_signing::verify_signed(&keys, &json, &sig)
+                .and_then(|(meta, signer)| meta.check(&expected).map(|()| (meta, signer)))
                 .map_err(|e| crate::error_chain(&e)),
         };
-        match verdict {
-            Ok(meta) if meta.patch_size > agent.config.agent.max_patch_size => {
-                let reason = format!(
-                    "update {} is {} bytes, more than max_patch_size ({})",
-                    p.id, meta.patch_size, agent.config.agent.max_patch_size
-                );
-                return refuse(agent, &key, index, reason);
-            }
-            Ok(meta) => {
-                log::info!(
-                    "{key}: update {}: good signature for version {} → {} ({} bytes, sha256 {})",
-                    p.id,
-                    meta.from_version,
-                    meta.to_version,
-                    meta.patch_size,
-                    meta.patch_sha256
-                );
-                let signed = Signed {
-                    patch_size: meta.patch_size,
-                    patch_sha256: meta.patch_sha256,
-                    result_size: meta.result_size,
-                    result_sha256: meta.result_sha256,
-                };
-                set(agent, &key, index, Some(signed));
-                agent.save()?;
-            }
+        let (meta, signer) = match verdict {
+            Ok(v) => v,
             Err(problem) => {
                 let reason = format!("update {} is refused: {problem}", p.id);
-                return refuse(agent, &key, index, reason);
+                return refuse(agent, pkg, index, reason);
             }
+        };
+        let max = agent.config.agent.max_patch_size;
+        if meta.patch_size > max {
+            let reason = format!(
+                "update {} is {} bytes, more than max_patch_size ({max})",
+                p.id, meta.patch_size
+            );
+            return refuse(agent, pkg, index, reason);
         }
+        log::info!(
+            "{key}: update {}: good signature for version {} → {} ({} bytes, sha256 {})",
+            p.id,
+            meta.from_version,
+            meta.to_version,
+            meta.patch_size,
+            meta.patch_sha256
+        );
+        let signed = Signed {
+            key: signer.to_text(),
+            patch_size: meta.patch_size,
+            patch_sha256: meta.patch_sha256,
+            result_size: meta.result_size,
+            result_sha256: meta.result_sha256,
+        };
+        record(agent, &key, index, Some(signed));
+        agent.save()?;
     }
     Ok(Step::Download)
 }
 
 /// The metadata and its signature; `None` when either is missing on the server.
-async fn fetch_both(agent: &Agent, url: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>, CycleError> {
+async fn fetch_both(agent: &Agent, url: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>, ClientError> {
     let Some(json) = agent.client.sidecar(&meta_url(url)).await? else {
         return Ok(None);
     };
@@ -116,7 +134,7 @@ async fn fetch_both(agent: &Agent, url: &str) -> Result<Option<(Vec<u8>, Vec<u8>
     Ok(Some((json, sig)))
 }
 
-fn set(agent: &mut Agent, key: &str, index: usize, signed: Option<Signed>) {
+fn record(agent: &mut Agent, key: &str, index: usize, signed: Option<Signed>) {
     let p = &mut agent
         .pkg_state(key)
         .update
@@ -125,12 +143,115 @@ fn set(agent: &mut Agent, key: &str, index: usize, signed: Option<Signed>) {
         .patches[index];
     p.unsigned = signed.is_none();
     p.signed = signed;
+    p.attempts = 0;
 }
 
-/// Records patch `index` as failed for good; the download step then stops before it.
-fn refuse(agent: &mut Agent, key: &str, index: usize, reason: String) -> Result<Step, CycleError> {
+/// A failure that may pass (a timeout, a 500, an untrusted certificate) is retried at the next
+/// cycle, but only `download_attempts` times, so that an update cannot hang without a result.
+/// An unreachable server does not use up attempts.
+fn give_up_or_retry(
+    agent: &mut Agent,
+    pkg: &Package,
+    index: usize,
+    e: ClientError,
+) -> Result<Step, CycleError> {
+    let key = pkg.key();
+    if e.is_connect() {
+        return Err(e.into());
+    }
+    let limit = agent.config.agent.download_attempts;
+    let p = &mut agent
+        .pkg_state(&key)
+        .update
+        .as_mut()
+        .expect("update")
+        .patches[index];
+    p.attempts += 1;
+    let (attempts, id) = (p.attempts, p.id.clone());
+    agent.save()?;
+    if attempts < limit {
+        return Err(e.into());
+    }
+    let reason = format!(
+        "update {id} is refused: its signed metadata could not be fetched in {attempts} attempts: {}",
+        crate::error_chain(&e)
+    );
+    refuse(agent, pkg, index, reason)
+}
+
+/// Records patch `index` as failed for good. When it is the first, nothing is left to install
+/// and the update ends here; otherwise the download step stops before it.
+fn refuse(
+    agent: &mut Agent,
+    pkg: &Package,
+    index: usize,
+    reason: String,
+) -> Result<Step, CycleError> {
+    let key = pkg.key();
     log::error!("{key}: {reason}");
-    agent.pkg_state(key).update.as_mut().expect("update").failed = Some(Failure { index, reason });
+    if index == 0 {
+        let ids: Vec<String> = agent.state.packages[&key]
+            .update
+            .as_ref()
+            .expect("update")
+            .patches
+            .iter()
+            .map(|p| p.id.clone())
+            .collect();
+        agent.finish(pkg, &chain_codes(&ids, 0, Some(0)), None)?;
+        return Ok(Step::Report(Outcome::Failed { reason }));
+    }
+    agent
+        .pkg_state(&key)
+        .update
+        .as_mut()
+        .expect("update")
+        .failed = Some(Failure { index, reason });
     agent.save()?;
     Ok(Step::Download)
+}
+
+/// `allowed_download_hosts` lists `host` (any port) or `host:port`; absent, any host will do.
+fn host_allowed(security: &Security, url: &str) -> bool {
+    let Some(allowed) = &security.allowed_download_hosts else {
+        return true;
+    };
+    crate::client::host_forms(url).is_some_and(|h| crate::client::host_in(allowed, &h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Security, host_allowed};
+
+    #[test]
+    fn allowed_hosts() {
+        let open = Security::default();
+        assert!(host_allowed(&open, "http://anywhere/x.patch"));
+        let security = Security {
+            allowed_download_hosts: Some(vec![
+                "Updates.Example.com".into(),
+                "10.0.0.1:8080".into(),
+            ]),
+            ..Security::default()
+        };
+        assert!(host_allowed(
+            &security,
+            "https://updates.example.com/a--2--f.patch"
+        ));
+        assert!(host_allowed(
+            &security,
+            "http://updates.example.com:81/a--2--f.patch"
+        ));
+        assert!(host_allowed(
+            &security,
+            "http://10.0.0.1:8080/a--2--f.patch"
+        ));
+        assert!(!host_allowed(&security, "http://10.0.0.1/a--2--f.patch"));
+        assert!(!host_allowed(
+            &security,
+            "http://updates.example.com.evil/a--2--f.patch"
+        ));
+        assert!(!host_allowed(&security, "http://user@evil/a--2--f.patch"));
+        assert!(!host_allowed(&security, "not a url"));
+    }
 }

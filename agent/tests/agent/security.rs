@@ -255,7 +255,11 @@ async fn a_certificate_from_another_ca_is_refused() {
     assert_eq!(w.installed(), w.version(16));
     assert!(w.callbacks().is_empty());
     assert!(w.server.requests().is_empty(), "no request got through");
-    assert!(stderr(&out).contains("certificate"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("invalid peer certificate"),
+        "{}",
+        stderr(&out)
+    );
 
     // Without a CA file the system's roots are used, and they do not know the test CA either.
     let w = World::serving(TLS, "", "").await;
@@ -277,5 +281,89 @@ async fn a_pinned_key_mismatch_is_refused() {
         stderr(&out).contains("carries none of the pinned public keys"),
         "{}",
         stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_for_another_base_file_is_refused_by_the_signed_result() {
+    let w = signed_world("").await;
+    // The robot's file is not the catalog's version 16, though the agent takes it as such: a
+    // bsdiff patch applies to it all the same, to a file the vendor never made.
+    let mut other = w.version(16);
+    for i in (100..other.len()).step_by(4096) {
+        other[i] ^= 0x5a;
+    }
+    std::fs::write(crate::helpers::managed_path(w.dir()), &other).unwrap();
+    let out = w.agent(&["check"]).await;
+    assert!(!out.status.success());
+    assert_eq!(w.installed(), other, "nothing is installed");
+    assert_eq!(w.callbacks(), pairs(&[("23", "2"), ("25", "3")]));
+    assert!(
+        stderr(&out).contains("update 23 does not make the file the vendor signed"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_directory_is_private_and_planted_symlinks_are_not_followed() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = signed_world("").await;
+    let state = w.dir().join("state");
+    let elsewhere = w.dir().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, state.join("packages")).unwrap();
+
+    let out = w.agent(&["check"]).await;
+    assert!(out.status.success());
+    assert_eq!(w.installed(), w.version(18));
+    let mode =
+        |p: &std::path::Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("state.json")), 0o600);
+    assert!(
+        std::fs::symlink_metadata(state.join("packages"))
+            .unwrap()
+            .is_dir()
+    );
+    assert_eq!(
+        std::fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "nothing went through the link"
+    );
+    assert!(stderr(&out).contains("is a symlink or a file, not a directory"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_dropped_mid_update_stops_counting() {
+    let w = signed_world("").await;
+    // The first run verifies both patches, then cannot download the second.
+    w.server.inject(
+        Fault::status(Endpoint::Patch, 503, "{}")
+            .path_contains("--18--")
+            .times(1000),
+    );
+    let out = w.agent(&["check"]).await;
+    assert!(!out.status.success());
+    assert!(w.callbacks().is_empty(), "the update is still under way");
+    // The vendor's key is revoked on the robot; the facts verified with it no longer count.
+    let stranger = ota_signing::SecretKey::generate()
+        .unwrap()
+        .public()
+        .to_text();
+    let text = std::fs::read_to_string(&w.config)
+        .unwrap()
+        .replace(&w.vendor_key(), &stranger);
+    std::fs::write(&w.config, text).unwrap();
+    w.server.clear_faults();
+    let out = w.agent(&["check"]).await;
+    assert!(!out.status.success());
+    assert_eq!(w.installed(), w.version(16));
+    assert_eq!(w.callbacks(), pairs(&[("23", "2"), ("25", "3")]));
+    assert!(
+        stderr(&out)
+            .contains("update 23 is refused: the metadata is not signed by any trusted key")
     );
 }
