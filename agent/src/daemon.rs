@@ -82,6 +82,7 @@ pub async fn run(
     mut shutdown: Shutdown,
     notifier: Arc<Notifier>,
 ) -> Result<(), Error> {
+    tune_allocator();
     let mut agent = Agent::open(config, shutdown.clone(), notifier.clone())?;
     // The config is valid and the state reconciled: that is what systemd waits for.
     notifier.ready("started");
@@ -158,6 +159,26 @@ pub async fn run(
     notifier.stopping();
     log::info!("stopping: progress is saved");
     Ok(())
+}
+
+/// Makes glibc return large buffers to the system as soon as they are freed. By default it
+/// raises its mmap threshold after the first large free, and from then on keeps the patch
+/// threads' bzip2 tables and buffers in their arenas' heaps, out of reach of `malloc_trim`:
+/// idle RSS after a 64 MiB update measured 13.8 MiB against 4.8 MiB before any update.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    {
+        const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
+        unsafe extern "C" {
+            fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+        }
+        // SAFETY: mallopt takes no pointers; it sets a tunable of glibc's allocator under the
+        // allocator's own lock, so any thread may call it at any time.
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+        }
+    }
 }
 
 /// Drives `work` to its end, sending `WATCHDOG=1` every `every` while it is pending: a hung

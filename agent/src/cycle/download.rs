@@ -261,18 +261,25 @@ async fn fetch_one(
     let mut progress = Progress::new(&patch.id, have, fetch.total);
     agent.notifier.status(&progress.line(have));
     let mut shutdown = agent.shutdown.clone();
+    // The stop signal and the checkpoint timer live across chunks: made anew for every chunk,
+    // they would cost more than the chunk itself on a fast link.
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
     let mut synced = have;
     let mut next_sync = Instant::now() + CHECKPOINT_EVERY;
+    let stall = tokio::time::sleep_until(next_sync);
+    tokio::pin!(stall);
     loop {
         let chunk = tokio::select! {
             c = fetch.chunk() => c,
-            () = shutdown.wait() => {
+            () = &mut stop => {
                 checkpoint(agent, key, index, &mut out, have)?;
                 return Err(CycleError::Stopped);
             }
-            () = tokio::time::sleep_until(next_sync), if have > synced => {
+            () = &mut stall, if have > synced => {
                 checkpoint(agent, key, index, &mut out, have)?;
                 (synced, next_sync) = (have, Instant::now() + CHECKPOINT_EVERY);
+                stall.as_mut().reset(next_sync);
                 continue;
             }
         };
@@ -309,6 +316,7 @@ async fn fetch_one(
         if Instant::now() >= next_sync {
             checkpoint(agent, key, index, &mut out, have)?;
             (synced, next_sync) = (have, Instant::now() + CHECKPOINT_EVERY);
+            stall.as_mut().reset(next_sync);
         }
     }
     if let Some(total) = fetch.total {
