@@ -1,14 +1,21 @@
-//! A fleet of robots polling one server, in virtual time, with the agent's own scheduling code
-//! (`ota_agent::schedule::Scheduler`). The server goes away for a while; the simulation counts
-//! the checks it receives per minute, once with the agent's jitter and back-off and once with
-//! them switched off, and prints the rates and a chart of the minutes around the outage.
+//! A fleet of robots polling one mock server, in virtual time, with the agent's own scheduling
+//! code (`ota_agent::schedule::Scheduler`) and its own HTTP client (`ota_agent::client::Client`).
+//! Every check is a real request to an `ota-mock-server` on loopback; the server is taken down
+//! for a while (it answers 503, as a server behind a load balancer does), and whether a robot's
+//! check succeeded is what the server answered. Time is virtual: the checks due in one virtual
+//! minute are sent together (64 at a time), then the clock moves on. The simulation counts the
+//! checks per minute, once with the agent's jitter and back-off and once with them switched off,
+//! and prints the rates and a chart of the minutes around the outage.
 //!
 //! `fleet-sim [--robots N] [--hours H] [--outage-at-hour A] [--outage-minutes M] [--seed S]`
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::Arc;
 
+use ota_agent::client::{CheckAnswer, CheckRequest, Client};
 use ota_agent::schedule::{Scheduler, Timing, human};
+use ota_mock_server::{Catalog, Endpoint, Fault, MockServer};
 
 #[derive(Debug, Clone, Copy)]
 struct Options {
@@ -53,10 +60,101 @@ fn agent_timing() -> Timing {
     Timing::from_config(&ota_agent::config::Agent::default())
 }
 
-/// Checks per minute over the whole run.
-fn simulate(o: &Options, timing: Timing) -> Vec<u64> {
-    let end = o.hours * 3_600_000;
-    let outage = (o.outage_at_minute * 60_000)..((o.outage_at_minute + o.outage_minutes) * 60_000);
+/// The mock server the fleet polls, and the agent's client for it.
+struct Server {
+    mock: MockServer,
+    client: Arc<Client>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start() -> Result<Server, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let catalog = ota_mock_server::demo::generate(dir.path(), 4096).map_err(|e| e.to_string())?;
+        let catalog = Catalog::load(&catalog).map_err(|e| e.to_string())?;
+        let mock = MockServer::start(catalog).await.map_err(|e| e.to_string())?;
+        let config = format!(
+            r#"
+[server]
+url = "{}"
+client_id = "mobile_1"
+client_secret = "secret_1"
+username = "aa"
+password = "aa"
+
+[robot]
+id = "fleet"
+version = "1"
+language = "CN"
+
+[[package]]
+name = "com.ubtechinc.alpha2services"
+file_name = "service5mic"
+path = "/nonexistent/fleet"
+version = "18"
+"#,
+            mock.uri()
+        );
+        let config = ota_agent::config::Config::parse(&config, std::path::Path::new("fleet.toml"))
+            .map_err(|e| ota_agent::error_chain(&e))?;
+        let client = Client::new(&config).map_err(|e| ota_agent::error_chain(&e))?;
+        Ok(Server {
+            mock,
+            client: Arc::new(client),
+            _dir: dir,
+        })
+    }
+
+    /// The checks (not the token requests) the server recorded so far.
+    fn checks_recorded(&self) -> usize {
+        self.mock
+            .requests()
+            .iter()
+            .filter(|r| r.path.starts_with("/file/download"))
+            .count()
+    }
+
+    fn set_down(&self, down: bool) {
+        self.mock.clear_faults();
+        if down {
+            self.mock.inject(
+                Fault::status(Endpoint::Download, 503, r#"{"error":"unavailable"}"#)
+                    .times(u32::MAX),
+            );
+        }
+    }
+
+    /// Sends `n` checks at once (64 in flight); returns which of them succeeded.
+    async fn checks(&self, n: usize) -> Vec<bool> {
+        let mut results = Vec::with_capacity(n);
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            if set.len() >= 64 {
+                results.extend(set.join_next().await.map(|r| r.unwrap_or(false)));
+            }
+            let client = self.client.clone();
+            set.spawn(async move {
+                let answer = client
+                    .check(&CheckRequest {
+                        package_name: "com.ubtechinc.alpha2services",
+                        version: "18",
+                        file_name: "service5mic",
+                        language: "CN",
+                    })
+                    .await;
+                matches!(answer, Ok(a) if !matches!(a, CheckAnswer::Failed(_)))
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            results.push(r.unwrap_or(false));
+        }
+        results
+    }
+}
+
+/// Checks per minute over the whole run, and how many of them the server recorded.
+async fn simulate(o: &Options, timing: Timing, server: &Server) -> (Vec<u64>, usize) {
+    let before = server.checks_recorded();
     let mut phase = fastrand::Rng::with_seed(o.seed);
     let mut robots: Vec<Scheduler> = (0..o.robots)
         .map(|i| {
@@ -71,17 +169,37 @@ fn simulate(o: &Options, timing: Timing) -> Vec<u64> {
     let mut queue: BinaryHeap<Reverse<(u64, usize)>> = (0..robots.len())
         .map(|i| Reverse((phase.u64(0..interval_ms), i)))
         .collect();
-    let mut per_minute = vec![0u64; (o.hours * 60) as usize];
-    while let Some(Reverse((at, robot))) = queue.pop() {
-        if at >= end {
-            break;
+    let minutes = o.hours * 60;
+    let outage = o.outage_at_minute..o.outage_at_minute + o.outage_minutes;
+    let mut per_minute = vec![0u64; minutes as usize];
+    for minute in 0..minutes {
+        if minute == outage.start || minute == outage.end {
+            server.set_down(minute == outage.start);
         }
-        per_minute[(at / 60_000) as usize] += 1;
-        let ok = !outage.contains(&at);
-        let wait = robots[robot].after(ok, None);
-        queue.push(Reverse((at + wait.as_millis() as u64, robot)));
+        let end = (minute + 1) * 60_000;
+        // A retry may fall due within the same minute: the minute ends when none is left.
+        loop {
+            let mut due = Vec::new();
+            while let Some(&Reverse((at, robot))) = queue.peek() {
+                if at >= end {
+                    break;
+                }
+                queue.pop();
+                due.push((at, robot));
+            }
+            if due.is_empty() {
+                break;
+            }
+            per_minute[minute as usize] += due.len() as u64;
+            let answers = server.checks(due.len()).await;
+            for ((at, robot), ok) in due.into_iter().zip(answers) {
+                let wait = robots[robot].after(ok, None);
+                queue.push(Reverse((at + wait.as_millis() as u64, robot)));
+            }
+        }
     }
-    per_minute
+    server.set_down(false);
+    (per_minute, server.checks_recorded() - before)
 }
 
 struct Figures {
@@ -134,7 +252,8 @@ fn chart(o: &Options, per_minute: &[u64], scale: f64) -> String {
     out
 }
 
-fn main() {
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
     let o = match options() {
         Ok(o) => o,
         Err(e) => {
@@ -157,8 +276,30 @@ fn main() {
         human(t.retry_base),
         human(t.retry_max)
     );
-    let with = simulate(&o, agent_timing());
-    let without = simulate(&o, agent_timing().without_spread());
+    let server = match Server::start().await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("fleet-sim: cannot start the mock server: {e}");
+            std::process::exit(1);
+        }
+    };
+    let started = std::time::Instant::now();
+    let (with, recorded_with) = simulate(&o, agent_timing(), &server).await;
+    let (without, recorded_without) = simulate(&o, agent_timing().without_spread(), &server).await;
+    let sent = |m: &[u64]| m.iter().sum::<u64>();
+    println!(
+        "checks sent / recorded by the mock server at {}: {} / {} with jitter, {} / {} without ({:.0} s of real time)\n",
+        server.mock.uri(),
+        sent(&with),
+        recorded_with,
+        sent(&without),
+        recorded_without,
+        started.elapsed().as_secs_f64()
+    );
+    if sent(&with) != recorded_with as u64 || sent(&without) != recorded_without as u64 {
+        eprintln!("fleet-sim: the server did not record every check");
+        std::process::exit(1);
+    }
     let (fw, fo) = (figures(&o, &with), figures(&o, &without));
     println!("| checks per second | with jitter and back-off | without |");
     println!("|---|---|---|");
