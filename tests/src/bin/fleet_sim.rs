@@ -70,9 +70,12 @@ struct Server {
 impl Server {
     async fn start() -> Result<Server, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let catalog = ota_mock_server::demo::generate(dir.path(), 4096).map_err(|e| e.to_string())?;
+        let catalog =
+            ota_mock_server::demo::generate(dir.path(), 4096).map_err(|e| e.to_string())?;
         let catalog = Catalog::load(&catalog).map_err(|e| e.to_string())?;
-        let mock = MockServer::start(catalog).await.map_err(|e| e.to_string())?;
+        let mock = MockServer::start(catalog)
+            .await
+            .map_err(|e| e.to_string())?;
         let config = format!(
             r#"
 [server]
