@@ -22,6 +22,16 @@ async fn signed_world(extra: &str) -> World {
     w
 }
 
+/// Runs `check`, which must fail, leave version `installed` in place, make the server record
+/// `callbacks` and log `says`.
+async fn refused(w: &World, installed: u32, callbacks: &[(&str, &str)], says: &str) {
+    let out = w.agent(&["check"]).await;
+    assert!(!out.status.success());
+    assert_eq!(w.installed(), w.version(installed));
+    assert_eq!(w.callbacks(), pairs(callbacks));
+    assert!(stderr(&out).contains(says), "{}", stderr(&out));
+}
+
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -54,15 +64,13 @@ async fn a_tampered_patch_is_refused() {
             .path_contains("--18--")
             .times(100),
     );
-    let out = w.agent(&["check"]).await;
-    assert!(!out.status.success());
-    assert_eq!(w.installed(), w.version(17));
-    assert_eq!(w.callbacks(), pairs(&[("23", "1"), ("25", "2")]));
-    assert!(
-        stderr(&out).contains("update 25 is not the patch the vendor signed"),
-        "{}",
-        stderr(&out)
-    );
+    refused(
+        &w,
+        17,
+        &[("23", "1"), ("25", "2")],
+        "update 25 is not the patch the vendor signed",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,12 +101,14 @@ async fn a_signature_by_an_unknown_key_is_refused() {
         .public()
         .to_text();
     w.secure(&format!("public_keys = [\"{stranger}\"]"));
-    let out = w.agent(&["check"]).await;
-    assert!(!out.status.success());
-    assert_eq!(w.installed(), w.version(16));
-    assert_eq!(w.callbacks(), pairs(&[("23", "2"), ("25", "3")]));
+    refused(
+        &w,
+        16,
+        &[("23", "2"), ("25", "3")],
+        "not signed by any trusted key",
+    )
+    .await;
     assert_eq!(patch_gets(&w), 0);
-    assert!(stderr(&out).contains("not signed by any trusted key"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,11 +156,13 @@ async fn a_missing_signature_is_refused_when_required_and_warned_about_otherwise
             .times(100)
     };
     w.server.inject(missing());
-    let out = w.agent(&["check"]).await;
-    assert!(!out.status.success());
-    assert_eq!(w.installed(), w.version(17));
-    assert_eq!(w.callbacks(), pairs(&[("23", "1"), ("25", "2")]));
-    assert!(stderr(&out).contains("it has no signed metadata, and signatures are required"));
+    refused(
+        &w,
+        17,
+        &[("23", "1"), ("25", "2")],
+        "it has no signed metadata, and signatures are required",
+    )
+    .await;
 
     // Not required: the same patch is installed, with a warning.
     let w = World::serving(SIGNED, "", "").await;

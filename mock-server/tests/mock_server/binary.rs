@@ -2,6 +2,7 @@
 //! the signed demo.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use crate::common::{TestCerts, client, demo_dir};
@@ -18,6 +19,15 @@ impl Drop for Running {
 }
 
 /// Starts the binary and reads the base URL from its one line of stdout.
+/// `demo --dir DIR` on a free port with a small demo, plus `extra` arguments.
+async fn start_demo(dir: &Path, extra: &[&str]) -> (Running, String) {
+    let mut args: Vec<String> = ["demo", "--dir"].map(String::from).to_vec();
+    args.push(dir.display().to_string());
+    args.extend(["--listen", "127.0.0.1:0", "--size", "65536"].map(String::from));
+    args.extend(extra.iter().map(|a| a.to_string()));
+    start(args).await
+}
+
 async fn start(args: Vec<String>) -> (Running, String) {
     let mut child = Command::new(BIN)
         .args(args)
@@ -76,16 +86,7 @@ async fn the_binary_serves_a_catalog_on_a_free_port() {
 #[tokio::test]
 async fn the_demo_subcommand_generates_and_serves() {
     let dir = tempfile::tempdir().unwrap();
-    let (_running, uri) = start(vec![
-        "demo".into(),
-        "--dir".into(),
-        dir.path().display().to_string(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--size".into(),
-        "65536".into(),
-    ])
-    .await;
+    let (_running, uri) = start_demo(dir.path(), &[]).await;
     assert!(dir.path().join("catalog.toml").is_file());
     for code in [16, 17, 18] {
         let len = std::fs::metadata(dir.path().join(format!("versions/{code}")))
@@ -215,17 +216,7 @@ fn a_certificate_needs_its_key() {
 #[tokio::test]
 async fn the_signed_demo_makes_a_key_and_signs_every_patch() {
     let dir = tempfile::tempdir().unwrap();
-    let (_running, uri) = start(vec![
-        "demo".into(),
-        "--dir".into(),
-        dir.path().display().to_string(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--size".into(),
-        "65536".into(),
-        "--sign".into(),
-    ])
-    .await;
+    let (_running, uri) = start_demo(dir.path(), &["--sign"]).await;
     let public =
         ota_signing::release::read_public_key(&dir.path().join("vendor.pub").display().to_string())
             .unwrap();

@@ -143,3 +143,48 @@ pub async fn fetch(url: &str) -> Vec<u8> {
     assert_eq!(response.status(), 200);
     response.bytes().await.expect("body").to_vec()
 }
+
+/// Writes `dir/catalog.toml` for the demo's versions with ready-made patches
+/// `dir/patches/17.patch` and `dir/patches/18.patch` (ids 23 and 25); `server` is the catalog's
+/// `[server]` section, if any.
+pub fn ready_made_catalog(dir: &Path, server: &str) -> PathBuf {
+    let text = format!(
+        r#"
+{server}
+[[client]]
+id = "{}"
+secret = "{}"
+[[user]]
+username = "{}"
+password = "{}"
+[[package]]
+name = "{PACKAGE}"
+label = "Alpha2Services"
+[[package.file]]
+file_name = "service5mic"
+language = "CN"
+[[package.file.version]]
+code = 16
+name = "1.1.0.32"
+file = "{}"
+[[package.file.version]]
+code = 17
+name = "1.1.1.32"
+id = "23"
+patch = "patches/17.patch"
+[[package.file.version]]
+code = 18
+name = "1.1.2.32"
+id = "25"
+patch = "patches/18.patch"
+"#,
+        CLIENT.0,
+        CLIENT.1,
+        USER.0,
+        USER.1,
+        demo_dir().join("versions/16").display()
+    );
+    let path = dir.join("catalog.toml");
+    std::fs::write(&path, text).expect("write the catalog");
+    path
+}

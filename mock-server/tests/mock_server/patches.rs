@@ -5,7 +5,7 @@ use std::process::Command;
 
 use ota_mock_server::{Catalog, MockServer};
 
-use crate::common::{chain, client, demo_dir, demo_server, fetch, get_json};
+use crate::common::{chain, client, demo_dir, demo_server, fetch, get_json, ready_made_catalog};
 
 async fn first_patch(server: &MockServer) -> (String, Vec<u8>) {
     let (urls, _) = chain(server, "17").await;
@@ -188,39 +188,7 @@ async fn patches_made_by_debian_bsdiff_are_served_unchanged() {
             .expect("/usr/bin/bsdiff runs (apt-get install bsdiff)");
         assert!(status.success());
     }
-    let catalog = format!(
-        r#"
-[[client]]
-id = "mobile_1"
-secret = "secret_1"
-[[user]]
-username = "aa"
-password = "aa"
-[[package]]
-name = "com.ubtechinc.alpha2services"
-label = "Alpha2Services"
-[[package.file]]
-file_name = "service5mic"
-language = "CN"
-[[package.file.version]]
-code = 16
-name = "1.1.0.32"
-file = "{}"
-[[package.file.version]]
-code = 17
-name = "1.1.1.32"
-id = "23"
-patch = "patches/17.patch"
-[[package.file.version]]
-code = 18
-name = "1.1.2.32"
-id = "25"
-patch = "patches/18.patch"
-"#,
-        versions.join("16").display()
-    );
-    let path = dir.path().join("catalog.toml");
-    std::fs::write(&path, catalog).unwrap();
+    let path = ready_made_catalog(dir.path(), "");
     let server = MockServer::start(Catalog::load(&path).unwrap())
         .await
         .unwrap();

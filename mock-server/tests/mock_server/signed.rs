@@ -8,7 +8,9 @@ use ota_signing::metadata::hex_sha256;
 use ota_signing::{Expected, PublicKey, VerifyError, meta_url, sig_url, verify};
 use serde_json::json;
 
-use crate::common::{DEMO_SIZE, PACKAGE, chain, client, demo_dir, demo_server, fetch, get_json};
+use crate::common::{
+    DEMO_SIZE, PACKAGE, chain, client, demo_dir, demo_server, fetch, get_json, ready_made_catalog,
+};
 
 /// A signed copy of the demo in its own directory.
 async fn signed_server() -> (tempfile::TempDir, MockServer, PublicKey) {
@@ -124,32 +126,7 @@ fn ready_made_patches_are_signed_with_the_version_they_make() {
     std::fs::create_dir(dir.path().join("keys")).unwrap();
     let public = ota_signing::release::keygen(&dir.path().join("keys/vendor")).unwrap();
     let versions = demo_dir().join("versions");
-    let text = format!(
-        r#"
-[server]
-signing_key = "keys/vendor.key"
-[[package]]
-name = "{PACKAGE}"
-[[package.file]]
-file_name = "service5mic"
-language = "CN"
-[[package.file.version]]
-code = 16
-name = "1.1.0.32"
-file = "{}"
-[[package.file.version]]
-code = 17
-name = "1.1.1.32"
-patch = "patches/17.patch"
-[[package.file.version]]
-code = 18
-name = "1.1.2.32"
-patch = "patches/18.patch"
-"#,
-        versions.join("16").display()
-    );
-    let path = dir.path().join("catalog.toml");
-    std::fs::write(&path, text).unwrap();
+    let path = ready_made_catalog(dir.path(), "[server]\nsigning_key = \"keys/vendor.key\"");
     let catalog = Catalog::load(&path).unwrap();
     assert_eq!(catalog.public_key(), Some(public));
     let patches = catalog.patches();
