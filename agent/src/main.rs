@@ -126,6 +126,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run => {
             let config = Config::load(&cli.config)?;
+            daemon::tune_allocator();
             runtime()?.block_on(async {
                 let _xfsz = survive_file_size_limits();
                 let (stop, shutdown) = Shutdown::new();

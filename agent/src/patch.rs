@@ -19,6 +19,8 @@ pub enum PatchError {
     TooLarge { promised: u64, limit: u64 },
     #[error("patch is corrupt or does not fit the old file")]
     Corrupt(#[source] io::Error),
+    #[error("cannot start the threads that decompress the patch")]
+    Threads(#[source] io::Error),
     #[error("patch produced {produced} bytes but its header promised {promised}")]
     SizeMismatch { produced: u64, promised: u64 },
     #[error("{op} {path} failed")]
@@ -116,15 +118,14 @@ pub fn apply<W: Write>(old: &[u8], patch: &[u8], out: W, max_size: u64) -> Resul
         let mut run = Run {
             old,
             ctrl: bzip2::read::BzDecoder::new(&patch[HEADER_LEN..ctrl_end]),
-            diff: Stream::spawn(scope, &patch[ctrl_end..diff_end]),
-            extra: Stream::spawn(scope, &patch[diff_end..]),
+            diff: Stream::spawn(scope, &patch[ctrl_end..diff_end]).map_err(PatchError::Threads)?,
+            extra: Stream::spawn(scope, &patch[diff_end..]).map_err(PatchError::Threads)?,
             out: &mut limited,
             scratch: vec![0; CHUNK],
         };
-        run.apply(h.new_size)
+        run.apply(h.new_size).map_err(PatchError::Corrupt)
         // Returning drops the streams' receivers, which stops their threads at their next chunk.
-    })
-    .map_err(PatchError::Corrupt)?;
+    })?;
     limited.flush().map_err(PatchError::Corrupt)?;
     if produced != h.new_size {
         return Err(PatchError::SizeMismatch {
@@ -136,7 +137,7 @@ pub fn apply<W: Write>(old: &[u8], patch: &[u8], out: W, max_size: u64) -> Resul
 }
 
 /// How much a decompression thread hands over at a time, and how many chunks may wait.
-const CHUNK: usize = 256 * 1024;
+pub(crate) const CHUNK: usize = 256 * 1024;
 const CHUNKS_AHEAD: usize = 4;
 
 fn corrupt(what: &str) -> io::Error {
@@ -232,30 +233,37 @@ struct Stream {
 }
 
 impl Stream {
-    fn spawn<'scope>(scope: &'scope std::thread::Scope<'scope, '_>, block: &'scope [u8]) -> Stream {
+    fn spawn<'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        block: &'scope [u8],
+    ) -> io::Result<Stream> {
         let (tx, chunks) = std::sync::mpsc::sync_channel(CHUNKS_AHEAD);
         let (spent, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
-        scope.spawn(move || {
-            let mut decoder = bzip2::read::BzDecoder::new(block);
-            loop {
-                let mut chunk = recycled.try_recv().unwrap_or_default();
-                chunk.resize(CHUNK, 0);
-                let result = fill(&mut decoder, &mut chunk).map(|n| {
-                    chunk.truncate(n);
-                    chunk
-                });
-                let end = !matches!(&result, Ok(c) if !c.is_empty());
-                if tx.send(result).is_err() || end {
-                    return;
+        // A thread the system refuses (a task limit, no memory) is an error to retry later, not
+        // the panic of `Scope::spawn`, which would abort the daemon.
+        std::thread::Builder::new()
+            .name("bspatch-stream".into())
+            .spawn_scoped(scope, move || {
+                let mut decoder = bzip2::read::BzDecoder::new(block);
+                loop {
+                    let mut chunk = recycled.try_recv().unwrap_or_default();
+                    chunk.resize(CHUNK, 0);
+                    let result = fill(&mut decoder, &mut chunk).map(|n| {
+                        chunk.truncate(n);
+                        chunk
+                    });
+                    let end = !matches!(&result, Ok(c) if !c.is_empty());
+                    if tx.send(result).is_err() || end {
+                        return;
+                    }
                 }
-            }
-        });
-        Stream {
+            })?;
+        Ok(Stream {
             chunks,
             spent,
             current: Vec::new(),
             pos: 0,
-        }
+        })
     }
 
     /// Up to `max` (at least one) next bytes of the stream; an error at its end.

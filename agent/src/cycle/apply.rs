@@ -179,9 +179,13 @@ async fn apply_one(
         };
         if let Err(e) = patch::apply(&old_map, &patch_bytes, &mut writer, room) {
             // A write that failed (ENOSPC, EFBIG) is the disk's fault, not the patch's.
-            return Err(match writer.failed.take() {
-                Some(source) => ApplyError::Store(io_err("write", "staging file")(source)),
-                None => e.into(),
+            return Err(match (writer.failed.take(), e) {
+                (Some(source), _) => ApplyError::Store(io_err("write", "staging file")(source)),
+                // The machine's fault, not the patch's: tried again at the next cycle.
+                (None, patch::PatchError::Threads(source)) => {
+                    ApplyError::Store(io_err("start threads for", "the patch")(source))
+                }
+                (None, e) => e.into(),
             });
         }
         writer

@@ -129,11 +129,17 @@ version = "18"
 
     /// Sends `n` checks at once (64 in flight); returns which of them succeeded.
     async fn checks(&self, n: usize) -> Vec<bool> {
-        let mut results = Vec::with_capacity(n);
+        let mut results = vec![false; n];
         let mut set = tokio::task::JoinSet::new();
-        for _ in 0..n {
+        let mut record = |r: Result<(usize, bool), tokio::task::JoinError>| {
+            let (i, ok) = r.expect("a check task panicked");
+            results[i] = ok;
+        };
+        for i in 0..n {
             if set.len() >= 64 {
-                results.extend(set.join_next().await.map(|r| r.unwrap_or(false)));
+                if let Some(r) = set.join_next().await {
+                    record(r);
+                }
             }
             let client = self.client.clone();
             set.spawn(async move {
@@ -145,11 +151,14 @@ version = "18"
                         language: "CN",
                     })
                     .await;
-                matches!(answer, Ok(a) if !matches!(a, CheckAnswer::Failed(_)))
+                (
+                    i,
+                    matches!(answer, Ok(a) if !matches!(a, CheckAnswer::Failed(_))),
+                )
             });
         }
         while let Some(r) = set.join_next().await {
-            results.push(r.unwrap_or(false));
+            record(r);
         }
         results
     }
@@ -175,9 +184,11 @@ async fn simulate(o: &Options, timing: Timing, server: &Server) -> (Vec<u64>, us
     let minutes = o.hours * 60;
     let outage = o.outage_at_minute..o.outage_at_minute + o.outage_minutes;
     let mut per_minute = vec![0u64; minutes as usize];
+    let mut down = false;
     for minute in 0..minutes {
-        if minute == outage.start || minute == outage.end {
-            server.set_down(minute == outage.start);
+        if outage.contains(&minute) != down {
+            down = !down;
+            server.set_down(down);
         }
         let end = (minute + 1) * 60_000;
         // A retry may fall due within the same minute: the minute ends when none is left.
@@ -195,6 +206,15 @@ async fn simulate(o: &Options, timing: Timing, server: &Server) -> (Vec<u64>, us
             }
             per_minute[minute as usize] += due.len() as u64;
             let answers = server.checks(due.len()).await;
+            // Every answer must be what the server's state says: a client-side failure would
+            // otherwise pass for an outage and start a back-off the fleet would not see.
+            if answers.contains(&down) {
+                eprintln!(
+                    "fleet-sim: at minute {minute} a check's answer does not match the server being {}",
+                    if down { "down" } else { "up" }
+                );
+                std::process::exit(1);
+            }
             for ((at, robot), ok) in due.into_iter().zip(answers) {
                 let wait = robots[robot].after(ok, None);
                 queue.push(Reverse((at + wait.as_millis() as u64, robot)));
