@@ -159,7 +159,7 @@ fn update_status(u: &Update) -> UpdateStatus {
             .last()
             .map(|p| p.to_version.clone())
             .unwrap_or_default(),
-        ids: u.patches.iter().map(|p| p.id.clone()).collect(),
+        ids: u.ids(),
         downloaded_bytes: u
             .patches
             .iter()

@@ -137,6 +137,19 @@ pub struct Update {
     pub space_failures: u32,
 }
 
+impl Update {
+    /// The ids of the chain, in order.
+    pub fn ids(&self) -> Vec<String> {
+        self.patches.iter().map(|p| p.id.clone()).collect()
+    }
+
+    /// How many patches lead up to the first failed one (all of them when none failed): the
+    /// ones still to fetch, verify and apply.
+    pub fn usable(&self) -> usize {
+        self.failed.as_ref().map_or(self.patches.len(), |f| f.index)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PatchState {
     pub id: String,

@@ -24,8 +24,6 @@ use token::TokenCache;
 
 /// Largest JSON answer the agent reads; the contract's answers are a few hundred bytes.
 const MAX_ANSWER: usize = 1024 * 1024;
-/// Largest signed metadata or signature file the agent reads.
-const SIDECAR_LIMIT: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -92,19 +90,18 @@ impl ClientError {
 
     /// True for an HTTP 4xx other than 408 and 429, in either of the server's error shapes.
     pub fn is_client_error(&self) -> bool {
-        let status = match self {
-            ClientError::Status { status, .. } | ClientError::OAuth { status, .. } => *status,
-            _ => return false,
-        };
-        (400..500).contains(&status) && status != 408 && status != 429
+        match self {
+            ClientError::Status { status, .. } | ClientError::OAuth { status, .. } => {
+                refusal(*status)
+            }
+            _ => false,
+        }
     }
 
     /// True when repeating the same request cannot help (a 4xx other than 408 and 429).
     pub fn is_permanent(&self) -> bool {
         match self {
-            ClientError::Status { status, .. } => {
-                (400..500).contains(status) && *status != 408 && *status != 429
-            }
+            ClientError::Status { status, .. } => refusal(*status),
             ClientError::TooLarge { .. } => true,
             _ => false,
         }
@@ -304,7 +301,9 @@ impl Client {
             .map_err(|e| transport(what, e))?;
         match resp.status() {
             StatusCode::NOT_FOUND | StatusCode::GONE => Ok(None),
-            s if s.is_success() => read_limited(what, resp, SIDECAR_LIMIT).await.map(Some),
+            s if s.is_success() => read_limited(what, resp, ota_signing::metadata::MAX_SIDECAR)
+                .await
+                .map(Some),
             status => Err(status_error(what, resp, status, &self.secrets()).await),
         }
     }
@@ -424,6 +423,11 @@ impl Client {
         }
         unreachable!("the loop returns on its second pass")
     }
+}
+
+/// A 4xx that asking again will not change (408 and 429 ask for exactly that).
+fn refusal(status: u16) -> bool {
+    (400..500).contains(&status) && status != 408 && status != 429
 }
 
 fn transport(what: &'static str, e: reqwest::Error) -> ClientError {

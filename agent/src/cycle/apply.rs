@@ -25,7 +25,7 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
         .update
         .clone()
         .expect("apply runs with an update");
-    let ids: Vec<String> = update.patches.iter().map(|p| p.id.clone()).collect();
+    let ids = update.ids();
     if sha256_file_async(&pkg.path).await?.as_deref() != Some(update.from_sha256.as_str()) {
         let reason = format!(
             "{} changed behind the agent's back; it is not patched",
@@ -35,7 +35,7 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
         agent.finish(pkg, &all_codes(&ids, code::FAILED), None)?;
         return Ok(Step::Report(Outcome::Failed { reason }));
     }
-    let usable = update.failed.as_ref().map_or(ids.len(), |f| f.index);
+    let usable = update.usable();
     let mut failed = update.failed.clone();
     let mut applied = 0;
     let mut sha = String::new();

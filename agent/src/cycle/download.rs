@@ -43,11 +43,7 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
             // Give the ids back to the server as "not updated yet" rather than wait forever.
             let reason = crate::error_chain(&e);
             log::error!("{key}: {reason}; giving up on this update for now");
-            let ids: Vec<String> = update(agent, &key)
-                .patches
-                .iter()
-                .map(|p| p.id.clone())
-                .collect();
+            let ids = update(agent, &key).ids();
             agent.finish(pkg, &all_codes(&ids, code::NOT_UPDATED), None)?;
             return Ok(Step::Report(Outcome::Failed { reason }));
         }
@@ -56,11 +52,7 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
     let count = update(agent, &key).patches.len();
     for index in 0..count {
         // Patches before a failed one are still fetched: they install (rule 3).
-        if update(agent, &key)
-            .failed
-            .as_ref()
-            .is_some_and(|f| f.index <= index)
-        {
+        if index >= update(agent, &key).usable() {
             break;
         }
         if update(agent, &key).patches[index].sha256.is_some() {
@@ -130,9 +122,7 @@ fn update_mut<'a>(agent: &'a mut Agent, key: &str) -> &'a mut crate::store::Upda
 async fn check_space(agent: &mut Agent, pkg: &Package) -> Result<(), CycleError> {
     let key = pkg.key();
     let mut needed: u64 = 0;
-    let u = update(agent, &key);
-    let usable = u.failed.as_ref().map_or(u.patches.len(), |f| f.index);
-    for index in 0..usable {
+    for index in 0..update(agent, &key).usable() {
         let p = update(agent, &key).patches[index].clone();
         if p.sha256.is_some() {
             continue;
@@ -293,13 +283,10 @@ async fn fetch_one(
             }
         };
         have += chunk.len() as u64;
-        if signed_size.is_some_and(|s| have > s) {
+        if let Some(signed) = signed_size.filter(|&s| have > s) {
             return Err(CycleError::Unauthentic {
                 id: patch.id.clone(),
-                reason: format!(
-                    "the server sent more than the signed {} bytes",
-                    signed_size.unwrap_or_default()
-                ),
+                reason: format!("the server sent more than the signed {signed} bytes"),
             });
         }
         if have > max || fetch.total.is_some_and(|t| have > t) {

@@ -21,7 +21,7 @@ pub(super) async fn run(
         .update
         .clone()
         .expect("install runs with an update");
-    let ids: Vec<String> = update.patches.iter().map(|p| p.id.clone()).collect();
+    let ids = update.ids();
     let mut marker = match staged {
         Staged::Fresh { applied, sha256 } => {
             let marker = InstallState {
@@ -176,7 +176,7 @@ async fn roll_back(
     } else {
         None
     };
-    let ids: Vec<String> = update.patches.iter().map(|p| p.id.clone()).collect();
+    let ids = update.ids();
     agent.finish(pkg, &all_codes(&ids, code::FAILED), installed)?;
     Ok(Step::Report(Outcome::Failed {
         reason: format!("version {} was rolled back: {problem}", marker.to_version),

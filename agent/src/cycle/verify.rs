@@ -25,10 +25,7 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
         .update
         .clone()
         .expect("verify runs with an update");
-    let usable = update
-        .failed
-        .as_ref()
-        .map_or(update.patches.len(), |f| f.index);
+    let usable = update.usable();
     let mut from = update.from_version.clone();
     for index in 0..usable {
         let p = &update.patches[index];
@@ -190,14 +187,11 @@ fn refuse(
     let key = pkg.key();
     log::error!("{key}: {reason}");
     if index == 0 {
-        let ids: Vec<String> = agent.state.packages[&key]
+        let ids = agent.state.packages[&key]
             .update
             .as_ref()
             .expect("update")
-            .patches
-            .iter()
-            .map(|p| p.id.clone())
-            .collect();
+            .ids();
         agent.finish(pkg, &chain_codes(&ids, 0, Some(0)), None)?;
         return Ok(Step::Report(Outcome::Failed { reason }));
     }

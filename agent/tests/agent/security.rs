@@ -237,6 +237,17 @@ async fn tls_world(ca_pem: Option<&str>, extra: impl FnOnce(&TestCertificates) -
     w
 }
 
+/// Runs `check`, which must fail in the TLS handshake: no request reaches the server, nothing
+/// is installed, and the log says `says`.
+async fn refused_at_the_handshake(w: &World, says: &str) {
+    let out = w.agent(&["check"]).await;
+    assert!(!out.status.success());
+    assert_eq!(w.installed(), w.version(16));
+    assert!(w.callbacks().is_empty());
+    assert!(w.server.requests().is_empty(), "no request got through");
+    assert!(stderr(&out).contains(says), "{}", stderr(&out));
+}
+
 fn pin_of(spki_der: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(Sha256::digest(spki_der))
 }
@@ -262,16 +273,7 @@ async fn https_with_the_fleet_ca_and_the_right_pin_updates() {
 async fn a_certificate_from_another_ca_is_refused() {
     let stranger = TestCertificates::generate();
     let w = tls_world(Some(&stranger.ca_pem), |_| String::new()).await;
-    let out = w.agent(&["check"]).await;
-    assert!(!out.status.success());
-    assert_eq!(w.installed(), w.version(16));
-    assert!(w.callbacks().is_empty());
-    assert!(w.server.requests().is_empty(), "no request got through");
-    assert!(
-        stderr(&out).contains("invalid peer certificate"),
-        "{}",
-        stderr(&out)
-    );
+    refused_at_the_handshake(&w, "invalid peer certificate").await;
 
     // Without a CA file the system's roots are used, and they do not know the test CA either.
     let w = World::serving(TLS, "", "").await;
@@ -284,16 +286,7 @@ async fn a_certificate_from_another_ca_is_refused() {
 async fn a_pinned_key_mismatch_is_refused() {
     let other = pin_of(&TestCertificates::generate().spki_der);
     let w = tls_world(None, |_| format!("pinned_keys = [\"{other}\"]")).await;
-    let out = w.agent(&["check"]).await;
-    assert!(!out.status.success());
-    assert_eq!(w.installed(), w.version(16));
-    assert!(w.callbacks().is_empty());
-    assert!(w.server.requests().is_empty(), "no request got through");
-    assert!(
-        stderr(&out).contains("carries none of the pinned public keys"),
-        "{}",
-        stderr(&out)
-    );
+    refused_at_the_handshake(&w, "carries none of the pinned public keys").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use crate::common::{TestCerts, client, demo_dir};
+use crate::common::{PASSWORD_GRANT, TestCerts, client, demo_dir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ota-mock-server");
 
@@ -67,8 +67,7 @@ async fn the_binary_serves_a_catalog_on_a_free_port() {
         uri.starts_with("http://127.0.0.1:") && !uri.ends_with(":0"),
         "{uri}"
     );
-    let query =
-        "client_id=mobile_1&client_secret=secret_1&grant_type=password&username=aa&password=aa";
+    let query = PASSWORD_GRANT;
     let response = client()
         .get(format!("{uri}/oauth/token?{query}"))
         .send()
@@ -97,8 +96,7 @@ async fn the_demo_subcommand_generates_and_serves() {
             "version {code} has {len} bytes"
         );
     }
-    let query =
-        "client_id=mobile_1&client_secret=secret_1&grant_type=password&username=aa&password=aa";
+    let query = PASSWORD_GRANT;
     let token: serde_json::Value = client()
         .get(format!("{uri}/oauth/token?{query}"))
         .send()
@@ -168,8 +166,7 @@ async fn the_binary_serves_https_with_pem_files() {
     ])
     .await;
     assert!(uri.starts_with("https://127.0.0.1:"), "{uri}");
-    let query =
-        "client_id=mobile_1&client_secret=secret_1&grant_type=password&username=aa&password=aa";
+    let query = PASSWORD_GRANT;
     let response = client()
         .get(format!("{uri}/oauth/token?{query}"))
         .send()

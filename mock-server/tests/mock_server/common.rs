@@ -11,6 +11,9 @@ pub const DEMO_SIZE: usize = 160 * 1024;
 
 pub const CLIENT: (&str, &str) = ("mobile_1", "secret_1");
 pub const USER: (&str, &str) = ("aa", "aa");
+/// The query of a password grant for [`CLIENT`] and [`USER`].
+pub const PASSWORD_GRANT: &str =
+    "client_id=mobile_1&client_secret=secret_1&grant_type=password&username=aa&password=aa";
 pub const PACKAGE: &str = "com.ubtechinc.alpha2services";
 
 /// A demo catalog shared by the tests that only read it; its patches are made once.

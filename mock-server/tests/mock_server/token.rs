@@ -5,15 +5,13 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::common::{
-    access_token, client, demo_catalog, demo_server, download_url, get_json, json, token,
+    PASSWORD_GRANT, access_token, client, demo_catalog, demo_server, download_url, get_json, json,
+    token,
 };
 
 fn token_url(uri: &str, query: &str) -> String {
     format!("{uri}/oauth/token?{query}")
 }
-
-const PASSWORD: &str =
-    "client_id=mobile_1&client_secret=secret_1&grant_type=password&username=aa&password=aa";
 
 fn is_token(value: &serde_json::Value) -> bool {
     value
@@ -25,7 +23,7 @@ fn is_token(value: &serde_json::Value) -> bool {
 async fn password_grant_by_get_answers_like_spring() {
     let server = demo_server().await;
     let response = client()
-        .get(token_url(&server.uri(), PASSWORD))
+        .get(token_url(&server.uri(), PASSWORD_GRANT))
         .send()
         .await
         .unwrap();
@@ -75,7 +73,7 @@ async fn post_takes_a_form_body_or_query_parameters() {
 
     let (status, _, body) = json(
         client()
-            .post(token_url(&server.uri(), PASSWORD))
+            .post(token_url(&server.uri(), PASSWORD_GRANT))
             .send()
             .await
             .unwrap(),
@@ -267,7 +265,7 @@ async fn get_can_be_switched_off_like_newer_servers() {
     let server = demo_server().await;
     server.set_token_get_allowed(false);
     let response = client()
-        .get(token_url(&server.uri(), PASSWORD))
+        .get(token_url(&server.uri(), PASSWORD_GRANT))
         .send()
         .await
         .unwrap();
@@ -282,7 +280,7 @@ async fn get_can_be_switched_off_like_newer_servers() {
 
     let (status, _, body) = json(
         client()
-            .post(token_url(&server.uri(), PASSWORD))
+            .post(token_url(&server.uri(), PASSWORD_GRANT))
             .send()
             .await
             .unwrap(),
@@ -302,6 +300,6 @@ async fn get_can_be_switched_off_like_newer_servers() {
     let mut catalog = demo_catalog();
     catalog.set_token_get(false);
     let post_only = ota_mock_server::MockServer::start(catalog).await.unwrap();
-    let (status, _) = get_json(&token_url(&post_only.uri(), PASSWORD)).await;
+    let (status, _) = get_json(&token_url(&post_only.uri(), PASSWORD_GRANT)).await;
     assert_eq!(status, 405);
 }
