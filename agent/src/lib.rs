@@ -1,5 +1,5 @@
 //! ota-agent: keeps files on a UBTech Alpha2 robot up to date through the update server's
-//! contract (`shared/contract.md`), crash-safe at every step.
+//! contract (`docs/contract.md`), crash-safe at every step.
 //!
 //! - [`config`]: the TOML configuration and the checks that refuse a bad one.
 //! - [`client`]: the only module that speaks HTTP; owns reqwest, the wire types and the token.

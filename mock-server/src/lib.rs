@@ -1,5 +1,11 @@
 //! A faithful, scriptable mock of the Alpha2 update server, for testing the OTA agent.
 //!
+//! What "faithful" means is written down in `docs/contract.md` at the repository's root: the
+//! three endpoints with every parameter, the answers and their codes, the error shapes of the
+//! Spring Security OAuth2 server behind them, and the rules the project decided where the
+//! server's own document is silent, each with the tests that check it. A change to what this
+//! server answers starts there.
+//!
 //! The modules:
 //! - `catalog`: the TOML catalog of clients, users, packages and firmware versions, and the
 //!   bsdiff patches made from it (cached on disk) or named by it, and their signed metadata;

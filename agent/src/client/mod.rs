@@ -1,6 +1,6 @@
 //! The edge to the update server: owns reqwest, the wire types and the token.
 //!
-//! Everything here speaks the contract of `shared/contract.md` and nothing more: which patches to
+//! Everything here speaks the contract of `docs/contract.md` and nothing more: which patches to
 //! take, when to retry and what to report are decided by the cycle. URLs are logged redacted and
 //! errors never carry a secret.
 
