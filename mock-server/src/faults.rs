@@ -90,6 +90,10 @@ pub enum FaultKind {
     },
     /// Flips every bit of the byte at this offset of the served resource.
     Corrupt { offset: u64 },
+    /// Sends the body one byte at a time, each after this pause: a server (or a middlebox)
+    /// that never falls silent for long enough to trip a read timeout, yet never finishes.
+    #[serde(rename = "drip_ms", with = "millis")]
+    Drip(Duration),
     /// Resets the TCP connection before any byte of the answer.
     Reset,
     /// Answers with another file the server serves under `/version/` (a patch or a sidecar,
@@ -254,6 +258,9 @@ pub(crate) enum BodyFault {
     Corrupt {
         offset: u64,
     },
+    Drip {
+        every: Duration,
+    },
 }
 
 impl BodyFault {
@@ -271,6 +278,7 @@ impl BodyFault {
                 close: true,
             }),
             FaultKind::Corrupt { offset } => Some(BodyFault::Corrupt { offset }),
+            FaultKind::Drip(every) => Some(BodyFault::Drip { every }),
             _ => None,
         }
     }
@@ -322,6 +330,38 @@ impl FaultBody {
         }
     }
 
+    /// The next byte of the body once `every` has passed since the last one.
+    fn drip(
+        &mut self,
+        every: Duration,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let pause = self
+            .pause
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
+        ready!(pause.as_mut().poll(cx));
+        self.pause = None;
+        let mut chunk = match self.held.take() {
+            Some(chunk) => chunk,
+            None => match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+                None => return Poll::Ready(None),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+            },
+        };
+        if chunk.len() > 1 {
+            self.held = Some(chunk.split_off(1));
+        }
+        let n = chunk.len() as u64;
+        self.emitted += n;
+        self.offset += n;
+        self.sent.fetch_add(n, Ordering::SeqCst);
+        Poll::Ready(Some(Ok(Frame::data(chunk))))
+    }
+
     fn close(&mut self) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         // The connection closes once hyper has flushed what was sent so far; until then the
         // body simply has nothing more to give.
@@ -342,6 +382,9 @@ impl Body for FaultBody {
         let this = self.get_mut();
         if this.closing {
             return Poll::Pending;
+        }
+        if let Some(BodyFault::Drip { every }) = this.fault {
+            return this.drip(every, cx);
         }
         if let Some(pause) = &mut this.pause {
             ready!(pause.as_mut().poll(cx));

@@ -37,6 +37,7 @@
 //! defaults to JSON), `{"delay_ms": 1500}`, `{"truncate": {"after": 1000}}`,
 //! `{"stall": {"after": 1000, "pause_ms": 2000}}`,
 //! `{"stall_then_close": {"after": 1000, "pause_ms": 2000}}`, `{"corrupt": {"offset": 4096}}`,
+//! `{"drip_ms": 1000}` (the body one byte at a time, each after that pause),
 //! `"reset"`, or, for `patch` and `metadata` only,
 //! `{"serve_instead": {"path": "/version/..."}}`, which answers with another file the server
 //! serves, named by its URL path (another patch, metadata or signature), as if it were the one
