@@ -67,6 +67,14 @@ pub struct Server {
     /// How long a response may stay silent before the request is abandoned.
     #[serde(default = "defaults::read_timeout")]
     pub read_timeout: Seconds,
+    /// The total time a token, check, callback or metadata request may take, however the
+    /// server paces its answer.
+    #[serde(default = "defaults::request_timeout")]
+    pub request_timeout: Seconds,
+    /// The slowest a patch body may arrive, in bytes per second, averaged over `read_timeout`:
+    /// a body that drips slower is an interrupted download.
+    #[serde(default = "defaults::min_download_rate")]
+    pub min_download_rate: u64,
 }
 
 // Hand-written so that a debug print of the config can never show a secret.
@@ -80,6 +88,8 @@ impl fmt::Debug for Server {
             .field("password", &"<redacted>")
             .field("connect_timeout", &self.connect_timeout)
             .field("read_timeout", &self.read_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("min_download_rate", &self.min_download_rate)
             .finish()
     }
 }
@@ -118,6 +128,13 @@ pub struct Agent {
     pub download_attempts: u32,
     #[serde(default = "defaults::hook_timeout")]
     pub hook_timeout: Seconds,
+    /// The longest an accepted update may stay unfinished, whatever keeps failing; then it
+    /// ends with its results (rule 3) and the next poll asks the server again.
+    #[serde(default = "defaults::update_deadline")]
+    pub update_deadline: Seconds,
+    /// Cycles of one update in a row that fail without progress before it ends the same way.
+    #[serde(default = "defaults::max_failed_cycles")]
+    pub max_failed_cycles: u32,
 }
 
 impl Default for Agent {
@@ -132,6 +149,8 @@ impl Default for Agent {
             max_patch_size: defaults::max_patch_size(),
             download_attempts: defaults::download_attempts(),
             hook_timeout: defaults::hook_timeout(),
+            update_deadline: defaults::update_deadline(),
+            max_failed_cycles: defaults::max_failed_cycles(),
         }
     }
 }
@@ -296,6 +315,20 @@ mod defaults {
     pub fn read_timeout() -> Seconds {
         Seconds(Duration::from_secs(60))
     }
+    pub fn request_timeout() -> Seconds {
+        Seconds(Duration::from_secs(120))
+    }
+    pub fn min_download_rate() -> u64 {
+        // 256 bytes a second: a robot on a poor link still gets there, a drip does not.
+        256
+    }
+    pub fn update_deadline() -> Seconds {
+        Seconds(Duration::from_secs(7 * 86_400))
+    }
+    pub fn max_failed_cycles() -> u32 {
+        // With the default back-off (5 minutes doubling to an hour) about half a day.
+        16
+    }
     pub fn hook_timeout() -> Seconds {
         Seconds(Duration::from_secs(300))
     }
@@ -393,6 +426,24 @@ impl Config {
             return Err(invalid(
                 "agent.retry_max",
                 "must be at least `agent.retry_base`, which must not be zero".into(),
+            ));
+        }
+        if self.agent.max_failed_cycles == 0 {
+            return Err(invalid(
+                "agent.max_failed_cycles",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.agent.update_deadline.0 < Duration::from_secs(60) {
+            return Err(invalid(
+                "agent.update_deadline",
+                "must be at least 1m".into(),
+            ));
+        }
+        if self.server.request_timeout.0.is_zero() || self.server.read_timeout.0.is_zero() {
+            return Err(invalid(
+                "server.request_timeout",
+                "and `server.read_timeout` must not be zero".into(),
             ));
         }
         if self.agent.download_attempts == 0 {

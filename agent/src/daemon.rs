@@ -18,6 +18,13 @@ pub type PassResult = Vec<(String, Result<Outcome, CycleError>)>;
 impl Agent {
     /// One cycle for every managed file, in config order.
     pub async fn cycle_all(&mut self) -> PassResult {
+        let io = crate::io_stats::totals();
+        let results = self.cycle_each().await;
+        log_writes(io);
+        results
+    }
+
+    async fn cycle_each(&mut self) -> PassResult {
         let mut results = Vec::new();
         for index in 0..self.config.packages.len() {
             let key = self.config.packages[index].key();
@@ -36,6 +43,13 @@ impl Agent {
 
     /// Finishes what a restart interrupted: updates under way, then callbacks waiting.
     async fn resume_all(&mut self) -> PassResult {
+        let io = crate::io_stats::totals();
+        let results = self.resume_each().await;
+        log_writes(io);
+        results
+    }
+
+    async fn resume_each(&mut self) -> PassResult {
         let mut results = Vec::new();
         for index in 0..self.config.packages.len() {
             let key = self.config.packages[index].key();
@@ -76,6 +90,17 @@ impl Agent {
     }
 }
 
+/// What a pass cost the flash since `before` (see [`crate::io_stats`]).
+fn log_writes(before: (u64, u64, u64)) {
+    let after = crate::io_stats::totals();
+    log::debug!(
+        "the pass saved the state {} times ({} bytes) and made {} fsyncs",
+        after.0 - before.0,
+        after.1 - before.1,
+        after.2 - before.2
+    );
+}
+
 /// Runs until `shutdown`; returns only for a stop or a start-up error.
 pub async fn run(
     config: Config,
@@ -86,6 +111,7 @@ pub async fn run(
     // The config is valid and the state reconciled: that is what systemd waits for.
     notifier.ready("started");
     let ping = notifier.watchdog_interval();
+    let stall = stall_limit(&agent.config);
     log::info!(
         "ota-agent {} started: {} file(s), state in {}",
         env!("CARGO_PKG_VERSION"),
@@ -110,7 +136,7 @@ pub async fn run(
                 0 => notifier.status(&format!("idle; next check at {at}")),
                 n => notifier.status(&format!("{n} failure(s) in a row; next try at {at}")),
             }
-            let stop = watched(&notifier, ping, async {
+            let stop = watched(&notifier, ping, None, async {
                 tokio::select! {
                     () = tokio::time::sleep(delay) => false,
                     () = shutdown.wait() => true,
@@ -121,11 +147,13 @@ pub async fn run(
                 break;
             }
         }
+        notifier.alive();
         let results = if resuming {
-            watched(&notifier, ping, agent.resume_all()).await
+            watched(&notifier, ping, Some(stall), agent.resume_all()).await
         } else {
-            watched(&notifier, ping, agent.cycle_all()).await
+            watched(&notifier, ping, Some(stall), agent.cycle_all()).await
         };
+
         if results
             .iter()
             .any(|(_, r)| matches!(r, Err(CycleError::Stopped)))
@@ -183,19 +211,108 @@ pub fn tune_allocator() {
     }
 }
 
-/// Drives `work` to its end, sending `WATCHDOG=1` every `every` while it is pending: a hung
-/// runtime stops the pings and systemd restarts the agent.
-async fn watched<F: Future>(notifier: &Notifier, every: Option<Duration>, work: F) -> F::Output {
+/// The longest any step may go without showing progress: the longest bounded wait in it (a
+/// request, a silent body, a hook and its grace period) and a margin. Past it the work is
+/// hung, whatever the event loop does, and the watchdog is no longer fed.
+fn stall_limit(config: &Config) -> Duration {
+    let hooks = config
+        .packages
+        .iter()
+        .filter_map(|p| p.hook_timeout.map(|t| t.0))
+        .chain([config.agent.hook_timeout.0])
+        .max()
+        .unwrap_or_default();
+    let server = &config.server;
+    [
+        server.request_timeout.0,
+        server.read_timeout.0,
+        hooks + crate::hooks::GRACE,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or_default()
+        + Duration::from_secs(60)
+}
+
+/// Drives `work` to its end, sending `WATCHDOG=1` every `every` while it is pending and, when
+/// `stall` is given, only while the work showed progress within it (see [`Notifier::alive`]):
+/// a hung runtime or a step that hangs stops the pings, and systemd restarts the agent.
+async fn watched<F: Future>(
+    notifier: &Notifier,
+    every: Option<Duration>,
+    stall: Option<Duration>,
+    work: F,
+) -> F::Output {
     let Some(every) = every else {
         return work.await;
     };
     let mut work = std::pin::pin!(work);
     let mut ticker = tokio::time::interval(every);
+    let mut warned = false;
     loop {
         tokio::select! {
             biased;
             out = &mut work => return out,
-            _ = ticker.tick() => notifier.watchdog(),
+            _ = ticker.tick() => {
+                let quiet = notifier.since_alive();
+                if stall.is_none_or(|s| quiet < s) {
+                    notifier.watchdog();
+                } else if !warned {
+                    warned = true;
+                    log::error!("no progress for {}: no longer feeding the watchdog", human(quiet));
+                }
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The watchdog goes quiet once the work stops showing progress, though the loop that
+    /// feeds it still runs: a hung step is a hung agent to systemd.
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_is_fed_only_while_the_work_moves() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("notify");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let notifier = Notifier::to_socket(&path, Duration::from_secs(2)).unwrap();
+        let pings = std::cell::Cell::new(0);
+        // Read as they come, as systemd does: a socket's queue holds only a few datagrams.
+        let drain = || {
+            let mut buf = [0u8; 64];
+            while socket.recv(&mut buf).is_ok() {
+                pings.set(pings.get() + 1);
+            }
+        };
+        let every = notifier.watchdog_interval();
+        assert_eq!(every, Some(Duration::from_secs(1)));
+        notifier.alive();
+        // Thirty seconds of work that moves for its first five only.
+        let work = async {
+            for second in 0..30 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if second < 5 {
+                    notifier.alive();
+                }
+                drain();
+            }
+        };
+        watched(&notifier, every, Some(Duration::from_secs(10)), work).await;
+        drain();
+        // Fed while it moved and for the stall limit after (about 15 s), not for 30.
+        let fed = pings.replace(0);
+        assert!((13..=17).contains(&fed), "{fed} pings");
+        // Idle waits (no stall limit) are fed throughout.
+        let idle = async {
+            for _ in 0..30 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                drain();
+            }
+        };
+        watched(&notifier, every, None, idle).await;
+        assert!(pings.get() >= 29, "{} pings", pings.get());
     }
 }

@@ -1,7 +1,23 @@
 //! Per-package hook commands (`pre_install`, `post_install`, `health_check`), each with a timeout.
+//!
+//! A hook runs in a process group of its own, so that what it starts ends with it: on a timeout
+//! or a stop the whole group gets SIGTERM, then SIGKILL after [`GRACE`]. A hook that ends
+//! because the agent is being stopped (systemd signals the unit's whole cgroup) is not a failed
+//! hook: the caller gets [`HookError::Stopped`] and runs the hooks again at the next start.
 
 use std::process::Stdio;
 use std::time::Duration;
+
+use rustix::process::{Pid, Signal};
+
+use crate::Shutdown;
+
+/// How long a hook's processes get between SIGTERM and SIGKILL.
+pub const GRACE: Duration = Duration::from_secs(5);
+
+/// How long a hook that died of a signal waits for the agent's own stop signal: systemd
+/// signals every process of the unit at once, and the hook may be the first to notice.
+const SIGNAL_RACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
@@ -21,6 +37,8 @@ pub enum HookError {
         hook: &'static str,
         timeout: Duration,
     },
+    #[error("{hook} hook was stopped with the agent")]
+    Stopped { hook: &'static str },
 }
 
 /// Runs `command` with `/bin/sh -c`; its output goes to the agent's stderr (the journal).
@@ -29,6 +47,7 @@ pub async fn run(
     command: &str,
     timeout: Duration,
     env: &[(&str, &str)],
+    shutdown: &Shutdown,
 ) -> Result<(), HookError> {
     log::info!("running {hook} hook");
     let mut child = tokio::process::Command::new("/bin/sh")
@@ -38,16 +57,140 @@ pub async fn run(
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|source| HookError::Spawn { hook, source })?;
-    match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(Ok(status)) if status.success() => Ok(()),
-        Ok(Ok(status)) => Err(HookError::Failed { hook, status }),
-        Ok(Err(source)) => Err(HookError::Spawn { hook, source }),
-        Err(_) => {
-            let _ = child.kill().await;
-            Err(HookError::TimedOut { hook, timeout })
+    let group = child
+        .id()
+        .and_then(|id| Pid::from_raw(id as i32))
+        .expect("a child just spawned has a pid");
+    let mut stop = shutdown.clone();
+    let waited = tokio::select! {
+        waited = tokio::time::timeout(timeout, child.wait()) => waited,
+        () = stop.wait() => {
+            log::info!("stopping the {hook} hook");
+            end_group(&mut child, group).await;
+            return Err(HookError::Stopped { hook });
         }
+    };
+    let status = match waited {
+        Ok(Ok(status)) => status,
+        Ok(Err(source)) => return Err(HookError::Spawn { hook, source }),
+        Err(_) => {
+            end_group(&mut child, group).await;
+            return Err(HookError::TimedOut { hook, timeout });
+        }
+    };
+    // What the hook started may still run; it goes with the hook.
+    let _ = rustix::process::kill_process_group(group, Signal::KILL);
+    if status.success() {
+        return Ok(());
+    }
+    if killed_by_stop(&status) {
+        let mut stop = shutdown.clone();
+        if tokio::time::timeout(SIGNAL_RACE, stop.wait()).await.is_ok() {
+            return Err(HookError::Stopped { hook });
+        }
+    }
+    Err(HookError::Failed { hook, status })
+}
+
+/// True when the hook died of a signal that stops a service (systemd's SIGTERM, a SIGINT or
+/// SIGHUP from a terminal).
+fn killed_by_stop(status: &std::process::ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    let stopping = [Signal::TERM, Signal::INT, Signal::HUP].map(|s| s.as_raw());
+    status.signal().is_some_and(|s| stopping.contains(&s))
+        || status
+            .code()
+            .is_some_and(|c| stopping.iter().any(|s| c == 128 + s))
+}
+
+/// SIGTERM to the hook's process group, then SIGKILL once [`GRACE`] is over.
+async fn end_group(child: &mut tokio::process::Child, group: Pid) {
+    let _ = rustix::process::kill_process_group(group, Signal::TERM);
+    if tokio::time::timeout(GRACE, child.wait()).await.is_err() {
+        log::warn!("a hook did not end within {GRACE:?} of SIGTERM; killing it");
+    }
+    // The shell may be gone and its children not: the group goes whole.
+    let _ = rustix::process::kill_process_group(group, Signal::KILL);
+    let _ = child.wait().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// True while the process exists and is no zombie (an orphan is reaped by whoever is
+    /// PID 1 here, if anyone).
+    fn alive(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z') && !state.starts_with('X')
+        })
+    }
+
+    async fn pid_in(file: &std::path::Path) -> i32 {
+        for _ in 0..500 {
+            if let Ok(text) = std::fs::read_to_string(file) {
+                if let Ok(pid) = text.trim().parse() {
+                    return pid;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the hook never wrote its child's pid");
+    }
+
+    #[tokio::test]
+    async fn a_timeout_kills_what_the_hook_started() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pidfile = tmp.path().join("pid");
+        let command = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+        let e = run(
+            "health_check",
+            &command,
+            Duration::from_millis(500),
+            &[],
+            &Shutdown::never(),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, HookError::TimedOut { .. }), "{e}");
+        let pid = pid_in(&pidfile).await;
+        for _ in 0..100 {
+            if !alive(pid) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the hook's `sleep 300` (pid {pid}) outlived its timeout");
+    }
+
+    #[tokio::test]
+    async fn a_stop_ends_the_hook_and_is_not_a_failure() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pidfile = tmp.path().join("pid");
+        let command = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+        let (tx, shutdown) = Shutdown::new();
+        let hook = run(
+            "post_install",
+            &command,
+            Duration::from_secs(300),
+            &[],
+            &shutdown,
+        );
+        let stopper = async {
+            let pid = pid_in(&pidfile).await;
+            tx.send(true).unwrap();
+            pid
+        };
+        let (result, pid) = tokio::join!(hook, stopper);
+        assert!(
+            matches!(result, Err(HookError::Stopped { .. })),
+            "{result:?}"
+        );
+        assert!(!alive(pid), "the hook's child survived the stop");
     }
 }

@@ -13,16 +13,24 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
-#[error("{op} {path} failed")]
-pub struct InstallError {
-    op: &'static str,
-    path: PathBuf,
-    #[source]
-    source: io::Error,
+pub enum InstallError {
+    #[error("{op} {path} failed")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is setuid or setgid (mode {mode:04o}); the agent does not install such a file")]
+    Privileged { path: PathBuf, mode: u32 },
+    #[error("{path} is in the way of the new file: it is not a regular file; remove it")]
+    Blocked { path: PathBuf },
+    #[error("copying the new version beside {path} was stopped")]
+    Stopped { path: PathBuf },
 }
 
 fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> InstallError + 'a {
-    move |source| InstallError {
+    move |source| InstallError::Io {
         op,
         path: path.to_owned(),
         source,
@@ -79,10 +87,21 @@ pub async fn sha256_file_async(path: &Path) -> Result<Option<String>, InstallErr
     blocking(move || sha256_file(&path)).await
 }
 
-/// [`prepare`] on a blocking thread.
-pub async fn prepare_async(target: &Path, new: File) -> Result<(), InstallError> {
+/// [`prepare`] on a blocking thread, giving up soon after `stop` says so.
+pub async fn prepare_async(
+    target: &Path,
+    new: File,
+    stop: impl Fn() -> bool + Send + 'static,
+) -> Result<(), InstallError> {
     let target = target.to_owned();
-    blocking(move || prepare(&target, new)).await
+    blocking(move || prepare_until(&target, new, &stop)).await
+}
+
+/// Free bytes on the managed file's filesystem, where its new version is written first.
+pub fn free_space(target: &Path) -> Result<u64, InstallError> {
+    let dir = target.parent().unwrap_or(Path::new("/"));
+    let st = rustix::fs::statvfs(dir).map_err(|e| err("statvfs", dir)(e.into()))?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
@@ -92,24 +111,81 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
     }
 }
 
-/// Copies the new version next to the target (same filesystem, the target's mode) and syncs it.
-pub fn prepare(target: &Path, mut new: impl Read) -> Result<(), InstallError> {
+/// Copies the new version next to the target (same filesystem, the target's owner, group and
+/// mode) and syncs it. A setuid or setgid target is refused: the agent runs as root, and a
+/// server must not be able to hand out privileges through it.
+pub fn prepare(target: &Path, new: impl Read) -> Result<(), InstallError> {
+    prepare_until(target, new, &|| false)
+}
+
+fn prepare_until(
+    target: &Path,
+    mut new: impl Read,
+    stop: &dyn Fn() -> bool,
+) -> Result<(), InstallError> {
+    use std::os::unix::fs::MetadataExt;
     let tmp = new_path(target);
-    let mode = fs::metadata(target)
-        .map(|m| m.permissions().mode() & 0o7777)
-        .unwrap_or(0o644);
-    let _ = fs::remove_file(&tmp);
+    let meta = match fs::metadata(target) {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(err("stat", target)(e)),
+    };
+    let mode = meta
+        .as_ref()
+        .map_or(0o644, |m| m.permissions().mode() & 0o7777);
+    if mode & 0o6000 != 0 {
+        return Err(InstallError::Privileged {
+            path: target.to_owned(),
+            mode,
+        });
+    }
+    match fs::symlink_metadata(&tmp) {
+        Ok(m) if !m.file_type().is_file() => return Err(InstallError::Blocked { path: tmp }),
+        Ok(_) => fs::remove_file(&tmp).map_err(err("remove", &tmp))?,
+        Err(_) => {}
+    }
     let mut out = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(&tmp)
         .map_err(err("create", &tmp))?;
-    io::copy(&mut new, &mut out).map_err(err("write", &tmp))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        if stop() {
+            drop(out);
+            let _ = fs::remove_file(&tmp);
+            return Err(InstallError::Stopped {
+                path: target.to_owned(),
+            });
+        }
+        let n = match new.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(err("read the new version for", target)(e)),
+        };
+        out.write_all(&buf[..n]).map_err(err("write", &tmp))?;
+    }
     out.flush().map_err(err("write", &tmp))?;
+    if let Some(m) = &meta {
+        // Owner and group first: chown clears setuid and setgid, and may need CAP_CHOWN.
+        let (uid, gid) = (m.uid(), m.gid());
+        let ours = out.metadata().map_err(err("stat", &tmp))?;
+        if (ours.uid(), ours.gid()) != (uid, gid) {
+            rustix::fs::fchown(
+                &out,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            )
+            .map_err(|e| err("give the owner and group of the managed file to", &tmp)(e.into()))?;
+        }
+    }
     // The mode given to open is filtered by the umask; set it exactly.
     out.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(err("chmod", &tmp))?;
+    crate::io_stats::fsynced();
     out.sync_all().map_err(err("fsync", &tmp))
 }
 
@@ -147,6 +223,7 @@ pub fn discard_prepared(target: &Path) {
 
 fn sync_parent(target: &Path) -> Result<(), InstallError> {
     let dir = target.parent().unwrap_or(Path::new("."));
+    crate::io_stats::fsynced();
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(err("fsync", dir))
@@ -178,5 +255,54 @@ mod tests {
             sha256_file(&target).unwrap().unwrap(),
             hex(&Sha256::digest(b"old"))
         );
+    }
+
+    #[test]
+    fn owner_group_and_mode_are_kept_and_setuid_is_refused() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("app.apk");
+        fs::write(&target, b"old").unwrap();
+        let root = rustix::process::geteuid().is_root();
+        if root {
+            // nobody:nogroup, as on a robot whose service runs unprivileged.
+            rustix::fs::chown(
+                &target,
+                Some(rustix::fs::Uid::from_raw(65534)),
+                Some(rustix::fs::Gid::from_raw(65534)),
+            )
+            .unwrap();
+        }
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o640)).unwrap();
+        let before = fs::metadata(&target).unwrap();
+        prepare(&target, &b"new"[..]).unwrap();
+        swap(&target).unwrap();
+        let after = fs::metadata(&target).unwrap();
+        assert_eq!(after.uid(), before.uid());
+        assert_eq!(after.gid(), before.gid());
+        assert_eq!(after.permissions().mode() & 0o7777, 0o640);
+        if root {
+            assert_eq!((after.uid(), after.gid()), (65534, 65534));
+        }
+
+        for mode in [0o4755, 0o2755] {
+            fs::set_permissions(&target, fs::Permissions::from_mode(mode)).unwrap();
+            assert!(matches!(
+                prepare(&target, &b"newer"[..]),
+                Err(InstallError::Privileged { .. })
+            ));
+            assert!(!new_path(&target).exists());
+        }
+    }
+
+    #[test]
+    fn a_directory_in_the_way_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("app.apk");
+        fs::write(&target, b"old").unwrap();
+        fs::create_dir(new_path(&target)).unwrap();
+        let e = prepare(&target, &b"new"[..]).unwrap_err();
+        assert!(matches!(e, InstallError::Blocked { .. }), "{e}");
+        assert!(e.to_string().contains(".app.apk.ota-new"), "{e}");
     }
 }

@@ -86,6 +86,36 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// What the agent writes to its flash, counted so that a cycle's cost can be logged and a
+/// failure that repeats can be held to a bound (the tests read it from the debug log).
+pub mod io_stats {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static SAVES: AtomicU64 = AtomicU64::new(0);
+    static SAVED_BYTES: AtomicU64 = AtomicU64::new(0);
+    static FSYNCS: AtomicU64 = AtomicU64::new(0);
+
+    /// A state save of `bytes` bytes.
+    pub fn saved(bytes: usize) {
+        SAVES.fetch_add(1, Ordering::Relaxed);
+        SAVED_BYTES.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// One fsync of a file or directory.
+    pub fn fsynced() {
+        FSYNCS.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (state saves, bytes saved, fsyncs) since the process started.
+    pub fn totals() -> (u64, u64, u64) {
+        (
+            SAVES.load(Ordering::Relaxed),
+            SAVED_BYTES.load(Ordering::Relaxed),
+            FSYNCS.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()

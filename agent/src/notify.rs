@@ -3,12 +3,19 @@
 //! so the agent behaves the same outside systemd.
 
 use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+// Tokio's clock, so that tests with paused time see the watchdog's view of progress.
+use tokio::time::Instant;
 
 #[derive(Debug)]
 pub struct Notifier {
     socket: Option<(UnixDatagram, std::os::unix::net::SocketAddr)>,
     watchdog: Option<Duration>,
+    /// When the work last showed progress, in milliseconds since `epoch`.
+    alive_ms: AtomicU64,
+    epoch: Instant,
 }
 
 impl Default for Notifier {
@@ -23,7 +30,22 @@ impl Notifier {
         Notifier {
             socket: None,
             watchdog: None,
+            alive_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
+    }
+
+    /// A notifier that sends to the socket at `path` with a watchdog of `watchdog`, as systemd
+    /// would set it up.
+    pub fn to_socket(path: &std::path::Path, watchdog: Duration) -> std::io::Result<Notifier> {
+        let addr = std::os::unix::net::SocketAddr::from_pathname(path)?;
+        let socket = UnixDatagram::unbound()?;
+        socket.set_nonblocking(true)?;
+        Ok(Notifier {
+            socket: Some((socket, addr)),
+            watchdog: Some(watchdog),
+            ..Notifier::none()
+        })
     }
 
     /// Reads `NOTIFY_SOCKET` and `WATCHDOG_USEC` (honouring `WATCHDOG_PID`) from the environment.
@@ -31,6 +53,9 @@ impl Notifier {
         let socket = std::env::var_os("NOTIFY_SOCKET").and_then(|path| {
             let addr = address(path.to_str()?).ok()?;
             let socket = UnixDatagram::unbound().ok()?;
+            // A notification that cannot go out at once is dropped: a full queue at systemd's
+            // end must never block the agent's loop.
+            socket.set_nonblocking(true).ok()?;
             Some((socket, addr))
         });
         let for_us = std::env::var("WATCHDOG_PID")
@@ -42,7 +67,24 @@ impl Notifier {
             .and_then(|u| u.parse::<u64>().ok())
             .filter(|u| *u > 0 && for_us)
             .map(Duration::from_micros);
-        Notifier { socket, watchdog }
+        Notifier {
+            socket,
+            watchdog,
+            ..Notifier::none()
+        }
+    }
+
+    /// Says that the work moves on (bytes arrived, a control was applied, a step began); the
+    /// watchdog is fed only while it does.
+    pub fn alive(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.alive_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long ago the work last showed progress.
+    pub fn since_alive(&self) -> Duration {
+        let now = self.epoch.elapsed();
+        now.saturating_sub(Duration::from_millis(self.alive_ms.load(Ordering::Relaxed)))
     }
 
     /// How often to send `WATCHDOG=1`: half the watchdog timeout, as systemd recommends.
@@ -56,6 +98,7 @@ impl Notifier {
     }
 
     pub fn status(&self, status: &str) {
+        self.alive();
         self.send(&format!("STATUS={status}"));
     }
 

@@ -1,11 +1,15 @@
 //! Classic bsdiff 4.x patches (`BSDIFF40` and three bzip2 streams): header checks and applying.
 //!
-//! The old file is mapped, not read, and the new one streams out through a writer that refuses
-//! to grow past the size the header promised, so a hostile patch can neither exhaust memory nor
-//! fill the disk; the produced size is compared with the promise at the end.
+//! The old file is mapped, not read, the patch is read in bounded pieces from wherever it lies
+//! (a [`Source`]: a file or bytes in memory), and the new one streams out through a writer that
+//! refuses to grow past the size the header promised, so a hostile patch can neither exhaust
+//! memory nor fill the disk; the produced size is compared with the promise at the end. Every
+//! control must move the output forward (bar a small allowance), so a patch of empty controls
+//! cannot keep a core busy for hours, and the caller can stop an application at any control.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"BSDIFF40";
@@ -23,6 +27,12 @@ pub enum PatchError {
     Threads(#[source] io::Error),
     #[error("patch produced {produced} bytes but its header promised {promised}")]
     SizeMismatch { produced: u64, promised: u64 },
+    #[error(
+        "patch makes no progress: {controls} controls for a {new_size}-byte file (at most one per byte, and {IDLE_CONTROLS} more)"
+    )]
+    NoProgress { controls: u64, new_size: u64 },
+    #[error("applying the patch was stopped")]
+    Stopped,
     #[error("{op} {path} failed")]
     Io {
         op: &'static str,
@@ -52,21 +62,102 @@ fn offtin(b: &[u8]) -> i64 {
     }
 }
 
-pub fn header(patch: &[u8]) -> Result<Header, PatchError> {
-    if patch.len() < HEADER_LEN {
-        return Err(PatchError::Header(format!(
-            "only {} bytes long",
-            patch.len()
-        )));
+/// Where a patch's bytes are read from: a file (read in bounded pieces, never whole) or memory.
+pub trait Source: Sync {
+    /// The patch's length in bytes.
+    fn size(&self) -> u64;
+    /// Reads up to `buf.len()` bytes at `offset`; fewer only at the end.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+}
+
+impl Source for [u8] {
+    fn size(&self) -> u64 {
+        self.len() as u64
     }
-    if &patch[..8] != MAGIC {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.len());
+        let n = buf.len().min(self.len() - start);
+        buf[..n].copy_from_slice(&self[start..start + n]);
+        Ok(n)
+    }
+}
+
+impl Source for Vec<u8> {
+    fn size(&self) -> u64 {
+        self.as_slice().size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.as_slice().read_at(buf, offset)
+    }
+}
+
+/// A patch file, which must not change while it is applied (the agent's own download).
+#[derive(Debug)]
+pub struct FileSource {
+    file: File,
+    len: u64,
+}
+
+impl FileSource {
+    pub fn new(file: File) -> io::Result<FileSource> {
+        let len = file.metadata()?.len();
+        Ok(FileSource { file, len })
+    }
+}
+
+impl Source for FileSource {
+    fn size(&self) -> u64 {
+        self.len
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut n = 0;
+        while n < buf.len() {
+            match self.file.read_at(&mut buf[n..], offset + n as u64) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// One block of a patch as a reader.
+struct Section<'a, S: ?Sized> {
+    source: &'a S,
+    pos: u64,
+    end: u64,
+}
+
+impl<S: Source + ?Sized> io::Read for Section<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = usize::try_from(self.end - self.pos)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let n = self.source.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+pub fn header<S: Source + ?Sized>(patch: &S) -> Result<Header, PatchError> {
+    let mut head = [0u8; HEADER_LEN];
+    let len = patch.size();
+    let got = patch.read_at(&mut head, 0).map_err(PatchError::Corrupt)?;
+    if got < HEADER_LEN {
+        return Err(PatchError::Header(format!("only {len} bytes long")));
+    }
+    if &head[..8] != MAGIC {
         return Err(PatchError::Header("no BSDIFF40 magic".into()));
     }
     let field = |at: usize, name: &str| {
-        let v = offtin(&patch[at..at + 8]);
+        let v = offtin(&head[at..at + 8]);
         // A set sign bit is refused even on a zero magnitude: no bsdiff writes that "-0", and
         // other readers (qbsdiff) take it as -2^63, which overflowed their length checks.
-        if patch[at + 7] & 0x80 != 0 {
+        if head[at + 7] & 0x80 != 0 {
             return Err(PatchError::Header(format!(
                 "negative {name} (-{})",
                 v.unsigned_abs()
@@ -83,23 +174,38 @@ pub fn header(patch: &[u8]) -> Result<Header, PatchError> {
         .control_len
         .checked_add(h.diff_len)
         .and_then(|b| b.checked_add(HEADER_LEN as u64));
-    if blocks.is_none_or(|b| b > patch.len() as u64) {
+    if blocks.is_none_or(|b| b > len) {
         return Err(PatchError::Header(format!(
-            "its blocks ({} + {} bytes) do not fit in its {} bytes",
-            h.control_len,
-            h.diff_len,
-            patch.len()
+            "its blocks ({} + {} bytes) do not fit in its {len} bytes",
+            h.control_len, h.diff_len,
         )));
     }
     Ok(h)
 }
 
 /// Applies `patch` to `old`, writing the new file to `out`; returns the new file's size.
+pub fn apply<S: Source + ?Sized, W: Write>(
+    old: &[u8],
+    patch: &S,
+    out: W,
+    max_size: u64,
+) -> Result<u64, PatchError> {
+    apply_until(old, patch, out, max_size, &|| false)
+}
+
+/// [`apply`], giving up with [`PatchError::Stopped`] soon after `stop` returns true (it is
+/// asked every few controls and every chunk of output).
 ///
 /// The diff and extra streams are decompressed on two threads of their own while this one adds
 /// and writes: bzip2 is most of the work, and a robot's board has more than one core. The
 /// threads hand over bounded chunks, so memory stays a few MiB whatever the patch's size.
-pub fn apply<W: Write>(old: &[u8], patch: &[u8], out: W, max_size: u64) -> Result<u64, PatchError> {
+pub fn apply_until<S: Source + ?Sized, W: Write>(
+    old: &[u8],
+    patch: &S,
+    out: W,
+    max_size: u64,
+    stop: &(dyn Fn() -> bool + Sync),
+) -> Result<u64, PatchError> {
     let h = header(patch)?;
     if h.new_size > max_size {
         return Err(PatchError::TooLarge {
@@ -108,8 +214,13 @@ pub fn apply<W: Write>(old: &[u8], patch: &[u8], out: W, max_size: u64) -> Resul
         });
     }
     // `header` checked that the blocks fit in the patch.
-    let ctrl_end = HEADER_LEN + h.control_len as usize;
-    let diff_end = ctrl_end + h.diff_len as usize;
+    let ctrl_end = HEADER_LEN as u64 + h.control_len;
+    let diff_end = ctrl_end + h.diff_len;
+    let section = |pos, end| Section {
+        source: patch,
+        pos,
+        end,
+    };
     let mut limited = Limited {
         inner: out,
         left: h.new_size,
@@ -117,13 +228,15 @@ pub fn apply<W: Write>(old: &[u8], patch: &[u8], out: W, max_size: u64) -> Resul
     let produced = std::thread::scope(|scope| {
         let mut run = Run {
             old,
-            ctrl: bzip2::read::BzDecoder::new(&patch[HEADER_LEN..ctrl_end]),
-            diff: Stream::spawn(scope, &patch[ctrl_end..diff_end]).map_err(PatchError::Threads)?,
-            extra: Stream::spawn(scope, &patch[diff_end..]).map_err(PatchError::Threads)?,
+            ctrl: bzip2::read::BzDecoder::new(section(HEADER_LEN as u64, ctrl_end)),
+            diff: Stream::spawn(scope, section(ctrl_end, diff_end)).map_err(PatchError::Threads)?,
+            extra: Stream::spawn(scope, section(diff_end, patch.size()))
+                .map_err(PatchError::Threads)?,
             out: &mut limited,
             scratch: vec![0; CHUNK],
+            stop,
         };
-        run.apply(h.new_size).map_err(PatchError::Corrupt)
+        run.apply(h.new_size)
         // Returning drops the streams' receivers, which stops their threads at their next chunk.
     })?;
     limited.flush().map_err(PatchError::Corrupt)?;
@@ -139,6 +252,11 @@ pub fn apply<W: Write>(old: &[u8], patch: &[u8], out: W, max_size: u64) -> Resul
 /// How much a decompression thread hands over at a time, and how many chunks may wait.
 pub(crate) const CHUNK: usize = 256 * 1024;
 const CHUNKS_AHEAD: usize = 4;
+/// Controls beyond one per output byte that a patch may have: bsdiff's own output has one
+/// per matched region, each producing bytes, and now and then an empty one.
+const IDLE_CONTROLS: u64 = 4096;
+/// How many controls pass between two looks at the stop signal.
+const STOP_EVERY: u64 = 1024;
 
 fn corrupt(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
@@ -152,20 +270,52 @@ struct Run<'a, R, W> {
     extra: Stream,
     out: W,
     scratch: Vec<u8>,
+    stop: &'a (dyn Fn() -> bool + Sync),
 }
 
 impl<R: io::Read, W: Write> Run<'_, R, W> {
-    fn apply(&mut self, new_size: u64) -> io::Result<u64> {
+    fn apply(&mut self, new_size: u64) -> Result<u64, PatchError> {
         let mut new_pos: u64 = 0;
         let mut old_pos: i64 = 0;
         let mut control = [0u8; 24];
+        let mut controls: u64 = 0;
+        let budget = new_size.saturating_add(IDLE_CONTROLS);
         while new_pos < new_size {
+            controls += 1;
+            if controls > budget {
+                return Err(PatchError::NoProgress { controls, new_size });
+            }
+            if controls % STOP_EVERY == 0 && (self.stop)() {
+                return Err(PatchError::Stopped);
+            }
             // Controls that end early leave the file short, which the caller reports as such.
-            match fill(&mut self.ctrl, &mut control)? {
+            match fill(&mut self.ctrl, &mut control).map_err(PatchError::Corrupt)? {
                 0 => break,
                 24 => {}
-                _ => return Err(corrupt("the control block ends inside a control")),
+                _ => {
+                    return Err(PatchError::Corrupt(corrupt(
+                        "the control block ends inside a control",
+                    )));
+                }
             }
+            self.control(&control, new_size, &mut new_pos, &mut old_pos)
+                .map_err(|e| match e.kind() {
+                    io::ErrorKind::Interrupted => PatchError::Stopped,
+                    _ => PatchError::Corrupt(e),
+                })?;
+        }
+        Ok(new_pos)
+    }
+
+    /// Carries out one control: add from the old file, copy from the extra block, seek.
+    fn control(
+        &mut self,
+        control: &[u8; 24],
+        new_size: u64,
+        new_pos: &mut u64,
+        old_pos: &mut i64,
+    ) -> io::Result<()> {
+        {
             let (add, copy, seek) = (
                 offtin(&control[0..]),
                 offtin(&control[8..]),
@@ -175,17 +325,25 @@ impl<R: io::Read, W: Write> Run<'_, R, W> {
                 return Err(corrupt("a control with a negative length"));
             };
             let fits = |pos: u64, len: u64| pos.checked_add(len).is_some_and(|end| end <= new_size);
-            if !fits(new_pos, add) || !fits(new_pos + add, copy) {
+            if !fits(*new_pos, add) || !fits(*new_pos + add, copy) {
                 return Err(corrupt("a control writes past the promised size"));
             }
-            self.add(old_pos, add)?;
+            self.add(*old_pos, add)?;
             self.copy(copy)?;
-            new_pos += add + copy;
-            old_pos = (old_pos.checked_add(add as i64))
+            *new_pos += add + copy;
+            *old_pos = (old_pos.checked_add(add as i64))
                 .and_then(|p| p.checked_add(seek))
                 .ok_or_else(|| corrupt("a control seeks outside any file"))?;
         }
-        Ok(new_pos)
+        Ok(())
+    }
+
+    /// An `Interrupted` error once the stop signal is set, between two chunks of output.
+    fn check_stop(&self) -> io::Result<()> {
+        if (self.stop)() {
+            return Err(io::Error::from(io::ErrorKind::Interrupted));
+        }
+        Ok(())
     }
 
     /// Writes `len` bytes of the old file from `at`, each plus its diff byte.
@@ -206,6 +364,7 @@ impl<R: io::Read, W: Write> Run<'_, R, W> {
             }
             self.out.write_all(out)?;
             pos += n;
+            self.check_stop()?;
         }
         Ok(())
     }
@@ -218,6 +377,7 @@ impl<R: io::Read, W: Write> Run<'_, R, W> {
                 .take(usize::try_from(left).unwrap_or(usize::MAX))?;
             left -= extra.len() as u64;
             self.out.write_all(extra)?;
+            self.check_stop()?;
         }
         Ok(())
     }
@@ -233,9 +393,9 @@ struct Stream {
 }
 
 impl Stream {
-    fn spawn<'scope>(
+    fn spawn<'scope, S: Source + ?Sized>(
         scope: &'scope std::thread::Scope<'scope, '_>,
-        block: &'scope [u8],
+        block: Section<'scope, S>,
     ) -> io::Result<Stream> {
         let (tx, chunks) = std::sync::mpsc::sync_channel(CHUNKS_AHEAD);
         let (spent, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
@@ -336,12 +496,14 @@ pub fn bspatch_files(old: &Path, new: &Path, patch: &Path) -> Result<u64, PatchE
         let path = p.display().to_string();
         move |source| PatchError::Io { op, path, source }
     };
-    let patch_bytes = std::fs::read(patch).map_err(io("read", patch))?;
+    let source = File::open(patch)
+        .and_then(FileSource::new)
+        .map_err(io("open", patch))?;
     let old_file = File::open(old).map_err(io("open", old))?;
     let old_map = map(&old_file).map_err(io("map", old))?;
     let out = File::create(new).map_err(io("create", new))?;
     let mut writer = BufWriter::with_capacity(1 << 20, out);
-    let size = apply(&old_map, &patch_bytes, &mut writer, u64::MAX >> 1)?;
+    let size = apply(&old_map, &source, &mut writer, u64::MAX >> 1)?;
     writer.flush().map_err(io("write", new))?;
     Ok(size)
 }
@@ -402,8 +564,14 @@ mod tests {
         let new = b"hello brave new world".to_vec();
         let patch = diff(&old, &new);
 
-        assert!(matches!(header(b"BSDIFF4"), Err(PatchError::Header(_))));
-        assert!(matches!(header(&[b'x'; 40]), Err(PatchError::Header(_))));
+        assert!(matches!(
+            header(&b"BSDIFF4"[..]),
+            Err(PatchError::Header(_))
+        ));
+        assert!(matches!(
+            header(&[b'x'; 40][..]),
+            Err(PatchError::Header(_))
+        ));
 
         let mut huge = patch.clone();
         huge[24..32].copy_from_slice(&(1u64 << 62).to_le_bytes());
@@ -429,5 +597,82 @@ mod tests {
 
         let truncated = &patch[..patch.len() / 2];
         assert!(apply(&old, truncated, Vec::new(), 1 << 30).is_err());
+    }
+
+    fn bz(data: &[u8]) -> Vec<u8> {
+        let mut enc = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::best());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    /// A patch by hand: these controls, an all-zero diff block and this extra block.
+    fn patch_of(
+        controls: &[(i64, i64, i64)],
+        diff_len: usize,
+        extra: &[u8],
+        new_size: u64,
+    ) -> Vec<u8> {
+        let mut ctrl = Vec::new();
+        for &(add, copy, seek) in controls {
+            for v in [add, copy, seek] {
+                let mut b = v.unsigned_abs().to_le_bytes();
+                if v < 0 {
+                    b[7] |= 0x80;
+                }
+                ctrl.extend_from_slice(&b);
+            }
+        }
+        let (ctrl, diff, extra) = (bz(&ctrl), bz(&vec![0; diff_len]), bz(extra));
+        let mut patch = b"BSDIFF40".to_vec();
+        for n in [ctrl.len() as u64, diff.len() as u64, new_size] {
+            patch.extend_from_slice(&n.to_le_bytes());
+        }
+        [patch, ctrl, diff, extra].concat()
+    }
+
+    #[test]
+    fn a_patch_of_empty_controls_is_refused_at_once() {
+        // A few KB of bzip2 that unpack to millions of controls that write nothing: each costs
+        // no output, and the old loop spent minutes of CPU on them.
+        let mut controls = vec![(0, 0, 0); 2_000_000];
+        controls.push((4, 0, 0));
+        let patch = patch_of(&controls, 4, b"", 4);
+        assert!(patch.len() < 100_000, "{} bytes", patch.len());
+        let e = apply(b"abcd", &patch, Vec::new(), 1 << 30).unwrap_err();
+        assert!(
+            matches!(e, PatchError::NoProgress { controls, new_size: 4 } if controls == 4 + IDLE_CONTROLS + 1),
+            "{e}"
+        );
+        // bsdiff's own few empty controls pass.
+        let few = [vec![(0, 0, 0); 100], vec![(4, 0, 0)]].concat();
+        let mut out = Vec::new();
+        apply(b"abcd", &patch_of(&few, 4, b"", 4), &mut out, 1 << 30).unwrap();
+        assert_eq!(out, b"abcd");
+    }
+
+    #[test]
+    fn a_stop_ends_an_application() {
+        let controls = vec![(1, 0, -1); 100_000];
+        let patch = patch_of(&controls, 100_000, b"", 100_000);
+        let e = apply_until(b"x", &patch, Vec::new(), 1 << 30, &|| true).unwrap_err();
+        assert!(matches!(e, PatchError::Stopped), "{e}");
+        let mut out = Vec::new();
+        assert_eq!(apply(b"x", &patch, &mut out, 1 << 30).unwrap(), 100_000);
+        assert!(out.iter().all(|&b| b == b'x'));
+    }
+
+    #[test]
+    fn a_patch_file_is_read_in_pieces() {
+        let old: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let mut new = old.clone();
+        new[1000..5000].fill(1);
+        let patch = diff(&old, &new);
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&patch).unwrap();
+        let source = FileSource::new(file).unwrap();
+        assert_eq!(header(&source).unwrap(), header(&patch).unwrap());
+        let mut out = Vec::new();
+        apply(&old, &source, &mut out, u64::MAX).unwrap();
+        assert_eq!(out, new);
     }
 }

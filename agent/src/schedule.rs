@@ -125,7 +125,8 @@ pub fn backoff_delay(
 }
 
 /// The delay before the first check after start: the rest of the poll interval when the last
-/// check is recent, otherwise a random delay up to `startup_delay`.
+/// check is recent, otherwise a random delay up to `startup_delay`. A last check in the future
+/// says the clock was wrong then or is now (a board without a clock battery): it is not recent.
 pub fn first_check_delay(
     last_check_unix: Option<u64>,
     now_unix: u64,
@@ -133,8 +134,8 @@ pub fn first_check_delay(
     startup_delay: Duration,
     rng: &mut fastrand::Rng,
 ) -> Duration {
-    if let Some(last) = last_check_unix {
-        let age = Duration::from_secs(now_unix.saturating_sub(last));
+    if let Some(last) = last_check_unix.filter(|&last| last <= now_unix) {
+        let age = Duration::from_secs(now_unix - last);
         if age < interval {
             return interval - age;
         }
@@ -204,6 +205,18 @@ mod tests {
         );
         assert!(first_check_delay(Some(1000), 9000, S(3600), S(60), &mut rng) <= S(60));
         assert!(first_check_delay(None, 9000, S(3600), S(0), &mut rng).is_zero());
+    }
+
+    #[test]
+    fn a_last_check_in_the_future_is_not_recent() {
+        // The boot clock was a day behind when the agent last checked; now it is right again,
+        // or the other way round: either way the next check must not wait a whole interval.
+        let mut rng = fastrand::Rng::with_seed(1);
+        let now = 1_800_000_000;
+        for future in [1, 3600, 86_400, 10 * 365 * 86_400] {
+            let d = first_check_delay(Some(now + future), now, S(6 * 3600), S(60), &mut rng);
+            assert!(d <= S(60), "last check {future} s ahead: waits {d:?}");
+        }
     }
 
     #[test]

@@ -83,6 +83,9 @@ pub struct PackageState {
     pub failed: Vec<String>,
     pub update: Option<Update>,
     pub last_check: Option<LastCheck>,
+    /// The version the config named when the agent last started, to notice a corrected one.
+    #[serde(default)]
+    pub configured_version: Option<String>,
 }
 
 impl PackageState {
@@ -94,6 +97,7 @@ impl PackageState {
             failed: Vec::new(),
             update: None,
             last_check: None,
+            configured_version: Some(version.to_owned()),
         }
     }
 
@@ -135,6 +139,12 @@ pub struct Update {
     /// Cycles in a row that found too little free space for the chain.
     #[serde(default)]
     pub space_failures: u32,
+    /// When the offer was accepted (Unix seconds; 0 when not known), for `update_deadline`.
+    #[serde(default)]
+    pub accepted_at_unix: u64,
+    /// Cycles in a row that failed without progress, for `max_failed_cycles`.
+    #[serde(default)]
+    pub failed_cycles: u32,
 }
 
 impl Update {
@@ -147,6 +157,14 @@ impl Update {
     /// ones still to fetch, verify and apply.
     pub fn usable(&self) -> usize {
         self.failed.as_ref().map_or(self.patches.len(), |f| f.index)
+    }
+
+    /// A number that grows whenever the update gets further: bytes made durable, patches
+    /// fetched, an install begun. A failed cycle that moved it is not a cycle without progress.
+    pub fn progress(&self) -> u64 {
+        let bytes: u64 = self.patches.iter().map(|p| p.durable).sum();
+        let done = self.patches.iter().filter(|p| p.sha256.is_some()).count() as u64;
+        bytes + done + u64::from(self.install.is_some())
     }
 }
 
@@ -310,6 +328,7 @@ impl Store {
         let bytes = serde_json::to_vec_pretty(state).expect("state serialises");
         let path = self.dir.join(STATE_FILE);
         let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        crate::io_stats::saved(bytes.len());
         write_new(&tmp, &bytes)?;
         let prev = self.dir.join(PREV_FILE);
         remove_if_present(&prev)?;
@@ -343,9 +362,12 @@ impl Store {
         Ok(dir)
     }
 
+    /// The download file of update `id`: readable, and one of its own for every id, since ids
+    /// that read the same once sanitised (`1.0` and `1_0`) must not share a file.
     fn file_name(id: &str, ext: &str) -> String {
         let safe: String = id
             .chars()
+            .take(64)
             .map(|c| {
                 if c.is_ascii_alphanumeric() || c == '-' {
                     c
@@ -354,7 +376,9 @@ impl Store {
                 }
             })
             .collect();
-        format!("{safe}.{ext}")
+        let digest =
+            crate::install::hex(&<sha2::Sha256 as sha2::Digest>::digest(id.as_bytes())[..8]);
+        format!("{safe}-{digest}.{ext}")
     }
 
     /// Opens the partial download of a patch for appending, cut back to what is known durable.
@@ -568,6 +592,7 @@ fn open_private(path: &Path, truncate: bool) -> Result<File, StoreError> {
 fn write_new(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let mut f = open_private(path, true)?;
     f.write_all(bytes).map_err(io_err("write", path))?;
+    crate::io_stats::fsynced();
     f.sync_all().map_err(io_err("fsync", path))
 }
 
@@ -581,6 +606,7 @@ fn remove_if_present(path: &Path) -> Result<(), StoreError> {
 
 /// Makes a rename or a new file in `dir` survive a power loss.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    crate::io_stats::fsynced();
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("fsync", dir))
@@ -651,7 +677,7 @@ mod tests {
             .unwrap()
             .unwrap()
             .path();
-        std::os::unix::fs::symlink(&victim, dir.join("23.part")).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(Store::file_name("23", "part"))).unwrap();
         assert!(store.open_partial("p/f", "23", 0).is_err());
         std::os::unix::fs::symlink(&victim, dir.join("staged-0")).unwrap();
         assert!(store.open_staged("p/f", 0).is_err());
@@ -675,6 +701,30 @@ mod tests {
         let store = Store::open(&state_dir).unwrap();
         assert_eq!(store.load().unwrap(), State::default());
         assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn ids_that_read_the_same_get_files_of_their_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let names: std::collections::BTreeSet<String> = ["1.0", "1_0", "1-0", "1/0", "1 0"]
+            .into_iter()
+            .map(|id| Store::file_name(id, "patch"))
+            .collect();
+        assert_eq!(names.len(), 5, "{names:?}");
+        for (id, bytes) in [("23.1", b"first"), ("23_1", b"other")] {
+            let (mut f, _) = store.open_partial("p/f", id, 0).unwrap();
+            f.write_all(bytes).unwrap();
+            store.complete_partial("p/f", id).unwrap();
+        }
+        let mut first = String::new();
+        store
+            .open_patch("p/f", "23.1")
+            .unwrap()
+            .unwrap()
+            .read_to_string(&mut first)
+            .unwrap();
+        assert_eq!(first, "first");
     }
 
     #[test]

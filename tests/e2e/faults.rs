@@ -298,3 +298,57 @@ async fn a_full_disk_delays_the_update_and_loses_nothing() {
     }
     assert_eq!(version, 18);
 }
+
+#[tokio::test]
+async fn a_full_disk_beside_the_managed_file_ends_in_not_updated_yet() {
+    let (_tmp, server, robot) = world("", "").await;
+    // The managed file's directory on a tmpfs with room for the file but not for its new
+    // version beside it. Only root can mount one (CI runs as root); elsewhere this scenario
+    // cannot be played and says so.
+    let dir = robot.managed().parent().expect("robot dir").to_owned();
+    let file = robot.installed();
+    let mounted = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={}k", file.len() / 1024 + 32),
+            "tmpfs",
+        ])
+        .arg(&dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("not played: mounting a tmpfs needs root");
+        return;
+    }
+    std::fs::write(robot.managed(), &file).expect("managed file on the tmpfs");
+    let mut log = String::new();
+    for _ in 0..3 {
+        let out = robot.agent(&["check"]).await;
+        log.push_str(&String::from_utf8_lossy(&out.stderr));
+        if !server.callbacks(&robot.id).await.is_empty() {
+            break;
+        }
+    }
+    assert!(
+        log.contains("not enough free space beside the managed file"),
+        "{log}"
+    );
+    assert_eq!(robot.installed(), server.version(16));
+    let callbacks = server.callbacks(&robot.id).await;
+    assert!(
+        !callbacks.is_empty() && callbacks.iter().all(|(_, c)| c == "3"),
+        "{callbacks:?}"
+    );
+    let grown = std::process::Command::new("mount")
+        .args(["-o", "remount,size=4m"])
+        .arg(&dir)
+        .status()
+        .expect("remount");
+    assert!(grown.success());
+    settle(&robot, &server).await;
+    let version = assert_invariants(&robot, &server).await;
+    let _ = std::process::Command::new("umount").arg(&dir).status();
+    assert_eq!(version, 18);
+}

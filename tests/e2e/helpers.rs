@@ -251,20 +251,56 @@ version = "16"
     }
 }
 
+/// How many `check` runs any scenario may take, once its faults are gone, to end.
+pub const SETTLE_CHECKS: usize = 6;
+
 /// Lets the agent finish with the faults gone: checks until nothing is under way and no result
-/// waits to be sent.
+/// waits to be sent, then holds it to the third invariant, **every update ends**: within
+/// [`SETTLE_CHECKS`] runs every id the server offered has a result, and the state directory
+/// holds no download and the managed file's directory no half-made new version.
 pub async fn settle(robot: &Robot, server: &Server) {
     server.clear_faults().await;
-    for _ in 0..6 {
+    for _ in 0..SETTLE_CHECKS {
         robot.agent(&["check"]).await;
         let status = robot.status().await;
         let pkg = &status["packages"][0];
         let waiting = pkg["callbacks_waiting"].as_array().map_or(0, Vec::len);
         if pkg["update"].is_null() && waiting == 0 {
+            assert_ended(robot, server).await;
             return;
         }
     }
-    panic!("the agent did not settle in six checks");
+    panic!("every update ends: the agent did not settle in {SETTLE_CHECKS} checks");
+}
+
+/// Every update ends: each id has a result, and nothing of an update is left on disk.
+pub async fn assert_ended(robot: &Robot, server: &Server) {
+    let callbacks = server.callbacks(&robot.id).await;
+    for (id, _) in IDS {
+        assert!(
+            callbacks.iter().any(|(i, _)| i == id),
+            "every update ends: no result for update {id} in {callbacks:?}"
+        );
+    }
+    let packages = robot.dir.join("state").join("packages");
+    for dir in std::fs::read_dir(&packages).into_iter().flatten() {
+        let left: Vec<_> = std::fs::read_dir(dir.expect("entry").path())
+            .expect("package dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert!(
+            left.is_empty(),
+            "every update ends: downloads left: {left:?}"
+        );
+    }
+    let new = robot
+        .managed()
+        .with_file_name(".Alpha2Services.apk.ota-new");
+    assert!(
+        !new.exists(),
+        "every update ends: {} is left",
+        new.display()
+    );
 }
 
 /// Never broken: the managed file is one of the catalog's versions, and the agent says which.

@@ -16,6 +16,7 @@ use reqwest::header::{
     CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, RANGE, RETRY_AFTER,
 };
 
+use crate::Shutdown;
 use crate::config::Config;
 use crate::redact;
 pub use wire::{CheckAnswer, OfferedPatch, TokenBody, parse_callback, parse_check, parse_token};
@@ -55,6 +56,10 @@ pub enum ClientError {
     TooLarge { what: &'static str, limit: u64 },
     #[error("cannot set up TLS: {0}")]
     TlsSetup(String),
+    #[error("{what}: no answer within {after:?}")]
+    Deadline { what: &'static str, after: Duration },
+    #[error("{what}: stopped by a signal")]
+    Stopped { what: &'static str },
 }
 
 impl ClientError {
@@ -80,7 +85,7 @@ impl ClientError {
         };
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
         while let Some(e) = cause {
-            if e.downcast_ref::<rustls::Error>().is_some() {
+            if is_rustls(e) {
                 return true;
             }
             cause = e.source();
@@ -162,6 +167,10 @@ pub struct Client {
     robot: Robot,
     tokens: Mutex<TokenCache>,
     config_secrets: Vec<String>,
+    /// The total time an API request (token, check, callback, a sidecar, a size) may take.
+    request_timeout: Duration,
+    /// Every request gives way to this: SIGTERM must not wait for a slow server.
+    shutdown: Shutdown,
 }
 
 // Hand-written so that a debug print never shows the secrets the client holds.
@@ -212,7 +221,31 @@ impl Client {
             },
             tokens: Mutex::new(TokenCache::new(&config.server)),
             config_secrets: config.secrets(),
+            request_timeout: config.server.request_timeout.0,
+            shutdown: Shutdown::never(),
         })
+    }
+
+    /// Makes every request of this client end with [`ClientError::Stopped`] once `shutdown` is
+    /// set, instead of waiting for the server.
+    pub fn stop_on(&mut self, shutdown: Shutdown) {
+        self.shutdown = shutdown;
+    }
+
+    /// Runs a request to its end, its deadline or the stop signal, whichever comes first.
+    async fn bounded<T>(
+        &self,
+        what: &'static str,
+        limit: Duration,
+        work: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        let mut stop = self.shutdown.clone();
+        tokio::select! {
+            out = tokio::time::timeout(limit, work) => {
+                out.unwrap_or(Err(ClientError::Deadline { what, after: limit }))
+            }
+            () = stop.wait() => Err(ClientError::Stopped { what }),
+        }
     }
 
     /// Every secret this client knows now, for masking text the server sent.
@@ -277,11 +310,14 @@ impl Client {
     pub async fn patch_size(&self, url: &str) -> Result<Option<u64>, ClientError> {
         log::debug!("HEAD {}", redact::url(url));
         let resp = self
-            .http
-            .head(url)
-            .send()
-            .await
-            .map_err(|e| transport("size", e))?;
+            .bounded("size", self.request_timeout, async {
+                self.http
+                    .head(url)
+                    .send()
+                    .await
+                    .map_err(|e| transport("size", e))
+            })
+            .await?;
         if !resp.status().is_success() {
             return Ok(None);
         }
@@ -293,30 +329,39 @@ impl Client {
     pub async fn sidecar(&self, url: &str) -> Result<Option<Vec<u8>>, ClientError> {
         let what = "signed metadata";
         log::debug!("GET {}", redact::url(url));
-        let resp = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| transport(what, e))?;
-        match resp.status() {
-            StatusCode::NOT_FOUND | StatusCode::GONE => Ok(None),
-            s if s.is_success() => read_limited(what, resp, ota_signing::metadata::MAX_SIDECAR)
+        self.bounded(what, self.request_timeout, async {
+            let resp = self
+                .http
+                .get(url)
+                .send()
                 .await
-                .map(Some),
-            status => Err(status_error(what, resp, status, &self.secrets()).await),
-        }
+                .map_err(|e| transport(what, e))?;
+            match resp.status() {
+                StatusCode::NOT_FOUND | StatusCode::GONE => Ok(None),
+                s if s.is_success() && is_html(&resp) => Err(html_instead(what)),
+                s if s.is_success() => read_limited(what, resp, ota_signing::metadata::MAX_SIDECAR)
+                    .await
+                    .map(Some),
+                status => Err(status_error(what, resp, status, &self.secrets()).await),
+            }
+        })
+        .await
     }
 
     /// Starts (or resumes, when `offset > 0` and a validator is known) the download of a patch.
     ///
-    /// A `206` is trusted only when its `Content-Range` starts exactly at `offset`; a `200`
-    /// means the body starts over at zero.
+    /// A `206` is trusted only when its `Content-Range` starts exactly at `offset` and it
+    /// carries what the first answer said of the file (RFC 9110 §14.4): the same strong ETag
+    /// (or date), and the same total size when `total` is known. A server that ignores
+    /// `If-Range` would otherwise splice two versions of the file. A `200` means the body starts
+    /// over at zero. The answer's headers must arrive within the request timeout; the body is
+    /// the caller's to pace.
     pub async fn fetch(
         &self,
         url: &str,
         offset: u64,
         validator: Option<&str>,
+        total: Option<u64>,
     ) -> Result<Fetch, ClientError> {
         let what = "download";
         let mut req = self.http.get(url);
@@ -335,9 +380,18 @@ impl Client {
                 String::new()
             }
         );
-        let resp = req.send().await.map_err(|e| transport(what, e))?;
+        let resp = self
+            .bounded(what, self.request_timeout, async {
+                req.send().await.map_err(|e| transport(what, e))
+            })
+            .await?;
+        let recorded = validator;
+        let recorded_total = total;
         let validator = validator_of(&resp);
         let length = header_u64(&resp, CONTENT_LENGTH);
+        if resp.status().is_success() && is_html(&resp) {
+            return Err(html_instead(what));
+        }
         match resp.status() {
             StatusCode::OK => Ok(Fetch {
                 total: length,
@@ -350,7 +404,23 @@ impl Client {
                     .headers()
                     .get(CONTENT_RANGE)
                     .and_then(|v| v.to_str().ok());
+                let same_file = validator.as_deref() == recorded;
                 match range.and_then(parse_content_range) {
+                    Some((Some((_, _)), Some(t))) if recorded_total.is_some_and(|r| r != t) => {
+                        Err(ClientError::Invalid {
+                            what,
+                            reason: format!(
+                                "a 206 for a {t}-byte file, but the file was {} bytes: it changed",
+                                recorded_total.unwrap_or_default()
+                            ),
+                        })
+                    }
+                    Some((Some(_), _)) if !same_file => Err(ClientError::Invalid {
+                        what,
+                        reason: format!(
+                            "a 206 whose validator {validator:?} is not the recorded {recorded:?}: the file changed"
+                        ),
+                    }),
                     Some((Some((start, end)), total))
                         if start == offset && total.is_none_or(|t| end + 1 == t) =>
                     {
@@ -403,18 +473,32 @@ impl Client {
             let token = self.access_token().await?;
             let req = build(&token).build().map_err(|e| transport(what, e))?;
             log::debug!("{} {}", req.method(), redact::url(req.url().as_str()));
-            let resp = self
-                .http
-                .execute(req)
-                .await
-                .map_err(|e| transport(what, e))?;
-            let status = resp.status();
-            if status.is_success() {
-                return read_limited(what, resp, MAX_ANSWER).await;
-            }
-            let err = status_error(what, resp, status, &self.secrets()).await;
-            let invalid_token = matches!(&err, ClientError::OAuth { status: 401, error, .. } if error == "invalid_token");
-            if invalid_token && attempt == 0 {
+            let answer = self
+                .bounded(what, self.request_timeout, async {
+                    let resp = self
+                        .http
+                        .execute(req)
+                        .await
+                        .map_err(|e| transport(what, e))?;
+                    let status = resp.status();
+                    if status.is_success() {
+                        return read_limited(what, resp, MAX_ANSWER).await.map(Ok);
+                    }
+                    Ok(Err(status_error(what, resp, status, &self.secrets()).await))
+                })
+                .await?;
+            let err = match answer {
+                Ok(body) => return Ok(body),
+                Err(err) => err,
+            };
+            // Every 401 on a call that carries a token says the token is dead: older Spring
+            // servers say so in OAuth2 JSON (`invalid_token`), newer resource servers with an
+            // empty body and `WWW-Authenticate: Bearer error="invalid_token"`.
+            let dead_token = matches!(
+                &err,
+                ClientError::OAuth { status: 401, .. } | ClientError::Status { status: 401, .. }
+            );
+            if dead_token && attempt == 0 {
                 log::info!("{what}: the server refused the access token; getting a new one");
                 self.tokens.lock().expect("token lock").forget();
                 continue;
@@ -423,6 +507,21 @@ impl Client {
         }
         unreachable!("the loop returns on its second pass")
     }
+}
+
+/// True for a `rustls::Error`, also when it travels inside a `std::io::Error`: hyper hands TLS
+/// failures on that way, and `io::Error::source()` skips the error it wraps (it returns the
+/// wrapped error's own source), so a plain walk of the chain never meets it.
+fn is_rustls(e: &(dyn std::error::Error + 'static)) -> bool {
+    if e.downcast_ref::<rustls::Error>().is_some() {
+        return true;
+    }
+    e.downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .is_some_and(|inner| {
+            let inner: &(dyn std::error::Error + 'static) = inner;
+            inner.downcast_ref::<rustls::Error>().is_some()
+        })
 }
 
 /// A 4xx that asking again will not change (408 and 429 ask for exactly that).
@@ -482,6 +581,22 @@ pub fn host_forms(url: &str) -> Option<(String, String)> {
     let host = parsed.host_str()?.to_ascii_lowercase();
     let port = parsed.port_or_known_default()?;
     Some((host.clone(), format!("{host}:{port}")))
+}
+
+/// A web page where a file was asked for: a captive portal or a proxy's error page, which
+/// says nothing of the file itself.
+fn is_html(resp: &reqwest::Response) -> bool {
+    resp.headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/html"))
+}
+
+fn html_instead(what: &'static str) -> ClientError {
+    ClientError::Invalid {
+        what,
+        reason: "the server sent a web page (text/html), not the file: a captive portal?".into(),
+    }
 }
 
 /// `If-Range` takes a strong ETag or a date; a weak ETag (`W/"…"`) may not be used.

@@ -108,6 +108,12 @@ impl Client {
     }
 
     async fn token_request(&self, grant: Grant) -> Result<TokenBody, ClientError> {
+        self.bounded("token", self.request_timeout, self.token_exchange(grant))
+            .await
+    }
+
+    /// The token request as such: GET, or POST after a 405, and the answer read whole.
+    async fn token_exchange(&self, grant: Grant) -> Result<TokenBody, ClientError> {
         let what = "token";
         let (params, post) = {
             let c = self.tokens.lock().expect("token lock");

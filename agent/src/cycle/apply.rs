@@ -1,6 +1,6 @@
 //! Apply: run the downloaded patches in order into the staging area, never on the installed file.
 
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 
 use sha2::{Digest, Sha256};
 
@@ -73,12 +73,10 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
                     agent.store.remove_staged(&key, index - 1)?;
                 }
             }
-            Err(ApplyError::Missing) => {
-                // The download vanished (cleaned up by hand?): fetch it again.
-                log::warn!(
-                    "{key}: the downloaded patch of update {} is gone; downloading it again",
-                    p.id
-                );
+            Err(e @ (ApplyError::Missing | ApplyError::Changed { .. })) => {
+                // The download vanished (cleaned up by hand?) or is not what was downloaded (a
+                // bad disk): fetch it again, as an attempt of its own.
+                log::warn!("{key}: update {}: {e}; downloading it again", p.id);
                 let lost = &mut agent
                     .pkg_state(&key)
                     .update
@@ -87,12 +85,19 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
                     .patches[index];
                 lost.sha256 = None;
                 lost.durable = 0;
+                lost.validator = None;
+                lost.attempts += 1;
                 agent.save()?;
                 return Ok(Step::Download);
             }
+            Err(ApplyError::Patch(patch::PatchError::Stopped)) => return Err(CycleError::Stopped),
             Err(ApplyError::Store(e)) => return Err(e.into()),
             Err(ApplyError::NoSpace { needed, free }) => {
-                return Err(CycleError::NoSpace { needed, free });
+                return Err(CycleError::NoSpace {
+                    place: "in the state directory",
+                    needed,
+                    free,
+                });
             }
             Err(ApplyError::Patch(e)) => {
                 let reason = format!("update {} does not apply: {}", p.id, crate::error_chain(&e));
@@ -126,6 +131,8 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
 enum ApplyError {
     #[error("the downloaded patch is missing")]
     Missing,
+    #[error("the downloaded patch has sha256 {found}, not the {recorded} recorded at download")]
+    Changed { recorded: String, found: String },
     #[error("not enough space for the patched file")]
     NoSpace { needed: u64, free: u64 },
     #[error(transparent)]
@@ -145,31 +152,39 @@ async fn apply_one(
 ) -> Result<(String, u64), ApplyError> {
     let key = pkg.key();
     let update = agent.state.packages[&key].update.as_ref().expect("update");
-    let id = &update.patches[index].id;
+    let p = &update.patches[index];
+    let id = &p.id;
     let old = if index == 0 {
         std::fs::File::open(&pkg.path).map_err(io_err("open", &pkg.path.display().to_string()))?
     } else {
         agent.store.open_staged(&key, index - 1)?
     };
-    let mut patch_bytes = Vec::new();
-    agent
+    let patch_file = agent
         .store
         .open_patch(&key, id)?
-        .ok_or(ApplyError::Missing)?
-        .read_to_end(&mut patch_bytes)
-        .map_err(io_err("read", "patch"))?;
-    // A result larger than the space left is a full disk (try again later), not a bad patch;
-    // and the limit keeps a hostile header from filling the disk.
-    let promised = patch::header(&patch_bytes)?.new_size;
+        .ok_or(ApplyError::Missing)?;
+    let recorded = p.sha256.clone().unwrap_or_default();
     let room = agent.store.free_space()?;
-    if promised > room {
-        return Err(ApplyError::NoSpace {
-            needed: promised,
-            free: room,
-        });
-    }
     let out = agent.store.create_staged(&key, index)?;
+    let shutdown = agent.shutdown.clone();
+    let notifier = agent.notifier.clone();
     let work = move || -> Result<(String, u64), ApplyError> {
+        // The patch is read from its file in pieces, never whole: a patch may be hundreds of
+        // MiB, a robot's memory is not. It is the file the download step hashed, or nothing.
+        let found = crate::install::sha256_of(&patch_file).map_err(io_err("read", "patch"))?;
+        if found != recorded {
+            return Err(ApplyError::Changed { recorded, found });
+        }
+        let source = patch::FileSource::new(patch_file).map_err(io_err("stat", "patch"))?;
+        // A result larger than the space left is a full disk (try again later), not a bad
+        // patch; and the limit keeps a hostile header from filling the disk.
+        let promised = patch::header(&source)?.new_size;
+        if promised > room {
+            return Err(ApplyError::NoSpace {
+                needed: promised,
+                free: room,
+            });
+        }
         let old_map = patch::map(&old).map_err(io_err("map", "the file to patch"))?;
         let mut writer = HashingWriter {
             inner: BufWriter::with_capacity(1 << 20, out),
@@ -177,7 +192,13 @@ async fn apply_one(
             written: 0,
             failed: None,
         };
-        if let Err(e) = patch::apply(&old_map, &patch_bytes, &mut writer, room) {
+        // Asked every few controls: it proves to the watchdog that the work moves, and lets a
+        // SIGTERM stop it within moments.
+        let stop = || {
+            notifier.alive();
+            shutdown.is_set()
+        };
+        if let Err(e) = patch::apply_until(&old_map, &source, &mut writer, room, &stop) {
             // A write that failed (ENOSPC, EFBIG) is the disk's fault, not the patch's.
             return Err(match (writer.failed.take(), e) {
                 (Some(source), _) => ApplyError::Store(io_err("write", "staging file")(source)),

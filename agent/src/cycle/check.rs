@@ -85,6 +85,11 @@ fn declined(key: &str, code: &str) -> Step {
     Step::Report(Outcome::Declined { code: code.into() })
 }
 
+/// The longest chain the agent accepts in one answer. The state file holds a record per patch,
+/// saved at every checkpoint of a download, so a chain of thousands would make each save (and
+/// the flash's wear) grow with it; a robot that far behind is better reflashed.
+pub const MAX_CHAIN: usize = 64;
+
 /// Turns a valid offer into an update, or refuses it before anything is downloaded.
 async fn accept(
     agent: &mut Agent,
@@ -93,6 +98,12 @@ async fn accept(
     offered: Vec<OfferedPatch>,
 ) -> Result<Step, CycleError> {
     let key = pkg.key();
+    if offered.len() > MAX_CHAIN {
+        return Err(CycleError::Refused(format!(
+            "{} patches offered in one answer, more than the {MAX_CHAIN} the agent takes",
+            offered.len()
+        )));
+    }
     // Rule 4, and its twin for failures: an id with a final result is never tried again; its
     // result is sent again instead. Ids after a failed one cannot apply: "not updated yet".
     let mut fresh = Vec::new();
@@ -200,6 +211,8 @@ async fn accept(
         failed: None,
         install: None,
         space_failures: 0,
+        accepted_at_unix: unix_now(),
+        failed_cycles: 0,
     });
     agent.save()?;
     Ok(Step::Verify)

@@ -68,13 +68,15 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
             };
             let permanent = matches!(&err, CycleError::Client(c) if c.is_permanent())
                 || matches!(&err, CycleError::Unauthentic { .. });
-            // An outage (nothing reachable) or a cut after progress does not use up attempts:
-            // they count downloads that go nowhere.
-            let unreachable = matches!(&err, CycleError::Client(c) if c.is_connect());
+            // A cut after progress does not use up attempts: they count downloads that go
+            // nowhere. A host that cannot be reached (or whose certificate is refused) does:
+            // once a cycle, so that the back-off between cycles spreads them out, and an update
+            // whose patch host is gone ends instead of waiting for it for good.
+            let unreachable = matches!(&err, CycleError::Client(c) if c.is_connect() || c.is_tls());
             let p = &mut update_mut(agent, &key).patches[index];
             if p.durable > patch.durable {
                 p.attempts = 0;
-            } else if !unreachable {
+            } else {
                 p.attempts += 1;
             }
             let attempts = p.attempts;
@@ -94,6 +96,9 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
             }
             agent.save()?;
             quick += 1;
+            if unreachable {
+                return Err(err);
+            }
             if quick >= QUICK_RESUMES {
                 return Err(CycleError::Interrupted { id, reason });
             }
@@ -118,7 +123,8 @@ fn update_mut<'a>(agent: &'a mut Agent, key: &str) -> &'a mut crate::store::Upda
         .expect("download runs with an update")
 }
 
-/// Refuses to start when the whole chain, and the files made from it, cannot fit.
+/// Refuses to start when the whole chain and the files made from it cannot fit in the state
+/// directory, or the new file beside the managed one.
 async fn check_space(agent: &mut Agent, pkg: &Package) -> Result<(), CycleError> {
     let key = pkg.key();
     let mut needed: u64 = 0;
@@ -153,7 +159,27 @@ async fn check_space(agent: &mut Agent, pkg: &Package) -> Result<(), CycleError>
     needed = needed.saturating_add(file_size.saturating_mul(2));
     let free = agent.store.free_space()?;
     if needed > free {
-        return Err(CycleError::NoSpace { needed, free });
+        return Err(CycleError::NoSpace {
+            place: "in the state directory",
+            needed,
+            free,
+        });
+    }
+    // The new version is written beside the managed file before it replaces it; the signed
+    // result size says how large it is, else the file as it is now is the best guess.
+    let u = update(agent, &key);
+    let result = u.patches[..u.usable()]
+        .iter()
+        .rev()
+        .find_map(|p| p.signed.as_ref().map(|s| s.result_size))
+        .unwrap_or(file_size);
+    let beside = crate::install::free_space(&pkg.path)?;
+    if result > beside {
+        return Err(CycleError::NoSpace {
+            place: "beside the managed file",
+            needed: result,
+            free: beside,
+        });
     }
     Ok(())
 }
@@ -194,7 +220,7 @@ async fn fetch_one(
     }
     let mut fetch = match agent
         .client
-        .fetch(&patch.url, have, patch.validator.as_deref())
+        .fetch(&patch.url, have, patch.validator.as_deref(), patch.size)
         .await
     {
         Ok(f) => f,
@@ -228,9 +254,14 @@ async fn fetch_one(
     let signed_size = patch.signed.as_ref().map(|s| s.patch_size);
     if let (Some(total), Some(signed)) = (fetch.total, signed_size) {
         if total != signed {
-            return Err(CycleError::Unauthentic {
+            // Something else answers for the patch (a captive portal, a proxy's error page):
+            // a failed download to try again, not a verdict on the patch.
+            start_over(agent, key, index)?;
+            return Err(CycleError::Interrupted {
                 id: patch.id.clone(),
-                reason: format!("the server's patch is {total} bytes, the signed size is {signed}"),
+                reason: format!(
+                    "the server's answer is {total} bytes, the signed patch is {signed}"
+                ),
             });
         }
     }
@@ -257,6 +288,11 @@ async fn fetch_one(
     tokio::pin!(stop);
     let mut synced = have;
     let mut next_sync = Instant::now() + CHECKPOINT_EVERY;
+    let mut pace = Pace::new(
+        agent.config.server.min_download_rate,
+        agent.config.server.read_timeout.0,
+        have,
+    );
     let stall = tokio::time::sleep_until(next_sync);
     tokio::pin!(stall);
     loop {
@@ -284,7 +320,8 @@ async fn fetch_one(
         };
         have += chunk.len() as u64;
         if let Some(signed) = signed_size.filter(|&s| have > s) {
-            return Err(CycleError::Unauthentic {
+            start_over(agent, key, index)?;
+            return Err(CycleError::Interrupted {
                 id: patch.id.clone(),
                 reason: format!("the server sent more than the signed {signed} bytes"),
             });
@@ -297,6 +334,7 @@ async fn fetch_one(
         }
         hasher.update(&chunk);
         out.write_all(&chunk).map_err(io("write"))?;
+        agent.notifier.alive();
         if progress.due(have) {
             agent.notifier.status(&progress.line(have));
         }
@@ -304,6 +342,16 @@ async fn fetch_one(
             checkpoint(agent, key, index, &mut out, have)?;
             (synced, next_sync) = (have, Instant::now() + CHECKPOINT_EVERY);
             stall.as_mut().reset(next_sync);
+        }
+        if let Some(rate) = pace.too_slow(have) {
+            checkpoint(agent, key, index, &mut out, have)?;
+            return Err(CycleError::Interrupted {
+                id: patch.id.clone(),
+                reason: format!(
+                    "the body arrives at {rate} bytes/s, slower than min_download_rate ({})",
+                    agent.config.server.min_download_rate
+                ),
+            });
         }
     }
     if let Some(total) = fetch.total {
@@ -316,8 +364,18 @@ async fn fetch_one(
         }
     }
     let file = out.into_inner().map_err(|e| io("write")(e.into_error()))?;
+    crate::io_stats::fsynced();
     file.sync_all().map_err(io("fsync"))?;
     let sha = crate::install::hex(&hasher.finalize());
+    if !is_patch(&file) {
+        // A captive portal's page, an error page with a 200: whatever it is, it is not what the
+        // server offered. The download failed and starts over; the patch is not judged by it.
+        start_over(agent, key, index)?;
+        return Err(CycleError::Interrupted {
+            id: patch.id.clone(),
+            reason: format!("the {have} bytes received are not a bsdiff patch (no BSDIFF40 magic)"),
+        });
+    }
     if let Some(signed) = &patch.signed {
         if have < signed.patch_size {
             // A body that just ended early (no length was announced; the bytes are synced):
@@ -370,6 +428,55 @@ async fn fetch_one(
     Ok(())
 }
 
+/// True when the file starts like a bsdiff 4.x patch.
+fn is_patch(file: &File) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut magic = [0u8; 8];
+    file.read_exact_at(&mut magic, 0).is_ok() && &magic == b"BSDIFF40"
+}
+
+/// Forgets the partial download of patch `index`: the next attempt starts at byte zero.
+fn start_over(agent: &mut Agent, key: &str, index: usize) -> Result<(), CycleError> {
+    let p = &mut update_mut(agent, key).patches[index];
+    p.durable = 0;
+    p.validator = None;
+    p.size = None;
+    agent.save()?;
+    Ok(())
+}
+
+/// Holds a body to `min_download_rate`: every window of `read_timeout`, the bytes that
+/// arrived in it must make the rate. reqwest's read timeout restarts at every byte, so a server
+/// that drips would otherwise hold the agent for weeks.
+struct Pace {
+    min_rate: u64,
+    window: Duration,
+    started: Instant,
+    at_start: u64,
+}
+
+impl Pace {
+    fn new(min_rate: u64, window: Duration, have: u64) -> Pace {
+        Pace {
+            min_rate,
+            window,
+            started: Instant::now(),
+            at_start: have,
+        }
+    }
+
+    /// The rate of the window that just ended, when it was too slow.
+    fn too_slow(&mut self, have: u64) -> Option<u64> {
+        let elapsed = self.started.elapsed();
+        if elapsed < self.window {
+            return None;
+        }
+        let rate = ((have - self.at_start) as f64 / elapsed.as_secs_f64()) as u64;
+        (self.started, self.at_start) = (Instant::now(), have);
+        (rate < self.min_rate).then_some(rate)
+    }
+}
+
 fn hash_prefix(file: &mut File, len: u64, hasher: &mut Sha256) -> std::io::Result<()> {
     let mut limited = file.take(len);
     let mut buf = vec![0u8; 256 * 1024];
@@ -398,6 +505,7 @@ fn checkpoint(
         }
     };
     out.flush().map_err(io("write"))?;
+    crate::io_stats::fsynced();
     out.get_ref().sync_data().map_err(io("fsync"))?;
     update_mut(agent, key).patches[index].durable = have;
     agent.save()?;

@@ -2,7 +2,12 @@
 //!
 //! The install marker in the state records how far an install got (swapped, hooks started,
 //! rolling back), so that a restart at any point either finishes the install or rolls it back,
-//! and never runs a version that failed, or hung in, its hooks.
+//! and never runs a version that failed, or hung in, its hooks. A stop (SIGTERM) while the
+//! hooks run is neither: the marker goes back to "swapped" and the next start runs them again.
+//!
+//! The new file is copied beside the managed one before `pre_install` runs, so that a disk that
+//! cannot take it fails the install before any service was stopped; and when the swap fails
+//! after `pre_install`, `post_install` runs for the old version, so what it stopped starts again.
 
 use super::apply::Staged;
 use super::{Agent, CycleError, Outcome, Step, all_codes, chain_codes, code};
@@ -31,26 +36,71 @@ pub(super) async fn run(
                 hooks_started: false,
                 rolling_back: false,
             };
-            if let Some(cmd) = &pkg.pre_install {
-                let env = hook_env(pkg, &update.from_version, &marker.to_version);
-                if let Err(e) =
-                    hooks::run("pre_install", cmd, timeout(agent, pkg), &env.as_slice()).await
-                {
-                    log::warn!(
-                        "{key}: {}; the update is deferred to the next poll",
-                        crate::error_chain(&e)
-                    );
-                    agent.finish(pkg, &all_codes(&ids, code::NOT_UPDATED), None)?;
-                    return Ok(Step::Report(Outcome::Deferred));
-                }
-            }
             agent
                 .notifier
                 .status(&format!("installing {key} version {}", marker.to_version));
             let staged_file = agent.store.open_staged(&key, applied - 1)?;
-            install::prepare_async(&pkg.path, staged_file).await?;
+            let shutdown = agent.shutdown.clone();
+            match install::prepare_async(&pkg.path, staged_file, move || shutdown.is_set()).await {
+                Err(install::InstallError::Stopped { .. }) => return Err(CycleError::Stopped),
+                Err(e @ install::InstallError::Privileged { .. }) => {
+                    // Not a passing failure: no later cycle makes the file installable.
+                    let reason = crate::error_chain(&e);
+                    log::error!("{key}: {reason}");
+                    agent.finish(pkg, &all_codes(&ids, code::FAILED), None)?;
+                    return Ok(Step::Report(Outcome::Failed { reason }));
+                }
+                other => other?,
+            }
+            if let Some(cmd) = &pkg.pre_install {
+                let env = hook_env(pkg, &update.from_version, &marker.to_version);
+                match hooks::run(
+                    "pre_install",
+                    cmd,
+                    timeout(agent, pkg),
+                    &env.as_slice(),
+                    &agent.shutdown,
+                )
+                .await
+                {
+                    Ok(()) => {}
+                    Err(hooks::HookError::Stopped { .. }) => {
+                        install::discard_prepared(&pkg.path);
+                        return Err(CycleError::Stopped);
+                    }
+                    Err(e) => {
+                        log::warn!(
+                            "{key}: {}; the update is deferred to the next poll",
+                            crate::error_chain(&e)
+                        );
+                        agent.finish(pkg, &all_codes(&ids, code::NOT_UPDATED), None)?;
+                        return Ok(Step::Report(Outcome::Deferred));
+                    }
+                }
+            }
             save_marker(agent, &key, &marker)?;
-            install::swap(&pkg.path)?;
+            if let Err(e) = install::swap(&pkg.path) {
+                // Whatever pre_install stopped for the install starts again with the old version.
+                if let (Some(_), Some(cmd)) = (&pkg.pre_install, &pkg.post_install) {
+                    log::error!(
+                        "{key}: {}; running post_install for the old version",
+                        crate::error_chain(&e)
+                    );
+                    let env = hook_env(pkg, &marker.to_version, &update.from_version);
+                    if let Err(h) = hooks::run(
+                        "post_install",
+                        cmd,
+                        timeout(agent, pkg),
+                        &env.as_slice(),
+                        &agent.shutdown,
+                    )
+                    .await
+                    {
+                        log::error!("{key}: {}", crate::error_chain(&h));
+                    }
+                }
+                return Err(e.into());
+            }
             marker
         }
         Staged::Resumed => {
@@ -117,8 +167,29 @@ pub(super) async fn run(
         ("health_check", &pkg.health_check),
     ] {
         if let Some(cmd) = cmd {
-            if let Err(e) = hooks::run(name, cmd, timeout(agent, pkg), &env.as_slice()).await {
-                return roll_back(agent, pkg, &update, marker, crate::error_chain(&e)).await;
+            match hooks::run(
+                name,
+                cmd,
+                timeout(agent, pkg),
+                &env.as_slice(),
+                &agent.shutdown,
+            )
+            .await
+            {
+                Ok(()) => {}
+                Err(hooks::HookError::Stopped { .. }) => {
+                    // A routine stop, not a verdict on the new version: the next start runs the
+                    // hooks again (a crash in them, with the marker still set, rolls back).
+                    log::info!(
+                        "{key}: stopped during the {name} hook; the hooks run again at the next start"
+                    );
+                    marker.hooks_started = false;
+                    save_marker(agent, &key, &marker)?;
+                    return Err(CycleError::Stopped);
+                }
+                Err(e) => {
+                    return roll_back(agent, pkg, &update, marker, crate::error_chain(&e)).await;
+                }
             }
         }
     }
@@ -162,9 +233,19 @@ async fn roll_back(
     }
     if let Some(cmd) = &pkg.post_install {
         let env = hook_env(pkg, &marker.to_version, &update.from_version);
-        if let Err(e) = hooks::run("post_install", cmd, timeout(agent, pkg), &env.as_slice()).await
+        match hooks::run(
+            "post_install",
+            cmd,
+            timeout(agent, pkg),
+            &env.as_slice(),
+            &agent.shutdown,
+        )
+        .await
         {
-            log::error!("{key}: after the rollback: {}", crate::error_chain(&e));
+            Ok(()) => {}
+            // The marker says "rolling back": the next start runs post_install again.
+            Err(hooks::HookError::Stopped { .. }) => return Err(CycleError::Stopped),
+            Err(e) => log::error!("{key}: after the rollback: {}", crate::error_chain(&e)),
         }
     }
     // Record what is really there now, so that later checks patch the right base.

@@ -16,6 +16,10 @@
 //!
 //!   Any step's error ends the cycle; the daemon turns it into a back-off and tries again,
 //!   resuming from the facts in the state file (see `daemon`).
+//!
+//!   Liveness: a recorded update whose cycles fail `max_failed_cycles` times in a row without
+//!   progress, or that is older than `update_deadline`, ends in `GiveUp` with rule 3's results
+//!   for where it stuck, and goes to Report; the next poll asks the server again.
 //! ```
 //!
 //! The steps share an [`Agent`]: the config, the server client, the store and the state. Every
@@ -34,7 +38,7 @@ use std::sync::Arc;
 
 use crate::client::{Client, ClientError};
 use crate::config::{Config, Package};
-use crate::install::InstallError;
+use crate::install::{InstallError, sha256_file_async};
 use crate::notify::Notifier;
 use crate::store::{Callback, PackageState, State, Store, StoreError, Update};
 use crate::{Shutdown, unix_now};
@@ -49,15 +53,19 @@ pub mod code {
 #[derive(Debug, thiserror::Error)]
 pub enum CycleError {
     #[error(transparent)]
-    Client(#[from] ClientError),
+    Client(ClientError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Install(#[from] InstallError),
     #[error("the server's answer was refused: {0}")]
     Refused(String),
-    #[error("not enough free space in the state directory: {needed} bytes needed, {free} free")]
-    NoSpace { needed: u64, free: u64 },
+    #[error("not enough free space {place}: {needed} bytes needed, {free} free")]
+    NoSpace {
+        place: &'static str,
+        needed: u64,
+        free: u64,
+    },
     #[error("download of update {id} was interrupted: {reason}")]
     Interrupted { id: String, reason: String },
     #[error("update {id} is not the patch the vendor signed: {reason}")]
@@ -66,6 +74,15 @@ pub enum CycleError {
     Stopped,
     #[error("the update cycle made no progress in {steps} steps")]
     NoProgress { steps: usize },
+}
+
+impl From<ClientError> for CycleError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Stopped { .. } => CycleError::Stopped,
+            e => CycleError::Client(e),
+        }
+    }
 }
 
 impl CycleError {
@@ -80,6 +97,35 @@ impl CycleError {
 
 /// More steps than any cycle needs, even one that downloads a vanished patch again.
 const MAX_STEPS: usize = 32;
+
+/// A time before any robot ran this agent: a recorded time before it comes from a clock that
+/// had not been set (a board without a clock battery), and means nothing.
+const PLAUSIBLE_UNIX: u64 = 1_700_000_000;
+
+/// What `update_deadline` says of an update accepted at `accepted` when the clock says `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// Within the deadline.
+    Running,
+    /// The recorded time means nothing (unknown, from an unset clock, or in the future after
+    /// the clock went back): the deadline starts again from now.
+    Restart,
+    /// Past the deadline: the update ends.
+    Passed,
+}
+
+impl Deadline {
+    pub fn of(accepted: u64, now: u64, deadline: std::time::Duration) -> Deadline {
+        if accepted < PLAUSIBLE_UNIX || accepted > now {
+            return Deadline::Restart;
+        }
+        if now - accepted > deadline.as_secs() {
+            Deadline::Passed
+        } else {
+            Deadline::Running
+        }
+    }
+}
 
 /// How a cycle ended for one managed file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,7 +198,8 @@ impl Agent {
         shutdown: Shutdown,
         notifier: Arc<Notifier>,
     ) -> Result<Agent, crate::Error> {
-        let client = Client::new(&config)?;
+        let mut client = Client::new(&config)?;
+        client.stop_on(shutdown.clone());
         let store = Store::open(&config.agent.state_dir)?;
         let state = store.load()?;
         let mut agent = Agent {
@@ -168,18 +215,21 @@ impl Agent {
         Ok(agent)
     }
 
-    /// Adds packages seen for the first time and drops files no update needs any more. The
-    /// facts of a file no longer configured are kept (not acted on), so that configuring it
-    /// again cannot make the agent forget its version and the updates it applied.
+    /// Adds packages seen for the first time, takes up a corrected version from the config,
+    /// and drops files no update needs any more. The facts of a file no longer configured are
+    /// kept (not acted on), so that configuring it again cannot make the agent forget its
+    /// version and the updates it applied.
     fn reconcile(&mut self) -> Result<(), StoreError> {
         for p in &self.config.packages {
+            let key = p.key();
             let ps = self
                 .state
                 .packages
-                .entry(p.key())
+                .entry(key.clone())
                 .or_insert_with(|| PackageState::new(&p.version));
             if ps.update.is_none() {
-                self.store.clear_package(&p.key())?;
+                adopt_configured_version(&key, p, ps);
+                self.store.clear_package(&key)?;
                 crate::install::discard_prepared(&p.path);
             }
         }
@@ -221,10 +271,158 @@ impl Agent {
             .expect("reconcile() adds every configured package")
     }
 
-    /// Runs one cycle for the package at `index` of the config, from wherever its facts say.
+    /// Runs one cycle for the package at `index` of the config, from wherever its facts say,
+    /// and holds a recorded update to its bounds: a cycle that fails without progress counts
+    /// toward `max_failed_cycles`, and an update past `update_deadline` or over that count ends.
     pub async fn cycle(&mut self, index: usize) -> Result<Outcome, CycleError> {
         let pkg = self.config.packages[index].clone();
         let key = pkg.key();
+        let deadline = self.config.agent.update_deadline.0;
+        let accepted = self.state.packages[&key]
+            .update
+            .as_ref()
+            .map(|u| u.accepted_at_unix);
+        if let Some(accepted) = accepted {
+            match Deadline::of(accepted, unix_now(), deadline) {
+                Deadline::Running => {}
+                Deadline::Restart => {
+                    self.update_mut(&key).accepted_at_unix = unix_now();
+                    self.save()?;
+                }
+                Deadline::Passed => {
+                    let reason = format!(
+                        "it was accepted more than {} ago (update_deadline)",
+                        crate::schedule::human(deadline)
+                    );
+                    match self.end_stuck(&pkg, reason, None).await {
+                        // The patches before the stuck one are still installed, in this cycle.
+                        Err(CycleError::Refused(_)) => {}
+                        other => return other,
+                    }
+                }
+            }
+        }
+        let before = self.pkg_state(&key).update.as_ref().map(Update::progress);
+        let err = match self.steps(&pkg).await {
+            Err(CycleError::Stopped) => return Err(CycleError::Stopped),
+            Err(e) => e,
+            ok => return ok,
+        };
+        let Some(update) = self.pkg_state(&key).update.as_mut() else {
+            return Err(err);
+        };
+        if before.is_some_and(|b| update.progress() > b) {
+            update.failed_cycles = 0;
+        } else {
+            update.failed_cycles = update.failed_cycles.saturating_add(1);
+        }
+        let failed = update.failed_cycles;
+        self.save()?;
+        let limit = self.config.agent.max_failed_cycles;
+        if failed < limit {
+            return Err(err);
+        }
+        let reason = format!(
+            "{failed} cycles in a row failed without progress (max_failed_cycles); the last: {}",
+            crate::error_chain(&err)
+        );
+        let no_space = matches!(err, CycleError::NoSpace { .. });
+        match self.end_stuck(&pkg, reason, Some(no_space)).await {
+            Err(CycleError::Refused(_)) => Err(err),
+            other => other,
+        }
+    }
+
+    fn update_mut(&mut self, key: &str) -> &mut Update {
+        self.pkg_state(key).update.as_mut().expect("an update")
+    }
+
+    /// Ends an update that cannot get further, with rule 3's results for where it stuck:
+    /// - stuck fetching patch *k* > 0: patch *k* fails (the ones before it still install, at the
+    ///   next cycle; `Refused` is returned to say the update goes on);
+    /// - stuck fetching the first patch: it gets `2`, the rest `3`;
+    /// - stuck applying or installing: the previous file stays (or is restored) and the ids get
+    ///   `2`, those after a failed patch `3`; for want of space all get `3` (not updated yet,
+    ///   so the server may offer them again once there is room).
+    async fn end_stuck(
+        &mut self,
+        pkg: &Package,
+        reason: String,
+        no_space: Option<bool>,
+    ) -> Result<Outcome, CycleError> {
+        let key = pkg.key();
+        let update = self.pkg_state(&key).update.clone().expect("an update");
+        let ids = update.ids();
+        let usable = update.usable();
+        let unfetched = (0..usable).find(|&i| update.patches[i].sha256.is_none());
+        if update.install.is_none() {
+            match unfetched {
+                Some(k) if k > 0 => {
+                    let id = &update.patches[k].id;
+                    log::error!("{key}: update {id} fails: {reason}");
+                    self.update_mut(&key).failed = Some(crate::store::Failure {
+                        index: k,
+                        reason: format!("update {id} fails: {reason}"),
+                    });
+                    self.save()?;
+                    return Err(CycleError::Refused(reason));
+                }
+                Some(_) => {
+                    log::error!("{key}: update {} fails: {reason}", ids[0]);
+                    self.finish(pkg, &chain_codes(&ids, 0, Some(0)), None)?;
+                    report::run(self).await?;
+                    return Ok(Outcome::Failed { reason });
+                }
+                None => {}
+            }
+        }
+        log::error!("{key}: updates {} end: {reason}", ids.join(", "));
+        let mut installed = None;
+        if let Some(marker) = &update.install {
+            // The new file may be in place with its install unfinished: the previous one comes
+            // back, as after a failed health check.
+            let current = sha256_file_async(&pkg.path).await.ok().flatten();
+            if current.as_deref() == Some(marker.to_sha256.as_str()) {
+                match crate::install::rollback(&pkg.path) {
+                    Ok(true) => log::info!("{key}: version {} restored", update.from_version),
+                    Ok(false) => log::error!("{key}: no previous file to restore"),
+                    Err(e) => log::error!("{key}: {}", crate::error_chain(&e)),
+                }
+            }
+            let now = sha256_file_async(&pkg.path).await.ok().flatten();
+            installed = if now.as_deref() == Some(update.from_sha256.as_str()) {
+                Some((update.from_version.clone(), update.from_sha256.clone()))
+            } else if now.as_deref() == Some(marker.to_sha256.as_str()) {
+                Some((marker.to_version.clone(), marker.to_sha256.clone()))
+            } else {
+                None
+            };
+        }
+        let codes: Vec<(String, u8)> = if no_space == Some(true) {
+            all_codes(&ids, code::NOT_UPDATED)
+        } else {
+            let failed = update.failed.as_ref().map(|f| f.index);
+            ids.iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    let c = if i < usable || failed == Some(i) {
+                        code::FAILED
+                    } else {
+                        code::NOT_UPDATED
+                    };
+                    (id.clone(), c)
+                })
+                .collect()
+        };
+        self.finish(pkg, &codes, installed)?;
+        report::run(self).await?;
+        Ok(Outcome::Failed { reason })
+    }
+
+    /// The steps of one cycle, from wherever the package's facts say.
+    async fn steps(&mut self, pkg: &Package) -> Result<Outcome, CycleError> {
+        let key = pkg.key();
+        let pkg = pkg.clone();
         let mut step = match &self.pkg_state(&key).update {
             Some(Update {
                 install: Some(_), ..
@@ -298,6 +496,46 @@ impl Agent {
     }
 }
 
+/// The config's `version` is what the file is when the agent first sees it; later the agent's
+/// own record wins, since the agent moves the file on. A config whose version was changed since
+/// the last start is a correction (the package's example value at first, say) and is taken up,
+/// unless the agent has installed another version since: then the file was replaced (its
+/// sha256 is not the recorded one) for the new version to count.
+fn adopt_configured_version(key: &str, p: &Package, ps: &mut PackageState) {
+    if ps.configured_version.as_deref() == Some(p.version.as_str()) {
+        return;
+    }
+    if ps.version != p.version {
+        // Without a record of the configured version (a state from an older agent) the agent
+        // may have moved the file itself: only a replaced file makes the config right.
+        let moved_by_agent = ps
+            .configured_version
+            .as_ref()
+            .is_none_or(|c| *c != ps.version);
+        let current = crate::install::sha256_file(&p.path).ok().flatten();
+        let replaced = current.is_some() && current != ps.sha256;
+        if !moved_by_agent || replaced {
+            log::info!(
+                "{key}: the config now names version {} (it named {}); managing {} as version {}",
+                p.version,
+                ps.configured_version.as_deref().unwrap_or("another"),
+                p.path.display(),
+                p.version
+            );
+            ps.version = p.version.clone();
+            ps.sha256 = current;
+        } else {
+            log::info!(
+                "{key}: the config names version {}, but the agent installed version {} since; keeping {}",
+                p.version,
+                ps.version,
+                ps.version
+            );
+        }
+    }
+    ps.configured_version = Some(p.version.clone());
+}
+
 /// The codes of rule 3: applied ids `1`, the failed one `2`, the ones after it `3`.
 fn chain_codes(ids: &[String], applied: usize, failed: Option<usize>) -> Vec<(String, u8)> {
     ids.iter()
@@ -336,5 +574,18 @@ mod tests {
         assert_eq!(codes(1, Some(1)), [1, 2, 3]);
         assert_eq!(codes(0, Some(0)), [2, 3, 3]);
         assert_eq!(all_codes(&ids, 3).len(), 3);
+    }
+
+    #[test]
+    fn the_deadline_survives_a_wrong_clock() {
+        let week = std::time::Duration::from_secs(7 * 86_400);
+        let now = 1_800_000_000;
+        assert_eq!(Deadline::of(now - 3600, now, week), Deadline::Running);
+        assert_eq!(Deadline::of(now - 8 * 86_400, now, week), Deadline::Passed);
+        // Accepted while the board still thought it was 1970, or "tomorrow" after the clock
+        // went back: the recorded time means nothing, and the deadline starts again.
+        assert_eq!(Deadline::of(120, now, week), Deadline::Restart);
+        assert_eq!(Deadline::of(0, now, week), Deadline::Restart);
+        assert_eq!(Deadline::of(now + 86_400, now, week), Deadline::Restart);
     }
 }

@@ -3,10 +3,24 @@
 use super::{Agent, CycleError};
 use crate::client::Ack;
 
+/// Callbacks the server took between two saves of the outbox. Saving after each one made a long
+/// outbox cost its length squared in writes; a power loss before a save only sends a few
+/// results twice, which the contract allows (never zero times).
+const SAVE_EVERY: usize = 32;
+
 /// Sends the outbox. A callback the server fails on is kept, and the ones after it for other ids
 /// still go out (those for the same id wait, so its results arrive in order); the first error
 /// is returned at the end. When the server cannot be reached at all, the rest waits too.
 pub(super) async fn run(agent: &mut Agent) -> Result<(), CycleError> {
+    let mut unsaved = 0;
+    let result = send(agent, &mut unsaved).await;
+    if unsaved > 0 {
+        agent.save()?;
+    }
+    result
+}
+
+async fn send(agent: &mut Agent, unsaved: &mut usize) -> Result<(), CycleError> {
     if !agent.state.outbox.is_empty() {
         agent.notifier.status(&format!(
             "sending {} update result(s) to the server",
@@ -20,6 +34,7 @@ pub(super) async fn run(agent: &mut Agent) -> Result<(), CycleError> {
         if agent.shutdown.is_set() {
             return Err(CycleError::Stopped);
         }
+        agent.notifier.alive();
         if held.contains(&cb.id) {
             at += 1;
             continue;
@@ -56,7 +71,11 @@ pub(super) async fn run(agent: &mut Agent) -> Result<(), CycleError> {
             }
         }
         agent.state.outbox.remove(at);
-        agent.save()?;
+        *unsaved += 1;
+        if *unsaved >= SAVE_EVERY {
+            agent.save()?;
+            *unsaved = 0;
+        }
     }
     match first_error {
         Some(e) => Err(e.into()),

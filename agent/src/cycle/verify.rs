@@ -28,6 +28,7 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
     let usable = update.usable();
     let mut from = update.from_version.clone();
     for index in 0..usable {
+        agent.notifier.alive();
         let p = &update.patches[index];
         let expected_from = std::mem::replace(&mut from, p.to_version.clone());
         if !host_allowed(&agent.config.security, &p.url) {
@@ -143,9 +144,9 @@ fn record(agent: &mut Agent, key: &str, index: usize, signed: Option<Signed>) {
     p.attempts = 0;
 }
 
-/// A failure that may pass (a timeout, a 500, an untrusted certificate) is retried at the next
-/// cycle, but only `download_attempts` times, so that an update cannot hang without a result.
-/// An unreachable server does not use up attempts.
+/// A failure that may pass (a timeout, a 500, an untrusted certificate, a host that cannot be
+/// reached) is retried at the next cycle, but only `download_attempts` times, so that an update
+/// cannot hang without a result.
 fn give_up_or_retry(
     agent: &mut Agent,
     pkg: &Package,
@@ -153,7 +154,7 @@ fn give_up_or_retry(
     e: ClientError,
 ) -> Result<Step, CycleError> {
     let key = pkg.key();
-    if e.is_connect() {
+    if matches!(e, ClientError::Stopped { .. }) {
         return Err(e.into());
     }
     let limit = agent.config.agent.download_attempts;

@@ -383,12 +383,16 @@ async fn resume_trusts_only_a_matching_206() {
         )
         .mount(&s.server)
         .await;
-    let mut fetch = s.client.fetch(&url, 10, Some("\"v1\"")).await.unwrap();
+    let mut fetch = s
+        .client
+        .fetch(&url, 10, Some("\"v1\""), Some(20))
+        .await
+        .unwrap();
     assert_eq!((fetch.offset, fetch.total), (10, Some(20)));
     assert_eq!(&fetch.chunk().await.unwrap().unwrap()[..], b"0123456789");
 
     // A 206 for another range is not spliced in.
-    let err = s.client.fetch(&url, 5, Some("\"v1\"")).await;
+    let err = s.client.fetch(&url, 5, Some("\"v1\""), Some(20)).await;
     assert!(err.is_err());
 
     // Without a validator the agent does not ask for a range: a plain 200 starts over.
@@ -400,10 +404,49 @@ async fn resume_trusts_only_a_matching_206() {
         .await;
     let fetch = s
         .client
-        .fetch(&format!("{}/x--17--f.patch", s.server.uri()), 10, None)
+        .fetch(
+            &format!("{}/x--17--f.patch", s.server.uri()),
+            10,
+            None,
+            None,
+        )
         .await
         .unwrap();
     assert_eq!((fetch.offset, fetch.total), (0, Some(5)));
+}
+
+/// A server that ignores `If-Range` answers a resume of a file that changed with a 206 of the
+/// new file: its validator or its total gives it away (RFC 9110 §14.4), and it is not spliced.
+#[tokio::test]
+async fn a_206_of_a_changed_file_is_refused() {
+    let s = setup().await;
+    let url = format!("{}/version/p/A-1--17--f.patch", s.server.uri());
+    Mock::given(method("GET"))
+        .and(path("/version/p/A-1--17--f.patch"))
+        .and(header("range", "bytes=10-"))
+        .respond_with(
+            ResponseTemplate::new(206)
+                .insert_header("content-range", "bytes 10-29/30")
+                .insert_header("etag", "\"v2\"")
+                .set_body_raw("01234567890123456789", "application/octet-stream"),
+        )
+        .mount(&s.server)
+        .await;
+    for (validator, total, says) in [
+        ("\"v2\"", Some(20), "the file was 20 bytes"),
+        ("\"v1\"", None, "is not the recorded"),
+        ("\"v1\"", Some(30), "is not the recorded"),
+    ] {
+        let err = s
+            .client
+            .fetch(&url, 10, Some(validator), total)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Invalid { reason, .. } if reason.contains(says)),
+            "{validator} {total:?}: {err}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -435,7 +478,7 @@ async fn a_weak_etag_is_not_a_validator_but_last_modified_is() {
         .await;
     let fetch = s
         .client
-        .fetch(&format!("{}/p--17--f.patch", s.server.uri()), 0, None)
+        .fetch(&format!("{}/p--17--f.patch", s.server.uri()), 0, None, None)
         .await
         .unwrap();
     assert_eq!(

@@ -204,3 +204,178 @@ async fn a_restart_during_the_health_check_rolls_back() {
     assert_eq!(w.callbacks(), pairs(&[("23", "2"), ("25", "2")]));
     assert_eq!(w.status().await["packages"][0]["version"], "16");
 }
+
+/// Sends SIGTERM to the agent's whole process group, as systemd does to the unit's cgroup: its
+/// hooks get it too.
+fn stop_like_systemd(child: &Child) {
+    let pid = Pid::from_raw(child.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process_group(pid, Signal::TERM).unwrap();
+}
+
+/// The agent in a process group of its own, so that [`stop_like_systemd`] reaches its hooks.
+fn spawn_grouped(w: &World) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_ota-agent"))
+        .arg("--config")
+        .arg(&w.config)
+        .arg("run")
+        .env("OTA_AGENT_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_a_hook_runs_the_hooks_again_at_the_next_start() {
+    // The health check takes long the first time only; a routine stop comes in the middle.
+    let once = "test -e \"$OTA_PATH.once\" || { touch \"$OTA_PATH.once\"; sleep 30; }";
+    let w = World::new(&format!("health_check = '{once}'")).await;
+    let child = spawn_grouped(&w);
+    let managed = crate::helpers::managed_path(w.dir());
+    let marker = managed.with_extension("apk.once");
+    until("the health check to start", || marker.exists()).await;
+    let stopped_at = tokio::time::Instant::now();
+    stop_like_systemd(&child);
+    let (status, log) = stderr_of(child).await;
+    assert!(status.success(), "{status}");
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(15),
+        "the stop took {:?}",
+        stopped_at.elapsed()
+    );
+    assert!(
+        !log.contains("rolling back"),
+        "a stop is no failed hook:\n{log}"
+    );
+    assert_eq!(w.installed(), w.version(18));
+    assert!(w.callbacks().is_empty());
+
+    let child = spawn(&w);
+    until("both callbacks", || w.callbacks().len() == 2).await;
+    signal(&child, Signal::TERM);
+    let (_, log) = stderr_of(child).await;
+    assert!(log.contains("running health_check hook"), "{log}");
+    assert_eq!(w.installed(), w.version(18));
+    assert_eq!(w.callbacks(), pairs(&[("23", "1"), ("25", "1")]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_slow_request_stops_within_seconds() {
+    let w = World::new("").await;
+    // The token answer drips one byte a second: a request that takes minutes.
+    w.server
+        .inject(Fault::new(Endpoint::Token, FaultKind::Drip(Duration::from_secs(1))).times(5));
+    let child = spawn(&w);
+    until("the token request", || {
+        w.server.requests().iter().any(|r| r.path == "/oauth/token")
+    })
+    .await;
+    let stopped_at = tokio::time::Instant::now();
+    signal(&child, Signal::TERM);
+    let (status, log) = stderr_of(child).await;
+    assert!(status.success());
+    assert!(log.contains("stopping"), "{log}");
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(5),
+        "the stop took {:?}",
+        stopped_at.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_check_in_the_future_does_not_delay_the_first_check() {
+    let w = World::new("").await;
+    // The state says the last check was a day from now: the clock was wrong then, or is now.
+    std::fs::create_dir_all(w.dir().join("state")).unwrap();
+    let out = w.agent(&["status", "--json"]).await;
+    assert!(out.status.success());
+    let state = w.dir().join("state").join("state.json");
+    let tomorrow = ota_agent::unix_now() + 86_400;
+    let facts = serde_json::json!({
+        "format": 1,
+        "packages": {"com.ubtechinc.alpha2services/service5mic": {
+            "version": "16", "sha256": null, "update": null,
+            "last_check": {"at_unix": tomorrow, "ok": true, "result": "up to date"}
+        }},
+        "outbox": []
+    });
+    std::fs::write(&state, serde_json::to_vec(&facts).unwrap()).unwrap();
+    let child = spawn(&w);
+    until("both callbacks", || w.callbacks().len() == 2).await;
+    signal(&child, Signal::TERM);
+    let (_, log) = stderr_of(child).await;
+    assert!(!log.contains("next check in 59m"), "{log}");
+}
+
+/// `wchar` of `/proc/PID/io`: every byte the process handed to write(2) and its kin.
+fn written(child: &Child) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{}/io", child.id().unwrap())).unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("wchar:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_failure_costs_a_bounded_amount_of_flash_per_cycle() {
+    // The install fails at every cycle (a directory stands where the new file goes), and the
+    // daemon retries every second or two for as long as the test watches.
+    let w = World::with("", "max_failed_cycles = 1000").await;
+    let blocker =
+        crate::helpers::managed_path(w.dir()).with_file_name(".Alpha2Services.apk.ota-new");
+    std::fs::create_dir(&blocker).unwrap();
+    let mut child = spawn(&w);
+    let stderr = child.stderr.take().unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut reader = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let passes = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|l| l.contains("the pass saved the state"))
+            .count()
+    };
+    until("the first failed pass", || {
+        passes(&lines.lock().unwrap()) >= 1
+    })
+    .await;
+    let start = written(&child);
+    until("five more failed passes", || {
+        passes(&lines.lock().unwrap()) >= 6
+    })
+    .await;
+    let bytes = written(&child) - start;
+    signal(&child, Signal::TERM);
+    child.wait().await.unwrap();
+    let lines = lines.lock().unwrap().clone();
+    let per_pass: Vec<(u64, u64)> = lines
+        .iter()
+        .filter_map(|l| {
+            let rest = l.split("the pass saved the state ").nth(1)?;
+            let n: Vec<u64> = rest
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|s| s.parse().ok())
+                .collect();
+            Some((n[0], n[2]))
+        })
+        .collect();
+    // Each pass re-applies the chain into the state directory (two 200 KiB versions) and
+    // saves a few facts; the bound is three versions' worth and 16 fsyncs a pass.
+    let file = w.version(16).len() as u64;
+    eprintln!("{bytes} bytes written in 5 passes; (saves, fsyncs) per pass: {per_pass:?}");
+    assert!(
+        bytes / 5 < 3 * file + 64 * 1024,
+        "{bytes} bytes in 5 passes"
+    );
+    for (saves, fsyncs) in &per_pass[1..] {
+        assert!(*saves <= 8 && *fsyncs <= 16, "{per_pass:?}");
+    }
+}

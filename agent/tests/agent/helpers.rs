@@ -82,6 +82,16 @@ impl World {
     }
 
     pub async fn serving(serve: Serve, package_extra: &str, agent_extra: &str) -> World {
+        Self::edited(serve, |catalog| catalog, package_extra, agent_extra).await
+    }
+
+    /// A world whose demo catalog (TOML) is first passed through `edit`.
+    pub async fn edited(
+        serve: Serve,
+        edit: impl FnOnce(String) -> String,
+        package_extra: &str,
+        agent_extra: &str,
+    ) -> World {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("server");
         let catalog = if serve.signed {
@@ -91,6 +101,8 @@ impl World {
         } else {
             ota_mock_server::demo::generate(&dir, 200 * 1024).unwrap()
         };
+        let text = std::fs::read_to_string(&catalog).unwrap();
+        std::fs::write(&catalog, edit(text)).unwrap();
         let catalog = Catalog::load(&catalog).unwrap();
         let certs = serve.tls.then(TestCertificates::generate);
         let server = match &certs {

@@ -7,6 +7,7 @@ mod cycle;
 mod daemon;
 mod helpers;
 mod interop;
+mod liveness;
 mod props;
 mod security;
 mod update;

@@ -1,0 +1,617 @@
+//! Every update ends: whatever keeps failing (a host, a certificate, a disk, a patch, a hook, a
+//! clock, a server that drips), each accepted update ends with a result per id within a stated
+//! number of `check` runs, its downloads are gone, and nothing hangs. One test per way a robot
+//! used to get stuck.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::Duration;
+
+use ota_mock_server::{Endpoint, Fault, FaultKind};
+use serde_json::json;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+use crate::helpers::{Serve, World, agent, managed_path, pairs, write_config};
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A port on which nothing listens.
+fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// The files left in the state directory's download area.
+fn downloads(dir: &Path) -> Vec<String> {
+    let packages = dir.join("state").join("packages");
+    let mut left = Vec::new();
+    for pkg in std::fs::read_dir(packages).into_iter().flatten() {
+        for f in std::fs::read_dir(pkg.unwrap().path()).unwrap() {
+            left.push(f.unwrap().file_name().to_string_lossy().into_owned());
+        }
+    }
+    left
+}
+
+/// An API server (wiremock) that hands out tokens, offers `answer` to every check and takes
+/// every callback.
+async fn api(answer: serde_json::Value) -> MockServer {
+    api_for(|_| answer).await
+}
+
+/// [`api`], with the answer made from the server's own URL.
+async fn api_for(answer: impl FnOnce(&str) -> serde_json::Value) -> MockServer {
+    let server = MockServer::start().await;
+    let answer = answer(&server.uri());
+    Mock::given(path("/oauth/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "access_token":"t1","token_type":"bearer","refresh_token":"r1","expires_in":11999,"scope":"read write trust"
+        })))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/file/download"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(answer))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/file/callback"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"code":"100","data":"regisiter information"})),
+        )
+        .mount(&server)
+        .await;
+    server
+}
+
+/// (id, code) of every callback a wiremock API server received, in order.
+async fn callbacks(server: &MockServer) -> Vec<(String, String)> {
+    let requests: Vec<Request> = server.received_requests().await.unwrap();
+    requests
+        .iter()
+        .filter(|r| r.url.path() == "/file/callback")
+        .map(|r| {
+            let q = |k: &str| {
+                r.url
+                    .query_pairs()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default()
+            };
+            (q("id"), q("code"))
+        })
+        .collect()
+}
+
+/// A robot in `tmp` at "version 16" (the bytes of the name) talking to `url`.
+fn robot(tmp: &Path, url: &str, package_extra: &str, agent_extra: &str) -> std::path::PathBuf {
+    std::fs::create_dir_all(tmp.join("robot")).unwrap();
+    if !managed_path(tmp).exists() {
+        std::fs::write(managed_path(tmp), b"version 16").unwrap();
+    }
+    write_config(tmp, url, package_extra, agent_extra)
+}
+
+/// Runs `check` up to `runs` times until `done` holds; panics if it never does.
+async fn check_until<F, Fut>(config: &Path, runs: usize, mut done: F) -> Vec<std::process::Output>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut outs = Vec::new();
+    for _ in 0..runs {
+        let out = tokio::time::timeout(Duration::from_secs(60), agent(config, &["check"]))
+            .await
+            .expect("a check that does not end within 60 s hangs");
+        outs.push(out);
+        if done().await {
+            return outs;
+        }
+    }
+    panic!("not done after {runs} checks");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_patch_host_ends_the_update_in_its_attempts() {
+    let port = closed_port();
+    let server = api(json!({"code":"100",
+        "data": format!("http://127.0.0.1:{port}/v/A-1--17--f.patch;http://127.0.0.1:{port}/v/A-1--18--f.patch"),
+        "id":"23;25"}))
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = robot(tmp.path(), &server.uri(), "", "download_attempts = 2");
+    let outs = check_until(&config, 3, || async {
+        callbacks(&server).await == pairs(&[("23", "2"), ("25", "3")])
+    })
+    .await;
+    assert!(stderr(outs.last().unwrap()).contains("giving up after 2 attempt(s)"));
+    assert!(
+        downloads(tmp.path()).is_empty(),
+        "{:?}",
+        downloads(tmp.path())
+    );
+    // The next poll asks the server again.
+    let checks_before = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == "/file/download")
+        .count();
+    agent(&config, &["check"]).await;
+    let checks = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == "/file/download")
+        .count();
+    assert_eq!(checks, checks_before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_certificate_on_the_patch_host_uses_up_attempts() {
+    // The patches are served over HTTPS with a certificate no system root signed.
+    let patches = World::serving(
+        Serve {
+            signed: false,
+            tls: true,
+        },
+        "",
+        "",
+    )
+    .await;
+    let base = patches.server.uri();
+    let url = |v: u32, name: &str| {
+        format!(
+            "{base}/version/com.ubtechinc.alpha2services/CN/Alpha2Services-{name}--{v}--service5mic.patch"
+        )
+    };
+    let server = api(json!({"code":"100",
+        "data": format!("{};{}", url(17, "1.1.1.32"), url(18, "1.1.2.32")), "id":"23;25"}))
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = robot(tmp.path(), &server.uri(), "", "download_attempts = 2");
+    let outs = check_until(&config, 3, || async {
+        callbacks(&server).await == pairs(&[("23", "2"), ("25", "3")])
+    })
+    .await;
+    let log: String = outs.iter().map(stderr).collect();
+    assert!(log.contains("certificate"), "{log}");
+    assert!(downloads(tmp.path()).is_empty());
+}
+
+/// `BSDIFF40`, its three lengths, and the three bzip2 blocks.
+fn handmade_patch(
+    controls: &[(u64, u64, u64)],
+    diff: &[u8],
+    extra: &[u8],
+    new_size: u64,
+) -> Vec<u8> {
+    use std::io::Write as _;
+    let bz = |data: &[u8]| {
+        let mut enc = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    };
+    let ctrl: Vec<u8> = controls
+        .iter()
+        .flat_map(|&(a, c, s)| [a, c, s])
+        .flat_map(u64::to_le_bytes)
+        .collect();
+    let (ctrl, diff, extra) = (bz(&ctrl), bz(diff), bz(extra));
+    let mut patch = b"BSDIFF40".to_vec();
+    for n in [ctrl.len() as u64, diff.len() as u64, new_size] {
+        patch.extend_from_slice(&n.to_le_bytes());
+    }
+    [patch, ctrl, diff, extra].concat()
+}
+
+/// Serves `bytes` at `/v/<name>` of `server`, with GET and HEAD.
+async fn serve_patch(server: &MockServer, name: &str, bytes: Vec<u8>) {
+    Mock::given(path(format!("/v/{name}")))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(bytes, "application/octet-stream"))
+        .mount(server)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_of_empty_controls_fails_at_once() {
+    // 30 million controls that write nothing, in a few hundred KB of bzip2: the old loop spent
+    // minutes of CPU on them and ignored SIGTERM meanwhile.
+    let mut controls = vec![(0, 0, 0); 30_000_000];
+    controls.push((10, 0, 0));
+    let patch = handmade_patch(&controls, &[0; 10], b"", 10);
+    let server =
+        api_for(|uri| json!({"code":"100","data": format!("{uri}/v/A-1--17--f.patch"),"id":"23"}))
+            .await;
+    serve_patch(&server, "A-1--17--f.patch", patch).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = robot(tmp.path(), &server.uri(), "", "");
+    let outs = check_until(&config, 1, || async {
+        callbacks(&server).await == pairs(&[("23", "2")])
+    })
+    .await;
+    assert!(
+        stderr(&outs[0]).contains("patch makes no progress"),
+        "{}",
+        stderr(&outs[0])
+    );
+    assert_eq!(
+        std::fs::read(managed_path(tmp.path())).unwrap(),
+        b"version 16"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_longer_than_the_cap_is_refused_before_anything_is_fetched() {
+    let port = closed_port();
+    let n = 65;
+    let urls: Vec<String> = (0..n)
+        .map(|i| format!("http://127.0.0.1:{port}/v/A-1--{}--f.patch", 17 + i))
+        .collect();
+    let ids: Vec<String> = (0..n).map(|i| format!("{}", 100 + i)).collect();
+    let server = api(json!({"code":"100","data": urls.join(";"),"id": ids.join(";")})).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = robot(tmp.path(), &server.uri(), "", "");
+    let out = agent(&config, &["check"]).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("65 patches offered in one answer, more than the 64"),
+        "{}",
+        stderr(&out)
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&agent(&config, &["status", "--json"]).await.stdout).unwrap();
+    assert!(status["packages"][0]["update"].is_null());
+}
+
+/// The `(saves, bytes, fsyncs)` of every pass an agent's debug log reports.
+fn passes(log: &str) -> Vec<(u64, u64, u64)> {
+    log.lines()
+        .filter_map(|l| {
+            let rest = l.split("the pass saved the state ").nth(1)?;
+            let n: Vec<u64> = rest
+                .split(|c: char| !c.is_ascii_digit())
+                .filter(|s| !s.is_empty())
+                .filter_map(|s| s.parse().ok())
+                .collect();
+            Some((n[0], n[1], n[2]))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_refused_chain_is_reported_with_few_writes() {
+    // 64 patches whose first comes from a host that is not allowed: the update ends at once
+    // and 64 results go out. Saving the outbox after each of them wrote it 64 times, growing.
+    let n = 64;
+    let urls: Vec<String> = (0..n)
+        .map(|i| format!("http://elsewhere.invalid/v/A-1--{}--f.patch", 17 + i))
+        .collect();
+    let ids: Vec<String> = (0..n).map(|i| format!("{}", 100 + i)).collect();
+    let server = api(json!({"code":"100","data": urls.join(";"),"id": ids.join(";")})).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = robot(tmp.path(), &server.uri(), "", "");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[security]\nallowed_download_hosts = [\"127.0.0.1\"]\n");
+    std::fs::write(&config, text).unwrap();
+    let out = agent(&config, &["check"]).await;
+    assert_eq!(callbacks(&server).await.len(), n);
+    let pass = passes(&stderr(&out));
+    assert_eq!(pass.len(), 1, "{pass:?}");
+    let (saves, _, fsyncs) = pass[0];
+    assert!(
+        saves <= 8 && fsyncs <= 20,
+        "{saves} saves, {fsyncs} fsyncs for one pass"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_install_that_keeps_failing_ends_and_runs_no_hook() {
+    let w = World::with(
+        "pre_install = \"touch \\\"$OTA_PATH.pre\\\"\"",
+        "max_failed_cycles = 3",
+    )
+    .await;
+    // Something that is no file stands where the new version is written, as a full disk or a
+    // read-only mount would fail that write for good.
+    let blocker = managed_path(w.dir()).with_file_name(".Alpha2Services.apk.ota-new");
+    std::fs::create_dir(&blocker).unwrap();
+    let mut logs = String::new();
+    for _ in 0..3 {
+        let out = w.agent(&["check"]).await;
+        logs.push_str(&stderr(&out));
+        if !w.callbacks().is_empty() {
+            break;
+        }
+    }
+    assert_eq!(w.callbacks(), pairs(&[("23", "2"), ("25", "2")]), "{logs}");
+    assert!(logs.contains("is in the way of the new file"), "{logs}");
+    assert!(
+        logs.contains("3 cycles in a row failed without progress"),
+        "{logs}"
+    );
+    assert_eq!(w.installed(), w.version(16));
+    assert!(
+        !managed_path(w.dir()).with_extension("apk.pre").exists(),
+        "pre_install ran though the new file could not be written"
+    );
+    assert!(downloads(w.dir()).is_empty(), "{:?}", downloads(w.dir()));
+    assert!(w.status().await["packages"][0]["update"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_that_read_the_same_install_their_own_patches() {
+    let w = World::edited(
+        Serve::default(),
+        |t| {
+            t.replace("id = \"23\"", "id = \"1.0\"")
+                .replace("id = \"25\"", "id = \"1_0\"")
+        },
+        "",
+        "",
+    )
+    .await;
+    let out = w.agent(&["check"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(w.installed(), w.version(18));
+    assert_eq!(w.callbacks(), pairs(&[("1.0", "1"), ("1_0", "1")]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_patch_is_applied_in_bounded_memory() {
+    // A 24 MiB file from nothing: the patch's extra block is 24 MiB of noise that bzip2 cannot
+    // shrink, which the old code read whole into memory.
+    let size = 24 << 20;
+    let mut rng = fastrand::Rng::with_seed(11);
+    let new: Vec<u8> = (0..size).map(|_| rng.u8(..)).collect();
+    let patch = handmade_patch(&[(0, size as u64, 0)], b"", &new, size as u64);
+    assert!(patch.len() > 24 << 20);
+    let tmp = tempfile::tempdir().unwrap();
+    let (old, out, file) = (
+        tmp.path().join("old"),
+        tmp.path().join("new"),
+        tmp.path().join("p"),
+    );
+    std::fs::write(&old, b"").unwrap();
+    std::fs::write(&file, &patch).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ota-agent"))
+        .arg("bspatch")
+        .args([&old, &out, &file])
+        .spawn()
+        .unwrap();
+    // VmHWM only grows: its last reading before the exit is the peak, near enough.
+    let mut peak_kib = 0u64;
+    loop {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", child.id())) {
+            if let Some(v) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            {
+                peak_kib = peak_kib.max(v);
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        std::fs::read(&out).unwrap() == new,
+        "bspatch made another file"
+    );
+    assert!(
+        peak_kib < 16 * 1024,
+        "peak RSS {peak_kib} KiB while applying a {} KiB patch",
+        patch.len() / 1024
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_group_and_mode_survive_an_update_and_setuid_is_refused() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let w = World::new("").await;
+    let managed = managed_path(w.dir());
+    let root = rustix::process::geteuid().is_root();
+    if root {
+        rustix::fs::chown(
+            &managed,
+            Some(rustix::fs::Uid::from_raw(65534)),
+            Some(rustix::fs::Gid::from_raw(65534)),
+        )
+        .unwrap();
+    }
+    std::fs::set_permissions(&managed, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let before = std::fs::metadata(&managed).unwrap();
+    assert!(w.agent(&["check"]).await.status.success());
+    assert_eq!(w.installed(), w.version(18));
+    let after = std::fs::metadata(&managed).unwrap();
+    assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
+    assert_eq!(after.permissions().mode() & 0o7777, 0o640);
+
+    let w = World::new("").await;
+    let managed = managed_path(w.dir());
+    std::fs::set_permissions(&managed, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let out = w.agent(&["check"]).await;
+    assert!(
+        stderr(&out).contains("is setuid or setgid"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(w.installed(), w.version(16));
+    assert_eq!(w.callbacks(), pairs(&[("23", "2"), ("25", "2")]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrected_version_in_the_config_is_taken_up() {
+    // The first start runs with the package's example version, which the server does not know.
+    let w = World::new("").await;
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    std::fs::write(
+        &w.config,
+        text.replace("version = \"16\"", "version = \"6\""),
+    )
+    .unwrap();
+    assert!(w.agent(&["check"]).await.status.success());
+    assert_eq!(w.status().await["packages"][0]["version"], "6");
+    assert!(w.callbacks().is_empty());
+    // The operator corrects it.
+    std::fs::write(&w.config, text).unwrap();
+    let out = w.agent(&["check"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(w.installed(), w.version(18));
+    assert_eq!(w.status().await["packages"][0]["version"], "18");
+    // Once the agent moved the file on, the config's old version no longer counts.
+    assert!(w.agent(&["check"]).await.status.success());
+    assert_eq!(w.status().await["packages"][0]["version"], "18");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_answer_that_drips_ends_within_the_request_timeout() {
+    let w = World::with("", "").await;
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    std::fs::write(
+        &w.config,
+        text.replace(
+            "read_timeout = \"5s\"",
+            "read_timeout = \"5s\"\nrequest_timeout = \"2s\"",
+        ),
+    )
+    .unwrap();
+    // One byte a second: never silent for the read timeout, done after minutes.
+    w.server
+        .inject(Fault::new(Endpoint::Token, FaultKind::Drip(Duration::from_secs(1))).times(10));
+    let started = std::time::Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(60), w.agent(&["check"]))
+        .await
+        .expect("the check hangs on a dripping token answer");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("token: no answer within 2s"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_body_that_drips_is_an_interrupted_download() {
+    let w = World::with("", "").await;
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    std::fs::write(
+        &w.config,
+        text.replace(
+            "read_timeout = \"5s\"",
+            "read_timeout = \"2s\"\nmin_download_rate = 1000",
+        ),
+    )
+    .unwrap();
+    // Five bytes a second of a 200 KB patch: eleven hours at that pace. (Twice: the size asked
+    // with HEAD takes one.)
+    w.server.inject(
+        Fault::new(Endpoint::Patch, FaultKind::Drip(Duration::from_millis(200)))
+            .path_contains("--17--")
+            .times(2),
+    );
+    let out = tokio::time::timeout(Duration::from_secs(60), w.agent(&["check"]))
+        .await
+        .expect("the check hangs on a dripping patch");
+    assert!(
+        stderr(&out).contains("slower than min_download_rate"),
+        "{}",
+        stderr(&out)
+    );
+    // The drip is gone: the download resumes and the update completes.
+    let outs = check_until(&w.config, 3, || async { w.callbacks().len() == 2 }).await;
+    assert!(outs.last().unwrap().status.success());
+    assert_eq!(w.installed(), w.version(18));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captive_portal_is_a_failed_download_not_a_failed_patch() {
+    let w = World::new("").await;
+    // The portal answers every patch request for a while with its login page.
+    w.server.inject(
+        Fault::html(Endpoint::Patch)
+            .path_contains(".patch")
+            .times(4),
+    );
+    let outs = check_until(&w.config, 4, || async { w.callbacks().len() == 2 }).await;
+    let log: String = outs.iter().map(stderr).collect();
+    assert!(log.contains("web page"), "{log}");
+    assert_eq!(w.callbacks(), pairs(&[("23", "1"), ("25", "1")]));
+    assert_eq!(w.installed(), w.version(18));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_past_its_deadline_ends() {
+    let port = closed_port();
+    let server = api(json!({"code":"100",
+        "data": format!("http://127.0.0.1:{port}/v/A-1--17--f.patch"), "id":"23"}))
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = robot(tmp.path(), &server.uri(), "", "download_attempts = 100");
+    agent(&config, &["check"]).await;
+    assert!(callbacks(&server).await.is_empty());
+    // Eight days pass (the state says it was accepted then).
+    let state = tmp.path().join("state").join("state.json");
+    let mut facts: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let update = &mut facts["packages"]["com.ubtechinc.alpha2services/service5mic"]["update"];
+    let accepted = update["accepted_at_unix"]
+        .as_u64()
+        .expect("the acceptance is recorded");
+    update["accepted_at_unix"] = json!(accepted - 8 * 86_400);
+    std::fs::write(&state, serde_json::to_vec(&facts).unwrap()).unwrap();
+    let out = agent(&config, &["check"]).await;
+    assert!(stderr(&out).contains("update_deadline"), "{}", stderr(&out));
+    assert_eq!(callbacks(&server).await, pairs(&[("23", "2")]));
+    assert!(downloads(tmp.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_token_in_an_empty_401_is_replaced() {
+    let server = MockServer::start().await;
+    Mock::given(path("/oauth/token"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"access_token":"t1","expires_in":11999})),
+        )
+        .mount(&server)
+        .await;
+    // A newer Spring resource server says "dead token" with an empty body and a header only.
+    Mock::given(path("/file/download"))
+        .respond_with(ResponseTemplate::new(401).insert_header(
+            "www-authenticate",
+            "Bearer error=\"invalid_token\", error_description=\"Access token expired\"",
+        ))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(path("/file/download"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"code":"102","data":"","id":""})),
+        )
+        .mount(&server)
+        .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = robot(tmp.path(), &server.uri(), "", "");
+    let out = agent(&config, &["check"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tokens = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == "/oauth/token")
+        .count();
+    assert_eq!(tokens, 2, "a new token after the empty 401");
+}
