@@ -1,7 +1,8 @@
 //! Per-package hook commands (`pre_install`, `post_install`, `health_check`), each with a timeout.
 //!
-//! A hook runs in a process group of its own, so that what it starts ends with it: on a timeout
-//! or a stop the whole group gets SIGTERM, then SIGKILL after [`GRACE`]. A hook that ends
+//! A hook runs in a process group of its own, so that what it starts ends with it on a timeout
+//! or a stop: the whole group gets SIGTERM, then SIGKILL after [`GRACE`]. (A hook that exits in
+//! time may leave a process of its own running; that is the hook's business.) A hook that ends
 //! because the agent is being stopped (systemd signals the unit's whole cgroup) is not a failed
 //! hook: the caller gets [`HookError::Stopped`] and runs the hooks again at the next start.
 
@@ -82,8 +83,6 @@ pub async fn run(
             return Err(HookError::TimedOut { hook, timeout });
         }
     };
-    // What the hook started may still run; it goes with the hook.
-    let _ = rustix::process::kill_process_group(group, Signal::KILL);
     if status.success() {
         return Ok(());
     }

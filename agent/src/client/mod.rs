@@ -162,7 +162,10 @@ impl Fetch {
 
 /// The update server as the agent sees it.
 pub struct Client {
+    /// For patches and their sidecars: redirects within `allowed_download_hosts`.
     http: reqwest::Client,
+    /// For the token, the check and the callbacks: redirects within the server's origin only.
+    api: reqwest::Client,
     base: String,
     robot: Robot,
     tokens: Mutex<TokenCache>,
@@ -189,8 +192,21 @@ impl Client {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let allowed = config.security.allowed_download_hosts.clone();
         let server = host_forms(&config.server.url);
-        let mut builder = reqwest::Client::builder()
-            .user_agent(concat!("ota-agent/", env!("CARGO_PKG_VERSION")))
+        let tls = tls::client_config(&config.security).map_err(ClientError::TlsSetup)?;
+        // No request says where it came from: a `Referer` would carry the previous URL's query,
+        // and with it a token or the credentials, to whatever host a redirect names.
+        let builder = || {
+            let builder = reqwest::Client::builder()
+                .user_agent(concat!("ota-agent/", env!("CARGO_PKG_VERSION")))
+                .referer(false)
+                .connect_timeout(config.server.connect_timeout.0)
+                .read_timeout(config.server.read_timeout.0);
+            match &tls {
+                Some(tls) => builder.tls_backend_preconfigured(tls.clone()),
+                None => builder,
+            }
+        };
+        let http = builder()
             .redirect(reqwest::redirect::Policy::custom(
                 move |attempt| match redirect_refusal(
                     attempt.previous(),
@@ -202,18 +218,28 @@ impl Client {
                     None => attempt.follow(),
                 },
             ))
-            .connect_timeout(config.server.connect_timeout.0)
-            .read_timeout(config.server.read_timeout.0);
-        if let Some(tls) = tls::client_config(&config.security).map_err(ClientError::TlsSetup)? {
-            builder = builder.tls_backend_preconfigured(tls);
-        }
-        let http = builder.build().map_err(|e| transport("http client", e))?;
+            .build()
+            .map_err(|e| transport("http client", e))?;
+        // The requests that carry credentials or a token stay with the server's own origin,
+        // whatever the config allows for patches: a redirect elsewhere is an error.
+        let origin = origin_of(&config.server.url);
+        let api =
+            builder()
+                .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                    match api_redirect_refusal(attempt.previous(), attempt.url(), origin.as_ref()) {
+                        Some(reason) => attempt.error(reason),
+                        None => attempt.follow(),
+                    }
+                }))
+                .build()
+                .map_err(|e| transport("http client", e))?;
         let robot_id = config.robot_id().map_err(|e| ClientError::Invalid {
             what: "robot id",
             reason: e.to_string(),
         })?;
         Ok(Client {
             http,
+            api,
             base: config.server.url.trim_end_matches('/').to_owned(),
             robot: Robot {
                 id: robot_id,
@@ -260,7 +286,7 @@ impl Client {
         let what = "check";
         let body = self
             .authed(what, |token| {
-                self.http
+                self.api
                     .get(format!("{}/file/download", self.base))
                     .query(&[
                         ("access_token", token),
@@ -285,7 +311,7 @@ impl Client {
         let code = code.to_string();
         let body = self
             .authed(what, |token| {
-                self.http
+                self.api
                     .post(format!("{}/file/callback", self.base))
                     .query(&[
                         ("access_token", token),
@@ -476,7 +502,7 @@ impl Client {
             let answer = self
                 .bounded(what, self.request_timeout, async {
                     let resp = self
-                        .http
+                        .api
                         .execute(req)
                         .await
                         .map_err(|e| transport(what, e))?;
@@ -564,6 +590,38 @@ fn redirect_refusal(
         ));
     }
     None
+}
+
+/// A URL's origin: scheme, host and port.
+type Origin = (String, String, u16);
+
+fn origin_of(url: &str) -> Option<Origin> {
+    let u = reqwest::Url::parse(url).ok()?;
+    Some((
+        u.scheme().to_owned(),
+        u.host_str()?.to_ascii_lowercase(),
+        u.port_or_known_default()?,
+    ))
+}
+
+/// Why a redirect of a request that carries credentials is not followed: it leaves the server's
+/// origin, or there were too many.
+fn api_redirect_refusal(
+    previous: &[reqwest::Url],
+    next: &reqwest::Url,
+    server: Option<&Origin>,
+) -> Option<String> {
+    const MAX_REDIRECTS: usize = 5;
+    if previous.len() > MAX_REDIRECTS {
+        return Some(format!("more than {MAX_REDIRECTS} redirects"));
+    }
+    if server.is_some() && origin_of(next.as_str()).as_ref() == server {
+        return None;
+    }
+    Some(format!(
+        "a redirect to {}, away from the server's own origin, with credentials in the request",
+        next.host_str().unwrap_or("a URL without a host")
+    ))
 }
 
 /// True when `host` (its `host` and `host:port` forms) is in an `allowed_download_hosts` list.
@@ -739,6 +797,29 @@ mod tests {
         );
         let many: Vec<reqwest::Url> = (0..6).map(|i| url(&format!("http://a/{i}"))).collect();
         assert!(redirect_refusal(&many, &url("http://a/7"), None, None).is_some());
+    }
+
+    #[test]
+    fn credentials_never_leave_the_servers_origin() {
+        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        let origin = origin_of("http://server:8080/");
+        let refusal = |next: &str| {
+            api_redirect_refusal(
+                &[url("http://server:8080/oauth/token")],
+                &url(next),
+                origin.as_ref(),
+            )
+        };
+        assert_eq!(refusal("http://server:8080/oauth/token2"), None);
+        assert_eq!(refusal("http://SERVER:8080/x"), None);
+        for elsewhere in [
+            "http://server:8081/x",
+            "https://server:8080/x",
+            "http://evil/x",
+            "http://server.evil:8080/x",
+        ] {
+            assert!(refusal(elsewhere).is_some(), "{elsewhere}");
+        }
     }
 
     #[test]

@@ -138,14 +138,14 @@ impl Client {
         let mut resp = None;
         if !post {
             let req = self
-                .http
+                .api
                 .get(&url)
                 .query(&params)
                 .build()
                 .map_err(|e| transport(what, e))?;
             log::debug!("GET {}", redact::url(req.url().as_str()));
             let r = self
-                .http
+                .api
                 .execute(req)
                 .await
                 .map_err(|e| transport(what, e))?;
@@ -160,7 +160,7 @@ impl Client {
             Some(r) => r,
             None => {
                 log::debug!("POST {url}");
-                self.http
+                self.api
                     .post(&url)
                     .form(&params)
                     .send()

@@ -372,3 +372,90 @@ async fn a_key_dropped_mid_update_stops_counting() {
             .contains("update 23 is refused: the metadata is not signed by any trusted key")
     );
 }
+
+/// A wiremock server that records what it is sent and answers 404.
+async fn elsewhere() -> wiremock::MockServer {
+    wiremock::MockServer::start().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_never_follow_a_redirect_to_another_origin() {
+    use wiremock::matchers::path;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let thief = elsewhere().await;
+    let server = MockServer::start().await;
+    // The token endpoint sends the robot elsewhere, with a 307 that keeps a POST's form.
+    Mock::given(path("/oauth/token"))
+        .respond_with(
+            ResponseTemplate::new(307)
+                .insert_header("location", format!("{}/oauth/token", thief.uri()).as_str()),
+        )
+        .mount(&server)
+        .await;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("robot")).unwrap();
+    std::fs::write(crate::helpers::managed_path(tmp.path()), b"version 16").unwrap();
+    let config = crate::helpers::write_config(tmp.path(), &server.uri(), "", "");
+    let out = crate::helpers::agent(&config, &["check"]).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("away from the server's own origin"),
+        "{}",
+        stderr(&out)
+    );
+    let stolen = thief.received_requests().await.unwrap();
+    assert!(stolen.is_empty(), "the other host got {stolen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_says_where_it_came_from() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let other = elsewhere().await;
+    let server = MockServer::start().await;
+    Mock::given(path("/oauth/token"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"access_token":"t1","expires_in":11999})),
+        )
+        .mount(&server)
+        .await;
+    let patch = format!("{}/v/A-1--17--f.patch", server.uri());
+    Mock::given(method("GET"))
+        .and(path("/file/download"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"code":"100","data": patch,"id":"23"})),
+        )
+        .mount(&server)
+        .await;
+    // The patch moved to another host: the redirect is followed (no allowed_download_hosts),
+    // but the other host must not learn the URL the agent came from, with its token.
+    Mock::given(path("/v/A-1--17--f.patch"))
+        .respond_with(ResponseTemplate::new(302).insert_header(
+            "location",
+            format!("{}/v/A-1--17--f.patch", other.uri()).as_str(),
+        ))
+        .mount(&server)
+        .await;
+    Mock::given(path("/file/callback"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"code":"100"})))
+        .mount(&server)
+        .await;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("robot")).unwrap();
+    std::fs::write(crate::helpers::managed_path(tmp.path()), b"version 16").unwrap();
+    let config = crate::helpers::write_config(tmp.path(), &server.uri(), "", "");
+    crate::helpers::agent(&config, &["check"]).await;
+    let seen = other.received_requests().await.unwrap();
+    assert!(!seen.is_empty(), "the redirect was followed");
+    for r in &seen {
+        assert!(
+            !r.headers.contains_key("referer"),
+            "{} {} came with Referer {:?}",
+            r.method,
+            r.url,
+            r.headers.get("referer")
+        );
+    }
+}
