@@ -18,10 +18,13 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config {path} is invalid")]
+    #[error("config {path} is invalid at line {line}{key}: {reason}")]
     Parse {
         path: PathBuf,
-        source: toml::de::Error,
+        line: usize,
+        /// `` (key `agent.poll_interval`)``, when the line names one.
+        key: String,
+        reason: String,
     },
     #[error("config {path}: key `{key}` {reason}")]
     Invalid {
@@ -245,6 +248,61 @@ impl Package {
     }
 }
 
+/// The keys whose values are secrets, wherever they stand.
+const SECRET_KEYS: [&str; 2] = ["client_secret", "password"];
+
+/// toml's own message quotes the offending line, and names a bad value: on a line of a secret
+/// key that would print the secret (into the journal, at every restart). The error says where,
+/// and what, but never quotes the file, and says nothing of a secret's value.
+fn parse_error(text: &str, path: &Path, e: &toml::de::Error) -> ConfigError {
+    let at = e.span().map_or(0, |s| s.start).min(text.len());
+    let line = text[..at].matches('\n').count() + 1;
+    let lines: Vec<&str> = text.lines().collect();
+    // A string left open on a secret's line is reported on the line after it.
+    let secret = [line.checked_sub(1), line.checked_sub(2)]
+        .into_iter()
+        .flatten()
+        .filter_map(|i| lines.get(i))
+        .any(|l| {
+            let key = l
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .trim_matches(['"', '\'']);
+            SECRET_KEYS.iter().any(|s| key.eq_ignore_ascii_case(s))
+        });
+    let section = lines[..line.saturating_sub(1).min(lines.len())]
+        .iter()
+        .rev()
+        .find_map(|l| {
+            let l = l.trim();
+            l.starts_with('[')
+                .then(|| l.trim_matches(['[', ']']).trim().to_owned())
+        });
+    let key = lines
+        .get(line - 1)
+        .and_then(|l| l.split_once('='))
+        .map(|(k, _)| k.trim().trim_matches(['"', '\'']).to_owned())
+        .filter(|k| !k.is_empty() && !k.contains(char::is_whitespace))
+        .map(|k| match &section {
+            Some(s) => format!(" (key `{s}.{k}`)"),
+            None => format!(" (key `{k}`)"),
+        })
+        .unwrap_or_default();
+    let reason = if secret {
+        "the value of a secret key cannot be read (it is not shown); check its quotes".to_owned()
+    } else {
+        e.message().trim().to_owned()
+    };
+    ConfigError::Parse {
+        path: path.to_owned(),
+        line,
+        key,
+        reason,
+    }
+}
+
 /// A duration written as `"90s"`, `"30m"`, `"6h"`, `"1d"` or a bare number of seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Seconds(pub Duration);
@@ -368,10 +426,7 @@ impl Config {
 
     /// Parses and checks config text; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
+        let config: Config = toml::from_str(text).map_err(|e| parse_error(text, path, &e))?;
         config.validate(path)?;
         Ok(config)
     }
@@ -557,6 +612,39 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parse_errors_never_show_a_secret() {
+        let good = "[server]\nurl = \"http://host:8080\"\nclient_id = \"c\"\nclient_secret = \"Sup3rSecret\"\nusername = \"u\"\npassword = \"Pa55word\"\n[robot]\nid = \"r\"\nversion = \"1\"\nlanguage = \"CN\"\n[[package]]\nname = \"p\"\nfile_name = \"f\"\npath = \"/x/y\"\nversion = \"6\"\n";
+        assert!(Config::parse(good, Path::new("a.toml")).is_ok());
+        for (broken, line) in [
+            (good.replace("\"Pa55word\"", "\"Pa55word"), 6),
+            (good.replace("\"Pa55word\"", "12345678"), 6),
+            (good.replace("\"Sup3rSecret\"", "Sup3rSecret"), 4),
+            (good.replace("password = ", "passwrod = "), 6),
+            (
+                good.replace(
+                    "client_secret = \"Sup3rSecret\"",
+                    "client_secret = \"Sup3rSecret\" x",
+                ),
+                4,
+            ),
+        ] {
+            let e = Config::parse(&broken, Path::new("a.toml")).unwrap_err();
+            let text = crate::error_chain(&e);
+            for secret in ["Pa55word", "Sup3rSecret", "12345678"] {
+                assert!(!text.contains(secret), "{text}");
+            }
+            assert!(text.contains(&format!("at line {line}")), "{text}");
+        }
+        // Elsewhere the message says what is wrong.
+        let e = Config::parse(
+            &good.replace("version = \"6\"", "version = 6"),
+            Path::new("a.toml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("line 15"), "{e}");
+    }
 
     #[test]
     fn durations() {

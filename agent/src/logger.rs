@@ -20,6 +20,9 @@ impl Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
+        // One record, one line: whatever a message carries from the server is escaped.
+        let message = record.args().to_string();
+        let message = crate::redact::printable(&message);
         let line = if self.journald {
             let priority = match record.level() {
                 Level::Error => 3,
@@ -27,13 +30,13 @@ impl Log for Logger {
                 Level::Info => 6,
                 Level::Debug | Level::Trace => 7,
             };
-            format!("<{priority}>{}\n", record.args())
+            format!("<{priority}>{message}\n")
         } else {
             format!(
                 "{} {:<5} {}\n",
                 utc(crate::unix_now()),
                 record.level(),
-                record.args()
+                message
             )
         };
         let _ = std::io::stderr().lock().write_all(line.as_bytes());

@@ -6,6 +6,24 @@ const SENSITIVE: [&str; 4] = ["access_token", "client_secret", "password", "refr
 pub const MASK: &str = "<redacted>";
 
 /// The URL with the values of secret query parameters replaced by a mask.
+/// `text` with every control character (C0, DEL, C1: newlines, escape sequences) written as
+/// `\u{…}`: text from the server cannot start a log line of its own (with a forged journald
+/// priority) or steer a terminal.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 pub fn url(url: &str) -> String {
     let Some((base, rest)) = url.split_once('?') else {
         return url.to_owned();

@@ -110,7 +110,7 @@ impl Status {
                         u.step,
                         u.from_version,
                         u.to_version,
-                        u.ids.join(", ")
+                        crate::redact::printable(&u.ids.join(", "))
                     )
                 }
             };
@@ -118,7 +118,7 @@ impl Status {
             let waiting: Vec<String> = p
                 .callbacks_waiting
                 .iter()
-                .map(|c| format!("{}={}", c.id, c.code))
+                .map(|c| format!("{}={}", crate::redact::printable(&c.id), c.code))
                 .collect();
             out += &format!(
                 "  callbacks:  {}\n",

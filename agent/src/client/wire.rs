@@ -112,6 +112,13 @@ pub fn parse_check(body: &[u8]) -> Result<CheckAnswer, String> {
         if id.is_empty() {
             return Err(format!("update id number {} is empty", i + 1));
         }
+        if id.chars().any(char::is_control) {
+            return Err(format!(
+                "update id number {} ({}) holds control characters",
+                i + 1,
+                crate::redact::printable(id)
+            ));
+        }
         let parsed = reqwest::Url::parse(url).map_err(|e| {
             format!(
                 "patch URL {} (id {id}) is not a URL: {e}",

@@ -136,3 +136,30 @@ fn security_settings_are_checked() {
         assert!(text.contains(expected), "{section}: {text}");
     }
 }
+
+#[tokio::test]
+async fn a_config_error_never_prints_a_secret() {
+    // A missing quote, a number, a misspelled key: toml's own message quoted the line, and with
+    // it the password, into the journal at every restart.
+    for (from, to) in [
+        ("password = \"aa\"", "password = \"Pa55-w0rd"),
+        ("password = \"aa\"", "password = 12345678"),
+        ("password = \"aa\"", "passwrod = \"Pa55-w0rd\""),
+        ("client_secret = \"secret_1\"", "client_secret = Pa55-w0rd"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = write_config(tmp.path(), "http://127.0.0.1:9", "", "");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+        let out = crate::helpers::agent(&path, &["check"]).await;
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("agent.toml") && stderr.contains("line"),
+            "{stderr}"
+        );
+        for secret in ["Pa55-w0rd", "12345678"] {
+            assert!(!stderr.contains(secret), "{to}: {stderr}");
+        }
+    }
+}

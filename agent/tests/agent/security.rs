@@ -459,3 +459,60 @@ async fn no_request_says_where_it_came_from() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_text_cannot_forge_log_lines() {
+    use wiremock::matchers::path;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    // Under journald every line starts with its priority: a newline in server text would make a
+    // line of the server's choosing, at the priority of its choosing.
+    let forged = "\n<2>CRIT forged by the server \u{1b}[31m";
+    for (endpoint, answer) in [
+        (
+            "/oauth/token",
+            ResponseTemplate::new(400).set_body_json(serde_json::json!({
+                "error": "invalid_grant", "error_description": format!("Bad credentials{forged}")
+            })),
+        ),
+        (
+            "/file/download",
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                "code": "100", "data": "http://127.0.0.1:9/A-1--17--f.patch", "id": format!("23{forged}")
+            })),
+        ),
+    ] {
+        let server = MockServer::start().await;
+        Mock::given(path("/oauth/token"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"access_token":"t1","expires_in":11999})))
+            .with_priority(5)
+            .mount(&server)
+            .await;
+        Mock::given(path(endpoint))
+            .respond_with(answer)
+            .with_priority(1)
+            .mount(&server)
+            .await;
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("robot")).unwrap();
+        std::fs::write(crate::helpers::managed_path(tmp.path()), b"version 16").unwrap();
+        let config = crate::helpers::write_config(tmp.path(), &server.uri(), "", "");
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ota-agent"))
+            .arg("--config")
+            .arg(&config)
+            .arg("check")
+            .env("OTA_AGENT_LOG", "debug")
+            .env("JOURNAL_STREAM", "8:1234")
+            .output()
+            .await
+            .unwrap();
+        let log = stderr(&out);
+        assert!(log.contains("forged by the server"), "{endpoint}: {log}");
+        for line in log.lines() {
+            assert!(
+                line.starts_with('<') && !line.starts_with("<2>"),
+                "{endpoint}: a line of the server's: {line:?}"
+            );
+            assert!(!line.contains('\u{1b}'), "{endpoint}: an escape sequence: {line:?}");
+        }
+    }
+}
