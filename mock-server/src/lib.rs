@@ -76,7 +76,10 @@
 //!
 //! # Other admin endpoints
 //!
-//! Only loopback peers may use them; others get 403.
+//! Only loopback peers may use them; others get 403. `GET /admin/requests` returns every query
+//! string as it arrived, the clients' secrets, passwords and tokens included (tests compare
+//! them): any local user can read them, so the mock server is for test credentials, never a
+//! fleet's real ones.
 //! - `GET /admin/callbacks`: a JSON array of [`CallbackRecord`]s;
 //! - `GET /admin/requests`: a JSON array of [`RequestRecord`]s;
 //! - `DELETE /admin/faults`: removes pending faults;

@@ -732,7 +732,8 @@ async fn status_error(
         return ClientError::OAuth {
             what,
             status: status.as_u16(),
-            error,
+            // The server's own words, which may echo what it was sent.
+            error: redact::text(&error, secrets),
             detail: description
                 .map(|d| format!(": {}", redact::text(&d, secrets)))
                 .unwrap_or_default(),

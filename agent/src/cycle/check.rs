@@ -148,8 +148,25 @@ async fn accept(
             "the installed version `{version}` is not a version code"
         ))
     })?;
+    let https_server = agent.config.server.url.starts_with("https://");
+    let keys = !agent.config.security.public_keys.is_empty();
     let mut patches = Vec::with_capacity(fresh.len());
     for p in &fresh {
+        // An https server that names a plain-http patch hands its bytes to whoever is on the
+        // path: without signatures to hold them to, that is refused; with them, said.
+        if https_server && p.url.starts_with("http://") {
+            let url = crate::redact::url(&p.url);
+            if !keys {
+                return Err(CycleError::Refused(format!(
+                    "update {} is offered over plain http ({url}) by an https server, and no [security] public_keys could check it",
+                    p.id
+                )));
+            }
+            log::warn!(
+                "{key}: update {} is offered over plain http ({url}) by an https server; its signature still holds it",
+                p.id
+            );
+        }
         let to = version_of(&p.url).ok_or_else(|| {
             CycleError::Refused(format!(
                 "patch URL {} (id {}) does not name the version it leads to",

@@ -516,3 +516,46 @@ async fn server_text_cannot_forge_log_lines() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oauth_error_that_echoes_a_secret_is_masked() {
+    use wiremock::matchers::path;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let server = MockServer::start().await;
+    // A server that echoes what it was sent, in `error` as well as in its description.
+    Mock::given(path("/oauth/token"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(serde_json::json!({
+            "error": "invalid_client secret_1", "error_description": "client mobile_1/secret_1"
+        })))
+        .mount(&server)
+        .await;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("robot")).unwrap();
+    std::fs::write(crate::helpers::managed_path(tmp.path()), b"version 16").unwrap();
+    let config = crate::helpers::write_config(tmp.path(), &server.uri(), "", "");
+    let out = crate::helpers::agent(&config, &["check"]).await;
+    let all = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
+    assert!(all.contains("invalid_client"), "{all}");
+    assert!(!all.contains("secret_1"), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_server_offering_a_plain_http_patch_is_refused_without_keys() {
+    let w = World::serving(TLS, "", "").await;
+    let certs = w.certs.as_ref().unwrap();
+    let ca = w.dir().join("ca.pem");
+    std::fs::write(&ca, &certs.ca_pem).unwrap();
+    w.secure(&format!("ca_file = \"{}\"", ca.display()));
+    let plain = "{\"code\":\"100\",\"data\":\"http://127.0.0.1:9/version/A-1.1.1--17--service5mic.patch\",\"id\":\"23\"}";
+    w.server
+        .inject(Fault::status(Endpoint::Download, 200, plain));
+    let out = w.agent(&["check"]).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("offered over plain http"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(w.status().await["packages"][0]["update"].is_null());
+    assert_eq!(w.installed(), w.version(16));
+}
