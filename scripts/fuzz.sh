@@ -28,6 +28,9 @@ cp "$root/systemd/agent.toml.example" "$corpus/config/seed-example"
 # The signed_metadata target signs its input (after a mode byte of 1) with its own key.
 printf '\x01{"format":1,"package":"com.ubtechinc.alpha2services","file_name":"service5mic","from_version":17,"to_version":18,"patch_size":2539,"patch_sha256":"%s","result_size":205217,"result_sha256":"%s"}' \
     "$(printf 'a%.0s' {1..64})" "$(printf 'b%.0s' {1..64})" >"$corpus/signed_metadata/seed-metadata"
+# Format 2 names the language and the robot model.
+printf '\x01{"format":2,"package":"com.ubtechinc.alpha2services","file_name":"service5mic","language":"CN","robot_version":"1","from_version":17,"to_version":18,"patch_size":2539,"patch_sha256":"%s","result_size":205217,"result_sha256":"%s"}' \
+    "$(printf 'a%.0s' {1..64})" "$(printf 'b%.0s' {1..64})" >"$corpus/signed_metadata/seed-metadata-2"
 if command -v bsdiff >/dev/null; then
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT

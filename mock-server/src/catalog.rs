@@ -26,6 +26,8 @@
 //! [[package.file]]
 //! file_name = "service5mic"
 //! language = "CN"
+//! robot_version = "1"           # the robot model its signed metadata names (default "1"); checks
+//!                               # are not filtered by it
 //!
 //! [[package.file.version]]
 //! code = 16
@@ -158,6 +160,9 @@ struct RawPackage {
 struct RawFile {
     file_name: String,
     language: String,
+    /// The robot model its patches are signed for.
+    #[serde(default = "default_robot_version")]
+    robot_version: String,
     #[serde(default, rename = "version")]
     versions: Vec<RawVersion>,
 }
@@ -170,6 +175,11 @@ struct RawVersion {
     id: Option<String>,
     file: Option<PathBuf>,
     patch: Option<PathBuf>,
+}
+
+/// The contract's example robot model.
+fn default_robot_version() -> String {
+    "1".to_owned()
 }
 
 /// Server-wide settings from the catalog's `[server]` table.
@@ -672,6 +682,8 @@ impl Loader {
                             let expected = Expected {
                                 package: &p.name,
                                 file_name: &f.file_name,
+                                language: &f.language,
+                                robot_version: &f.robot_version,
                                 from_version: prev_code,
                                 to_version: v.code,
                             };

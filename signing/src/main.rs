@@ -55,6 +55,12 @@ struct Identity {
     /// The file name within the package.
     #[arg(long)]
     file_name: String,
+    /// The language variant the patch is for (`language` of the check, e.g. CN).
+    #[arg(long)]
+    language: String,
+    /// The robot model the patch is for (`robot_version` of the check, e.g. 1).
+    #[arg(long)]
+    robot_version: String,
     /// The version code the patch applies to.
     #[arg(long)]
     from_version: u64,
@@ -68,6 +74,8 @@ impl Identity {
         Expected {
             package: &self.package,
             file_name: &self.file_name,
+            language: &self.language,
+            robot_version: &self.robot_version,
             from_version: self.from_version,
             to_version: self.to_version,
         }

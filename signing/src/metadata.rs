@@ -5,8 +5,12 @@ use sha2::{Digest, Sha256};
 
 use crate::keys::{self, KeyError, PublicKey, SecretKey};
 
-/// The version of the metadata layout; the agent refuses any other.
-pub const FORMAT: u32 = 1;
+/// The version of the metadata layout that is written: format 2 names the language and the
+/// robot model the patch was built for. Format 1 named neither; it is still read (an agent
+/// takes it only while signatures are not required, see [`Metadata::binds_target`]).
+pub const FORMAT: u32 = 2;
+/// The first format, without language and robot model.
+pub const FORMAT_1: u32 = 1;
 
 /// The largest metadata or signature file the agent reads.
 pub const MAX_SIDECAR: usize = 64 * 1024;
@@ -22,8 +26,10 @@ pub enum VerifyError {
     UnknownKey,
     #[error("the signed metadata is not valid")]
     Parse(#[source] serde_json::Error),
-    #[error("the signed metadata has format {0}, not {FORMAT}")]
+    #[error("the signed metadata has format {0}, not {FORMAT_1} or {FORMAT}")]
     Format(u32),
+    #[error("the signed metadata of format {FORMAT} does not name its {0}")]
+    Missing(&'static str),
     #[error("the signed metadata is for {field} `{signed}`, not `{expected}`")]
     Mismatch {
         field: &'static str,
@@ -40,6 +46,13 @@ pub struct Metadata {
     pub format: u32,
     pub package: String,
     pub file_name: String,
+    /// The language variant (`language` of the check), from format 2 on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    /// The robot model (`robot_version` of the check), from format 2 on: the wrong build can
+    /// brick a board of another model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub robot_version: Option<String>,
     /// The version code the patch applies to.
     pub from_version: u64,
     /// The version code the patch leads to.
@@ -55,6 +68,8 @@ pub struct Metadata {
 pub struct Expected<'a> {
     pub package: &'a str,
     pub file_name: &'a str,
+    pub language: &'a str,
+    pub robot_version: &'a str,
     pub from_version: u64,
     pub to_version: u64,
 }
@@ -66,6 +81,8 @@ impl Metadata {
             format: FORMAT,
             package: expected.package.to_owned(),
             file_name: expected.file_name.to_owned(),
+            language: Some(expected.language.to_owned()),
+            robot_version: Some(expected.robot_version.to_owned()),
             from_version: expected.from_version,
             to_version: expected.to_version,
             patch_size: patch.len() as u64,
@@ -83,8 +100,15 @@ impl Metadata {
         (json, signature)
     }
 
-    /// Refuses metadata signed for another package, file or version step: a replayed or
-    /// downgrading signature is as bad as a forged one.
+    /// True when the metadata names the language and robot model (format 2 on). Format 1 does
+    /// not, so its signature holds on any robot whose file happens to be the same version.
+    pub fn binds_target(&self) -> bool {
+        self.language.is_some() && self.robot_version.is_some()
+    }
+
+    /// Refuses metadata signed for another package, file, language, robot model or version
+    /// step: a replayed or downgrading signature is as bad as a forged one. (Format 1 names no
+    /// language nor model; see [`Metadata::binds_target`].)
     pub fn check(&self, expected: &Expected<'_>) -> Result<(), VerifyError> {
         let mismatch = |field, signed: String, expected: String| {
             Err(VerifyError::Mismatch {
@@ -102,6 +126,16 @@ impl Metadata {
                 self.file_name.clone(),
                 expected.file_name.into(),
             );
+        }
+        if let Some(language) = &self.language {
+            if language != expected.language {
+                return mismatch("language", language.clone(), expected.language.into());
+            }
+        }
+        if let Some(model) = &self.robot_version {
+            if model != expected.robot_version {
+                return mismatch("robot model", model.clone(), expected.robot_version.into());
+            }
         }
         if self.from_version != expected.from_version {
             return mismatch(
@@ -141,8 +175,14 @@ pub fn verify_signed(
         .find(|k| k.verifies(json, &signature))
         .ok_or(VerifyError::UnknownKey)?;
     let meta: Metadata = serde_json::from_slice(json).map_err(VerifyError::Parse)?;
-    if meta.format != FORMAT {
-        return Err(VerifyError::Format(meta.format));
+    match meta.format {
+        FORMAT_1 => {}
+        FORMAT if meta.language.is_none() => return Err(VerifyError::Missing("language")),
+        FORMAT if meta.robot_version.is_none() => {
+            return Err(VerifyError::Missing("robot model (robot_version)"));
+        }
+        FORMAT => {}
+        other => return Err(VerifyError::Format(other)),
     }
     for (field, value) in [
         ("patch_sha256", &meta.patch_sha256),
@@ -190,6 +230,8 @@ mod tests {
         Expected {
             package: "com.example",
             file_name: "fw",
+            language: "CN",
+            robot_version: "1",
             from_version: 17,
             to_version: 18,
         }
@@ -245,6 +287,55 @@ mod tests {
         assert!(matches!(
             verify(&[key.public()], &json, b"garbage"),
             Err(VerifyError::Signature(_))
+        ));
+    }
+
+    #[test]
+    fn language_and_model_are_bound() {
+        let key = SecretKey::generate().unwrap();
+        let (json, sig) = Metadata::describe(&expected(), b"patch", b"result").sign(&key);
+        let meta = verify(&[key.public()], &json, sig.as_bytes()).unwrap();
+        assert_eq!(meta.format, FORMAT);
+        assert!(meta.binds_target());
+        for (other, field) in [
+            (
+                Expected {
+                    language: "EN",
+                    ..expected()
+                },
+                "language",
+            ),
+            (
+                Expected {
+                    robot_version: "2",
+                    ..expected()
+                },
+                "robot model",
+            ),
+        ] {
+            assert!(
+                matches!(meta.check(&other), Err(VerifyError::Mismatch { field: f, .. }) if f == field),
+                "{field}"
+            );
+        }
+        // Format 1 still reads, and says that it binds neither.
+        let mut old = meta.clone();
+        (old.format, old.language, old.robot_version) = (FORMAT_1, None, None);
+        let (json, sig) = old.sign(&key);
+        let old = verify(&[key.public()], &json, sig.as_bytes()).unwrap();
+        assert!(!old.binds_target());
+        old.check(&Expected {
+            language: "EN",
+            ..expected()
+        })
+        .unwrap();
+        // Format 2 without them is refused.
+        let mut half = meta.clone();
+        half.robot_version = None;
+        let (json, sig) = half.sign(&key);
+        assert!(matches!(
+            verify(&[key.public()], &json, sig.as_bytes()),
+            Err(VerifyError::Missing(_))
         ));
     }
 

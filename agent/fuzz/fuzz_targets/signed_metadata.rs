@@ -12,6 +12,8 @@ fuzz_target!(|data: &[u8]| {
     let expected = Expected {
         package: "com.ubtechinc.alpha2services",
         file_name: "service5mic",
+        language: "CN",
+        robot_version: "1",
         from_version: 17,
         to_version: 18,
     };
@@ -27,7 +29,9 @@ fuzz_target!(|data: &[u8]| {
         let signature = key.sign(rest);
         if let Ok(meta) = verify(&keys, rest, signature.as_bytes()) {
             let _ = meta.check(&expected);
+            let _ = meta.binds_target();
             assert_eq!(meta.patch_sha256.len(), 64);
+            assert!(meta.format == 1 || meta.binds_target());
         }
     }
 });

@@ -21,6 +21,8 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
     let keys = agent.config.security.keys();
     let require = agent.config.security.require_signatures;
     let key = pkg.key();
+    let language = agent.config.language(pkg).to_owned();
+    let model = agent.config.robot.version.clone();
     let update = agent.state.packages[&key]
         .update
         .clone()
@@ -52,6 +54,8 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
         let expected = Expected {
             package: &pkg.name,
             file_name: &pkg.file_name,
+            language: &language,
+            robot_version: &model,
             from_version: expected_from.parse().unwrap_or_default(),
             to_version: p.to_version.parse().unwrap_or_default(),
         };
@@ -92,6 +96,22 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
                 return refuse(agent, pkg, index, reason);
             }
         };
+        if !meta.binds_target() {
+            // Format 1 names no language nor robot model: its signature holds for another
+            // language's or model's build whenever the versions match.
+            if require {
+                let reason = format!(
+                    "update {} is refused: its signed metadata is format {}, which names no language or robot model, and signatures are required",
+                    p.id, meta.format
+                );
+                return refuse(agent, pkg, index, reason);
+            }
+            log::warn!(
+                "{key}: update {}: the signed metadata is format {}, which names no language or robot model; accepted since signatures are not required",
+                p.id,
+                meta.format
+            );
+        }
         let max = agent.config.agent.max_patch_size;
         if meta.patch_size > max {
             let reason = format!(

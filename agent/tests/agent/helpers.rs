@@ -82,13 +82,14 @@ impl World {
     }
 
     pub async fn serving(serve: Serve, package_extra: &str, agent_extra: &str) -> World {
-        Self::edited(serve, |catalog| catalog, package_extra, agent_extra).await
+        Self::edited(serve, |_, catalog| catalog, package_extra, agent_extra).await
     }
 
-    /// A world whose demo catalog (TOML) is first passed through `edit`.
+    /// A world whose demo catalog (TOML) is first passed through `edit`, with the server's
+    /// directory (where the catalog's files are).
     pub async fn edited(
         serve: Serve,
-        edit: impl FnOnce(String) -> String,
+        edit: impl FnOnce(&Path, String) -> String,
         package_extra: &str,
         agent_extra: &str,
     ) -> World {
@@ -102,7 +103,7 @@ impl World {
             ota_mock_server::demo::generate(&dir, 200 * 1024).unwrap()
         };
         let text = std::fs::read_to_string(&catalog).unwrap();
-        std::fs::write(&catalog, edit(text)).unwrap();
+        std::fs::write(&catalog, edit(&dir, text)).unwrap();
         let catalog = Catalog::load(&catalog).unwrap();
         let certs = serve.tls.then(TestCertificates::generate);
         let server = match &certs {

@@ -349,7 +349,7 @@ async fn an_install_that_keeps_failing_ends_and_runs_no_hook() {
 async fn ids_that_read_the_same_install_their_own_patches() {
     let w = World::edited(
         Serve::default(),
-        |t| {
+        |_, t| {
             t.replace("id = \"23\"", "id = \"1.0\"")
                 .replace("id = \"25\"", "id = \"1_0\"")
         },

@@ -559,3 +559,153 @@ async fn an_https_server_offering_a_plain_http_patch_is_refused_without_keys() {
     assert!(w.status().await["packages"][0]["update"].is_null());
     assert_eq!(w.installed(), w.version(16));
 }
+
+/// A signed world whose robot requires signatures, from a catalog passed through `edit`.
+async fn signed_edited(edit: impl FnOnce(&std::path::Path, String) -> String) -> World {
+    let w = World::edited(SIGNED, edit, "", "").await;
+    w.secure(&format!(
+        "public_keys = [\"{}\"]\nrequire_signatures = true",
+        w.vendor_key()
+    ));
+    w
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_languages_signed_patch_is_refused() {
+    // CN and EN share version 16 and differ at 17; a man in the middle hands the CN robot the
+    // EN patch with its own, validly signed sidecars.
+    let w = signed_edited(|dir, catalog| {
+        let mut en = std::fs::read(dir.join("versions").join("17")).unwrap();
+        en[100..200].fill(b'E');
+        std::fs::write(dir.join("versions").join("17en"), en).unwrap();
+        format!(
+            "{catalog}\n[[package.file]]\nfile_name = \"service5mic\"\nlanguage = \"EN\"\n\n\
+             [[package.file.version]]\ncode = 16\nname = \"1.1.0.32\"\nfile = \"versions/16\"\n\n\
+             [[package.file.version]]\ncode = 17\nname = \"1.1.1.32\"\nid = \"33\"\nfile = \"versions/17en\"\n"
+        )
+    })
+    .await;
+    let patches = w.server.catalog().patches();
+    let en = patches.iter().find(|p| p.id == "33").unwrap();
+    let cn = patches.iter().find(|p| p.id == "23").unwrap();
+    w.server.replay_patch(en, cn);
+    refused(
+        &w,
+        16,
+        &[("23", "2"), ("25", "3")],
+        "update 23 is refused: the signed metadata is for language `EN`, not `CN`",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_robot_models_signed_patch_is_refused() {
+    // The server's patches are signed for model 2; this robot is model 1.
+    let w = signed_edited(|_, catalog| {
+        catalog.replace(
+            "language = \"CN\"",
+            "language = \"CN\"\nrobot_version = \"2\"",
+        )
+    })
+    .await;
+    refused(
+        &w,
+        16,
+        &[("23", "2"), ("25", "3")],
+        "update 23 is refused: the signed metadata is for robot model `2`, not `1`",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn format_1_metadata_counts_only_while_signatures_are_not_required() {
+    use wiremock::matchers::path;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let old = b"version 16 of the services, with some text to patch".to_vec();
+    let new = b"version 17 of the services, with other text to patch!".to_vec();
+    let mut patch = Vec::new();
+    qbsdiff::Bsdiff::new(&old, &new)
+        .compare(std::io::Cursor::new(&mut patch))
+        .unwrap();
+    let key = ota_signing::SecretKey::generate().unwrap();
+    let expected = ota_signing::Expected {
+        package: crate::helpers::PACKAGE,
+        file_name: crate::helpers::FILE_NAME,
+        language: "CN",
+        robot_version: "1",
+        from_version: 16,
+        to_version: 17,
+    };
+    // What a vendor's older pipeline signed: no language, no robot model.
+    let mut meta = ota_signing::Metadata::describe(&expected, &patch, &new);
+    (meta.format, meta.language, meta.robot_version) = (1, None, None);
+    let (json, sig) = meta.sign(&key);
+    for require in [true, false] {
+        let server = MockServer::start().await;
+        Mock::given(path("/oauth/token"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(serde_json::json!({"access_token":"t1","expires_in":11999})),
+            )
+            .mount(&server)
+            .await;
+        let url = format!("{}/v/A-1--17--service5mic.patch", server.uri());
+        Mock::given(path("/file/download"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(serde_json::json!({"code":"100","data": url,"id":"23"})),
+            )
+            .mount(&server)
+            .await;
+        for (p, body) in [
+            ("/v/A-1--17--service5mic.patch", patch.clone()),
+            ("/v/A-1--17--service5mic.patch.meta.json", json.clone()),
+            (
+                "/v/A-1--17--service5mic.patch.meta.json.sig",
+                sig.clone().into_bytes(),
+            ),
+        ] {
+            Mock::given(path(p))
+                .respond_with(
+                    ResponseTemplate::new(200).set_body_raw(body, "application/octet-stream"),
+                )
+                .mount(&server)
+                .await;
+        }
+        Mock::given(path("/file/callback"))
+            .respond_with(
+                ResponseTemplate::new(200).set_body_json(serde_json::json!({"code":"100"})),
+            )
+            .mount(&server)
+            .await;
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("robot")).unwrap();
+        std::fs::write(crate::helpers::managed_path(tmp.path()), &old).unwrap();
+        let config = crate::helpers::write_config(tmp.path(), &server.uri(), "", "");
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str(&format!(
+            "\n[security]\npublic_keys = [\"{}\"]\nrequire_signatures = {require}\n",
+            key.public().to_text()
+        ));
+        std::fs::write(&config, text).unwrap();
+        let out = crate::helpers::agent(&config, &["check"]).await;
+        let installed = std::fs::read(crate::helpers::managed_path(tmp.path())).unwrap();
+        if require {
+            assert!(
+                stderr(&out).contains(
+                    "format 1, which names no language or robot model, and signatures are required"
+                ),
+                "{}",
+                stderr(&out)
+            );
+            assert_eq!(installed, old);
+        } else {
+            assert!(
+                stderr(&out).contains("accepted since signatures are not required"),
+                "{}",
+                stderr(&out)
+            );
+            assert_eq!(installed, new);
+        }
+    }
+}

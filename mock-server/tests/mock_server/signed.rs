@@ -26,6 +26,8 @@ fn expected(info: &PatchInfo) -> Expected<'static> {
     Expected {
         package: PACKAGE,
         file_name: "service5mic",
+        language: "CN",
+        robot_version: "1",
         from_version: info.from_code,
         to_version: info.to_code,
     }

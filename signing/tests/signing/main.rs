@@ -42,6 +42,10 @@ fn identity(from: &str, to: &str) -> Vec<String> {
         "com.example",
         "--file-name",
         "fw",
+        "--language",
+        "CN",
+        "--robot-version",
+        "1",
         "--from-version",
         from,
         "--to-version",
@@ -114,6 +118,29 @@ fn keygen_sign_and_verify() {
     let out = verify(public.trim(), "16", "17");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("from-version"));
+    // So is the build of another language or robot model.
+    for (flag, value, says) in [
+        ("--language", "EN", "language"),
+        ("--robot-version", "2", "robot model"),
+    ] {
+        let mut args = vec![
+            "verify".to_owned(),
+            "--public-key".into(),
+            public.trim().into(),
+        ];
+        let mut id = identity("17", "18");
+        let at = id.iter().position(|a| a == flag).unwrap();
+        id[at + 1] = value.into();
+        args.extend(id);
+        args.push(s(&dir.join("A-1.2--18--fw.patch")).into());
+        let out = run(&args);
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     assert!(
         ota_sign(&["keygen", "--out", s(&dir.join("other"))])
             .status
