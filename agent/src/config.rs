@@ -184,6 +184,10 @@ pub struct Security {
     pub pinned_keys: Vec<Pin>,
     /// Hosts (`host` or `host:port`) patches may be downloaded from; absent means any.
     pub allowed_download_hosts: Option<Vec<String>>,
+    /// Where the vendor's signed statement of each file's newest version lives, with
+    /// `{package}`, `{file_name}`, `{language}` and `{robot_version}` filled in: with it, an
+    /// "up to date" below that version is refused (a frozen or held-back answer).
+    pub statement_url: Option<String>,
 }
 
 impl Security {
@@ -512,6 +516,21 @@ impl Config {
                 "security.require_signatures",
                 "needs at least one key in `security.public_keys`".into(),
             ));
+        }
+        if let Some(url) = &self.security.statement_url {
+            if self.security.public_keys.is_empty() {
+                return Err(invalid(
+                    "security.statement_url",
+                    "needs at least one key in `security.public_keys` to check the statement"
+                        .into(),
+                ));
+            }
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    "security.statement_url",
+                    format!("must be an http or https URL, not `{url}`"),
+                ));
+            }
         }
         if let Some(hosts) = &self.security.allowed_download_hosts {
             if hosts.is_empty() {

@@ -86,6 +86,17 @@ pub struct PackageState {
     /// The version the config named when the agent last started, to notice a corrected one.
     #[serde(default)]
     pub configured_version: Option<String>,
+    /// The newest of the vendor's signed statements seen for this file.
+    #[serde(default)]
+    pub statement: Option<SeenStatement>,
+}
+
+/// What a verified statement of the newest version said, and when it was signed: an older one
+/// is a replay.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SeenStatement {
+    pub issued_unix: u64,
+    pub latest_version: u64,
 }
 
 impl PackageState {
@@ -98,6 +109,7 @@ impl PackageState {
             update: None,
             last_check: None,
             configured_version: Some(version.to_owned()),
+            statement: None,
         }
     }
 

@@ -8,7 +8,11 @@
 //! refresh_expires_in = 2592000  # optional, seconds a refresh token lives (30 days)
 //! token_get = true              # optional; false makes GET /oauth/token answer 405
 //! cache_dir = "cache"           # optional, where made patches are kept
-//! signing_key = "keys/vendor.key"  # optional, signs the metadata served next to every patch
+//! signing_key = "keys/vendor.key"  # optional, signs the metadata served next to every patch,
+//!                               # and each file's statement of its newest version at
+//!                               # /version/<package>/<language>/<file_name>--<robot_version>.latest.json
+//!                               # (and .sig), made when the catalog loads
+//! statement_lifetime = 86400    # optional, seconds a statement holds (default a day)
 //!
 //! [[client]]
 //! id = "mobile_1"
@@ -129,6 +133,7 @@ struct RawServer {
     token_get: Option<bool>,
     cache_dir: Option<PathBuf>,
     signing_key: Option<PathBuf>,
+    statement_lifetime: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -284,6 +289,8 @@ pub struct Catalog {
     users: HashMap<String, String>,
     packages: Vec<Package>,
     patches: HashMap<String, PatchInfo>,
+    /// The signed statements of each file's newest version, by URL path: (JSON, signature).
+    statements: HashMap<String, (Vec<u8>, String)>,
     public_key: Option<PublicKey>,
 }
 
@@ -366,6 +373,21 @@ impl Catalog {
     pub(crate) fn served(&self, url_path: &str) -> Option<Served<'_>> {
         if let Some(patch) = self.patches.get(url_path) {
             return Some(Served::Patch(patch));
+        }
+        if let Some((json, _)) = self.statements.get(url_path) {
+            return Some(Served::Sidecar {
+                bytes: json,
+                content_type: "application/json",
+            });
+        }
+        if let Some((_, sig)) = url_path
+            .strip_suffix(".sig")
+            .and_then(|s| self.statements.get(s))
+        {
+            return Some(Served::Sidecar {
+                bytes: sig.as_bytes(),
+                content_type: "text/plain",
+            });
         }
         if let Some(patch) = url_path.strip_suffix(".meta.json.sig") {
             let signed = self.patches.get(patch)?.signed.as_ref()?;
@@ -538,6 +560,10 @@ impl Loader {
 
         let mut packages = Vec::new();
         let mut patches = HashMap::new();
+        let mut statements = HashMap::new();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let mut names = HashSet::new();
         for p in raw.packages {
             let pentry = format!("package \"{}\"", p.name);
@@ -717,6 +743,20 @@ impl Loader {
                     });
                     previous = Some((v.code, data));
                 }
+                if let (Some(key), Some(latest)) = (&signing_key, versions.last()) {
+                    let target = ota_signing::Target {
+                        package: &p.name,
+                        file_name: &f.file_name,
+                        language: &f.language,
+                        robot_version: &f.robot_version,
+                    };
+                    let lifetime = raw.server.statement_lifetime.unwrap_or(86_400);
+                    let statement =
+                        ota_signing::Statement::new(&target, latest.code, now, lifetime);
+                    let (json, signature) = statement.sign(key);
+                    let path = format!("/version/{}", ota_signing::statement_path(&target));
+                    statements.insert(path, (json, signature));
+                }
                 files.push(FileEntry {
                     file_name: f.file_name,
                     language: f.language,
@@ -736,6 +776,7 @@ impl Loader {
             users,
             packages,
             patches,
+            statements,
             public_key: signing_key.as_ref().map(SecretKey::public),
         })
     }

@@ -48,7 +48,14 @@ impl Endpoint {
             "/file/download" => Some(Endpoint::Download),
             "/file/callback" => Some(Endpoint::Callback),
             p if p.starts_with("/version/")
-                && (p.ends_with(".meta.json") || p.ends_with(".meta.json.sig")) =>
+                && [
+                    ".meta.json",
+                    ".meta.json.sig",
+                    ".latest.json",
+                    ".latest.json.sig",
+                ]
+                .iter()
+                .any(|end| p.ends_with(end)) =>
             {
                 Some(Endpoint::Metadata)
             }

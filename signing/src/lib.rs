@@ -14,8 +14,10 @@
 pub mod keys;
 pub mod metadata;
 pub mod release;
+pub mod statement;
 
 pub use keys::{KeyError, PublicKey, SecretKey};
 pub use metadata::{
     Expected, FORMAT, Metadata, VerifyError, meta_url, sig_url, verify, verify_signed,
 };
+pub use statement::{Statement, Target, statement_path, verify_statement};

@@ -45,6 +45,29 @@ enum Command {
         identity: Identity,
         patch: PathBuf,
     },
+    /// Write the signed statement of the newest version of one file, for one language and robot
+    /// model: OUT and OUT.sig. Publish it at the URL the robots' `statement_url` names, and sign
+    /// it again before it expires.
+    Statement {
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        #[arg(long)]
+        package: String,
+        #[arg(long)]
+        file_name: String,
+        #[arg(long)]
+        language: String,
+        #[arg(long)]
+        robot_version: String,
+        /// The newest version code published for the file.
+        #[arg(long)]
+        latest_version: u64,
+        /// How long the statement holds, in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        lifetime: u64,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -131,6 +154,44 @@ fn main() -> anyhow::Result<()> {
                 meta.file_name,
                 meta.from_version,
                 meta.to_version
+            );
+        }
+        Command::Statement {
+            key,
+            package,
+            file_name,
+            language,
+            robot_version,
+            latest_version,
+            lifetime,
+            out,
+        } => {
+            let key = release::read_secret_key(&key)?;
+            let target = ota_signing::Target {
+                package: &package,
+                file_name: &file_name,
+                language: &language,
+                robot_version: &robot_version,
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .context("the clock is before 1970")?
+                .as_secs();
+            let statement = ota_signing::Statement::new(&target, latest_version, now, lifetime);
+            let (json, signature) = statement.sign(&key);
+            let mut sig_path = out.clone().into_os_string();
+            sig_path.push(".sig");
+            std::fs::write(&out, json)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            std::fs::write(&sig_path, signature)
+                .with_context(|| format!("cannot write {}", sig_path.to_string_lossy()))?;
+            println!(
+                "{}/{} {language} model {robot_version}: version {latest_version} is the newest until {}; wrote {} and {}",
+                package,
+                file_name,
+                statement.expires_unix,
+                out.display(),
+                sig_path.to_string_lossy()
             );
         }
     }

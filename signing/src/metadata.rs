@@ -168,12 +168,7 @@ pub fn verify_signed(
     json: &[u8],
     signature: &[u8],
 ) -> Result<(Metadata, PublicKey), VerifyError> {
-    let text = std::str::from_utf8(signature).unwrap_or("");
-    let signature = keys::signature_from_text(text).map_err(VerifyError::Signature)?;
-    let signer = *keys
-        .iter()
-        .find(|k| k.verifies(json, &signature))
-        .ok_or(VerifyError::UnknownKey)?;
+    let signer = signer_of(keys, json, signature)?;
     let meta: Metadata = serde_json::from_slice(json).map_err(VerifyError::Parse)?;
     match meta.format {
         FORMAT_1 => {}
@@ -197,6 +192,20 @@ pub fn verify_signed(
         }
     }
     Ok((meta, signer))
+}
+
+/// The one of `keys` whose signature `signature` (base64 text) is over `json`'s exact bytes.
+pub(crate) fn signer_of(
+    keys: &[PublicKey],
+    json: &[u8],
+    signature: &[u8],
+) -> Result<PublicKey, VerifyError> {
+    let text = std::str::from_utf8(signature).unwrap_or("");
+    let signature = keys::signature_from_text(text).map_err(VerifyError::Signature)?;
+    keys.iter()
+        .find(|k| k.verifies(json, &signature))
+        .copied()
+        .ok_or(VerifyError::UnknownKey)
 }
 
 /// Where the metadata of the patch at `patch_url` lives.

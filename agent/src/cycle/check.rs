@@ -28,7 +28,7 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
     agent
         .notifier
         .status(&format!("checking for updates to {key} version {version}"));
-    let answer = agent
+    let answer = match agent
         .client
         .check(&CheckRequest {
             package_name: &pkg.name,
@@ -36,7 +36,11 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
             file_name: &pkg.file_name,
             language: &language,
         })
-        .await;
+        .await
+    {
+        Ok(answer) => super::statement::hold(agent, pkg, &version, answer).await,
+        Err(e) => Err(e.into()),
+    };
     let (ok, result) = match &answer {
         Ok(a) => (true, describe(a)),
         Err(e) => (false, crate::error_chain(e)),

@@ -31,6 +31,7 @@ mod check;
 mod download;
 mod install;
 mod report;
+mod statement;
 mod verify;
 
 use std::fmt;
@@ -100,7 +101,7 @@ const MAX_STEPS: usize = 32;
 
 /// A time before any robot ran this agent: a recorded time before it comes from a clock that
 /// had not been set (a board without a clock battery), and means nothing.
-const PLAUSIBLE_UNIX: u64 = 1_700_000_000;
+pub(crate) const PLAUSIBLE_UNIX: u64 = 1_700_000_000;
 
 /// What `update_deadline` says of an update accepted at `accepted` when the clock says `now`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

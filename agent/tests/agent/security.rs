@@ -709,3 +709,125 @@ async fn format_1_metadata_counts_only_while_signatures_are_not_required() {
         }
     }
 }
+
+/// The statement URL template for a world's server.
+fn statement_url(w: &World) -> String {
+    format!(
+        "statement_url = \"{}/version/{{package}}/{{language}}/{{file_name}}--{{robot_version}}.latest.json\"",
+        w.server.uri()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_answer_is_refused_when_the_vendor_states_a_newer_version() {
+    let w = World::serving(SIGNED, "", "").await;
+    w.secure(&format!(
+        "public_keys = [\"{}\"]\nrequire_signatures = true\n{}",
+        w.vendor_key(),
+        statement_url(&w)
+    ));
+    // A man in the middle answers "up to date" for version 16; the vendor says 18 is out.
+    let frozen = "{\"code\":\"100\",\"data\":\"\",\"id\":\"\"}";
+    w.server
+        .inject(Fault::status(Endpoint::Download, 200, frozen).times(2));
+    let out = w.agent(&["check"]).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("the server says version 16 is up to date, but the vendor's signed statement names version 18 as the newest"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(w.callbacks().is_empty());
+    let status = w.status().await;
+    assert_eq!(status["packages"][0]["last_check"]["ok"], false);
+    // Once the answer is honest, the update goes through, and "up to date" at 18 is believed.
+    w.server.clear_faults();
+    assert!(w.agent(&["check"]).await.status.success());
+    assert_eq!(w.installed(), w.version(18));
+    assert_eq!(w.callbacks(), pairs(&[("23", "1"), ("25", "1")]));
+    let out = w.agent(&["check"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_or_replayed_statement_cannot_vouch_for_up_to_date() {
+    use wiremock::matchers::path;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let key = ota_signing::SecretKey::generate().unwrap();
+    let target = ota_signing::Target {
+        package: crate::helpers::PACKAGE,
+        file_name: crate::helpers::FILE_NAME,
+        language: "CN",
+        robot_version: "1",
+    };
+    let now = ota_agent::unix_now();
+    let statement_path = "/s/latest.json";
+    let robot = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(robot.path().join("robot")).unwrap();
+    std::fs::write(crate::helpers::managed_path(robot.path()), b"version 16").unwrap();
+    // Each round: a statement (latest 16, so "up to date" is true), and what the log must say.
+    let rounds = [
+        (
+            ota_signing::Statement::new(&target, 16, now - 100, 86_400),
+            None,
+        ),
+        (
+            ota_signing::Statement::new(&target, 16, now - 200, 86_400),
+            Some("before the one seen already"),
+        ),
+        (
+            ota_signing::Statement::new(&target, 16, now - 50, 10),
+            Some("expired at"),
+        ),
+    ];
+    let mut previous = None;
+    for (statement, refusal) in rounds {
+        let server = MockServer::start().await;
+        Mock::given(path("/oauth/token"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(serde_json::json!({"access_token":"t1","expires_in":11999})),
+            )
+            .mount(&server)
+            .await;
+        Mock::given(path("/file/download"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(serde_json::json!({"code":"100","data":"","id":""})),
+            )
+            .mount(&server)
+            .await;
+        let (json, sig) = statement.sign(&key);
+        Mock::given(path(statement_path))
+            .respond_with(ResponseTemplate::new(200).set_body_raw(json, "application/json"))
+            .mount(&server)
+            .await;
+        Mock::given(path(format!("{statement_path}.sig")))
+            .respond_with(ResponseTemplate::new(200).set_body_raw(sig, "text/plain"))
+            .mount(&server)
+            .await;
+        let config = crate::helpers::write_config(robot.path(), &server.uri(), "", "");
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str(&format!(
+            "\n[security]\npublic_keys = [\"{}\"]\nstatement_url = \"{}{statement_path}\"\n",
+            key.public().to_text(),
+            server.uri()
+        ));
+        std::fs::write(&config, text).unwrap();
+        let out = crate::helpers::agent(&config, &["check"]).await;
+        match refusal {
+            None => assert!(out.status.success(), "{}", stderr(&out)),
+            Some(says) => {
+                assert!(!out.status.success());
+                assert!(stderr(&out).contains(says), "{}", stderr(&out));
+                assert!(
+                    stderr(&out).contains("cannot confirm it"),
+                    "{}",
+                    stderr(&out)
+                );
+            }
+        }
+        previous = Some(server);
+    }
+    drop(previous);
+}

@@ -177,3 +177,50 @@ fn a_patch_that_does_not_make_the_new_file_is_not_signed() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not turn"));
     assert!(!dir.join("A-1.2--18--fw.patch.meta.json").exists());
 }
+
+#[test]
+fn a_statement_of_the_newest_version_is_signed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    assert!(
+        ota_sign(&["keygen", "--out", s(&dir.join("vendor"))])
+            .status
+            .success()
+    );
+    let out = dir.join("service5mic--1.latest.json");
+    let made = ota_sign(&[
+        "statement",
+        "--key",
+        s(&dir.join("vendor.key")),
+        "--package",
+        "com.example",
+        "--file-name",
+        "fw",
+        "--language",
+        "CN",
+        "--robot-version",
+        "1",
+        "--latest-version",
+        "18",
+        "--lifetime",
+        "3600",
+        "--out",
+        s(&out),
+    ]);
+    assert!(made.status.success());
+    let public = std::fs::read_to_string(dir.join("vendor.pub")).unwrap();
+    let key = ota_signing::PublicKey::from_text(public.trim()).unwrap();
+    let json = std::fs::read(&out).unwrap();
+    let sig = std::fs::read(dir.join("service5mic--1.latest.json.sig")).unwrap();
+    let (statement, _) = ota_signing::verify_statement(&[key], &json, &sig).unwrap();
+    assert_eq!(statement.latest_version, 18);
+    assert_eq!(statement.expires_unix - statement.issued_unix, 3600);
+    statement
+        .check(&ota_signing::Target {
+            package: "com.example",
+            file_name: "fw",
+            language: "CN",
+            robot_version: "1",
+        })
+        .unwrap();
+}
