@@ -111,6 +111,28 @@ pub(super) async fn run(
             let current = sha256_file_async(&pkg.path).await?;
             let is_new = current.as_deref() == Some(marker.to_sha256.as_str());
             let is_old = current.as_deref() == Some(update.from_sha256.as_str());
+            if !marker.rolling_back {
+                if let Some(id) = untrusted(agent, &update, marker.applied) {
+                    // Facts verified under a key since dropped (or a policy since tightened)
+                    // no longer count, here as in the verify step.
+                    let problem = format!(
+                        "update {id} was verified with a key or a policy that the config no longer holds"
+                    );
+                    if is_new {
+                        return roll_back(agent, pkg, &update, marker, problem).await;
+                    }
+                    log::warn!("{key}: {problem}; verifying the chain again");
+                    install::discard_prepared(&pkg.path);
+                    agent
+                        .pkg_state(&key)
+                        .update
+                        .as_mut()
+                        .expect("update")
+                        .install = None;
+                    agent.save()?;
+                    return Ok(Step::Verify);
+                }
+            }
             if marker.rolling_back || (marker.hooks_started && is_new) {
                 let problem = if marker.rolling_back {
                     "a restart interrupted its rollback".to_owned()
@@ -262,6 +284,26 @@ async fn roll_back(
     Ok(Step::Report(Outcome::Failed {
         reason: format!("version {} was rolled back: {problem}", marker.to_version),
     }))
+}
+
+/// The first of the chain's first `applied` patches that the current `[security]` would not let
+/// through: signed by a key no longer listed, or unsigned where signatures are now required.
+fn untrusted(agent: &Agent, update: &Update, applied: usize) -> Option<String> {
+    let security = &agent.config.security;
+    let keys = security.keys();
+    if keys.is_empty() {
+        return None;
+    }
+    update.patches[..applied.min(update.patches.len())]
+        .iter()
+        .find(|p| {
+            let trusted = p
+                .signed
+                .as_ref()
+                .is_some_and(|s| keys.iter().any(|k| k.to_text() == s.key));
+            !(trusted || (p.unsigned && !security.require_signatures))
+        })
+        .map(|p| p.id.clone())
 }
 
 fn save_marker(agent: &mut Agent, key: &str, marker: &InstallState) -> Result<(), CycleError> {

@@ -379,3 +379,38 @@ async fn a_persistent_failure_costs_a_bounded_amount_of_flash_per_cycle() {
         assert!(*saves <= 8 && *fsyncs <= 16, "{per_pass:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_dropped_during_an_interrupted_install_rolls_it_back() {
+    let once = "test -e \"$OTA_PATH.once\" || { touch \"$OTA_PATH.once\"; sleep 30; }";
+    let signed = crate::helpers::Serve {
+        signed: true,
+        tls: false,
+    };
+    let w = World::serving(signed, &format!("post_install = '{once}'"), "").await;
+    w.secure(&format!(
+        "public_keys = [\"{}\"]\nrequire_signatures = true",
+        w.vendor_key()
+    ));
+    let child = spawn_grouped(&w);
+    let marker = crate::helpers::managed_path(w.dir()).with_extension("apk.once");
+    until("the post_install hook to start", || marker.exists()).await;
+    stop_like_systemd(&child);
+    let (status, _) = stderr_of(child).await;
+    assert!(status.success());
+    assert_eq!(w.installed(), w.version(18), "swapped, hooks not done");
+    // The vendor's key is revoked on the robot before the next start.
+    let stranger = ota_signing::SecretKey::generate()
+        .unwrap()
+        .public()
+        .to_text();
+    let text = std::fs::read_to_string(&w.config)
+        .unwrap()
+        .replace(&w.vendor_key(), &stranger);
+    std::fs::write(&w.config, text).unwrap();
+    let out = w.agent(&["check"]).await;
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("no longer holds"), "{log}");
+    assert_eq!(w.installed(), w.version(16));
+    assert_eq!(w.callbacks(), pairs(&[("23", "2"), ("25", "2")]));
+}
