@@ -196,3 +196,24 @@ pub async fn agent(config: &Path, args: &[&str]) -> Output {
     );
     out
 }
+
+/// A robot in a temporary directory whose managed file holds `version 16` (the words), with a
+/// config for the server at `url`.
+pub fn plain_robot(url: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("robot")).unwrap();
+    std::fs::write(managed_path(tmp.path()), b"version 16").unwrap();
+    let config = write_config(tmp.path(), url, "", "");
+    (tmp, config)
+}
+
+/// A token endpoint on a wiremock server that hands out the access token `t1`.
+pub async fn mount_token(server: &wiremock::MockServer) {
+    wiremock::Mock::given(wiremock::matchers::path("/oauth/token"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"access_token":"t1","expires_in":11999})),
+        )
+        .mount(server)
+        .await;
+}

@@ -392,10 +392,7 @@ async fn credentials_never_follow_a_redirect_to_another_origin() {
         )
         .mount(&server)
         .await;
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(tmp.path().join("robot")).unwrap();
-    std::fs::write(crate::helpers::managed_path(tmp.path()), b"version 16").unwrap();
-    let config = crate::helpers::write_config(tmp.path(), &server.uri(), "", "");
+    let (_robot, config) = crate::helpers::plain_robot(&server.uri());
     let out = crate::helpers::agent(&config, &["check"]).await;
     assert!(!out.status.success());
     assert!(
@@ -413,13 +410,7 @@ async fn no_request_says_where_it_came_from() {
     use wiremock::{Mock, MockServer, ResponseTemplate};
     let other = elsewhere().await;
     let server = MockServer::start().await;
-    Mock::given(path("/oauth/token"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(serde_json::json!({"access_token":"t1","expires_in":11999})),
-        )
-        .mount(&server)
-        .await;
+    crate::helpers::mount_token(&server).await;
     let patch = format!("{}/v/A-1--17--f.patch", server.uri());
     Mock::given(method("GET"))
         .and(path("/file/download"))
@@ -442,10 +433,7 @@ async fn no_request_says_where_it_came_from() {
         .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"code":"100"})))
         .mount(&server)
         .await;
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(tmp.path().join("robot")).unwrap();
-    std::fs::write(crate::helpers::managed_path(tmp.path()), b"version 16").unwrap();
-    let config = crate::helpers::write_config(tmp.path(), &server.uri(), "", "");
+    let (_robot, config) = crate::helpers::plain_robot(&server.uri());
     crate::helpers::agent(&config, &["check"]).await;
     let seen = other.received_requests().await.unwrap();
     assert!(!seen.is_empty(), "the redirect was followed");
@@ -492,10 +480,7 @@ async fn server_text_cannot_forge_log_lines() {
             .with_priority(1)
             .mount(&server)
             .await;
-        let tmp = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(tmp.path().join("robot")).unwrap();
-        std::fs::write(crate::helpers::managed_path(tmp.path()), b"version 16").unwrap();
-        let config = crate::helpers::write_config(tmp.path(), &server.uri(), "", "");
+        let (_robot, config) = crate::helpers::plain_robot(&server.uri());
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ota-agent"))
             .arg("--config")
             .arg(&config)
@@ -529,10 +514,7 @@ async fn an_oauth_error_that_echoes_a_secret_is_masked() {
         })))
         .mount(&server)
         .await;
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(tmp.path().join("robot")).unwrap();
-    std::fs::write(crate::helpers::managed_path(tmp.path()), b"version 16").unwrap();
-    let config = crate::helpers::write_config(tmp.path(), &server.uri(), "", "");
+    let (_robot, config) = crate::helpers::plain_robot(&server.uri());
     let out = crate::helpers::agent(&config, &["check"]).await;
     let all = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
     assert!(all.contains("invalid_client"), "{all}");
@@ -642,13 +624,7 @@ async fn format_1_metadata_counts_only_while_signatures_are_not_required() {
     let (json, sig) = meta.sign(&key);
     for require in [true, false] {
         let server = MockServer::start().await;
-        Mock::given(path("/oauth/token"))
-            .respond_with(
-                ResponseTemplate::new(200)
-                    .set_body_json(serde_json::json!({"access_token":"t1","expires_in":11999})),
-            )
-            .mount(&server)
-            .await;
+        crate::helpers::mount_token(&server).await;
         let url = format!("{}/v/A-1--17--service5mic.patch", server.uri());
         Mock::given(path("/file/download"))
             .respond_with(
@@ -783,13 +759,7 @@ async fn an_expired_or_replayed_statement_cannot_vouch_for_up_to_date() {
     let mut previous = None;
     for (statement, refusal) in rounds {
         let server = MockServer::start().await;
-        Mock::given(path("/oauth/token"))
-            .respond_with(
-                ResponseTemplate::new(200)
-                    .set_body_json(serde_json::json!({"access_token":"t1","expires_in":11999})),
-            )
-            .mount(&server)
-            .await;
+        crate::helpers::mount_token(&server).await;
         Mock::given(path("/file/download"))
             .respond_with(
                 ResponseTemplate::new(200)
