@@ -400,14 +400,7 @@ async fn a_key_dropped_during_an_interrupted_install_rolls_it_back() {
     assert!(status.success());
     assert_eq!(w.installed(), w.version(18), "swapped, hooks not done");
     // The vendor's key is revoked on the robot before the next start.
-    let stranger = ota_signing::SecretKey::generate()
-        .unwrap()
-        .public()
-        .to_text();
-    let text = std::fs::read_to_string(&w.config)
-        .unwrap()
-        .replace(&w.vendor_key(), &stranger);
-    std::fs::write(&w.config, text).unwrap();
+    w.distrust_vendor_key();
     let out = w.agent(&["check"]).await;
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("no longer holds"), "{log}");

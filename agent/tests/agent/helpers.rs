@@ -129,6 +129,22 @@ impl World {
         std::fs::write(&self.config, text).unwrap();
     }
 
+    /// Replaces `from` with `to` in the agent's config.
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(text.contains(from), "the config has no {from:?}");
+        std::fs::write(&self.config, text.replace(from, to)).unwrap();
+    }
+
+    /// Revokes the vendor's key on the robot: the config lists a stranger's instead.
+    pub fn distrust_vendor_key(&self) {
+        let stranger = ota_signing::SecretKey::generate()
+            .unwrap()
+            .public()
+            .to_text();
+        self.edit_config(&self.vendor_key(), &stranger);
+    }
+
     /// The public key of the demo's signing key, as the config lists it.
     pub fn vendor_key(&self) -> String {
         self.server.catalog().public_key().unwrap().to_text()

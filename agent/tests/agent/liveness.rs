@@ -476,15 +476,10 @@ async fn a_corrected_version_in_the_config_is_taken_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_answer_that_drips_ends_within_the_request_timeout() {
     let w = World::with("", "").await;
-    let text = std::fs::read_to_string(&w.config).unwrap();
-    std::fs::write(
-        &w.config,
-        text.replace(
-            "read_timeout = \"5s\"",
-            "read_timeout = \"5s\"\nrequest_timeout = \"2s\"",
-        ),
-    )
-    .unwrap();
+    w.edit_config(
+        "read_timeout = \"5s\"",
+        "read_timeout = \"5s\"\nrequest_timeout = \"2s\"",
+    );
     // One byte a second: never silent for the read timeout, done after minutes.
     w.server
         .inject(Fault::new(Endpoint::Token, FaultKind::Drip(Duration::from_secs(1))).times(10));
@@ -504,15 +499,10 @@ async fn a_token_answer_that_drips_ends_within_the_request_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_patch_body_that_drips_is_an_interrupted_download() {
     let w = World::with("", "").await;
-    let text = std::fs::read_to_string(&w.config).unwrap();
-    std::fs::write(
-        &w.config,
-        text.replace(
-            "read_timeout = \"5s\"",
-            "read_timeout = \"2s\"\nmin_download_rate = 1000",
-        ),
-    )
-    .unwrap();
+    w.edit_config(
+        "read_timeout = \"5s\"",
+        "read_timeout = \"2s\"\nmin_download_rate = 1000",
+    );
     // Five bytes a second of a 200 KB patch: eleven hours at that pace. (Twice: the size asked
     // with HEAD takes one.)
     w.server.inject(

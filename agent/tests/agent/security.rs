@@ -354,14 +354,7 @@ async fn a_key_dropped_mid_update_stops_counting() {
     assert!(!out.status.success());
     assert!(w.callbacks().is_empty(), "the update is still under way");
     // The vendor's key is revoked on the robot; the facts verified with it no longer count.
-    let stranger = ota_signing::SecretKey::generate()
-        .unwrap()
-        .public()
-        .to_text();
-    let text = std::fs::read_to_string(&w.config)
-        .unwrap()
-        .replace(&w.vendor_key(), &stranger);
-    std::fs::write(&w.config, text).unwrap();
+    w.distrust_vendor_key();
     w.server.clear_faults();
     let out = w.agent(&["check"]).await;
     assert!(!out.status.success());
