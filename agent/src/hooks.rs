@@ -16,8 +16,8 @@ use crate::Shutdown;
 /// How long a hook's processes get between SIGTERM and SIGKILL.
 pub const GRACE: Duration = Duration::from_secs(5);
 
-/// How long a hook that died of a signal waits for the agent's own stop signal: systemd
-/// signals every process of the unit at once, and the hook may be the first to notice.
+/// How long a failed hook waits for the agent's own stop signal: systemd signals every
+/// process of the unit at once, and the hook may be the first to notice.
 const SIGNAL_RACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
@@ -86,24 +86,14 @@ pub async fn run(
     if status.success() {
         return Ok(());
     }
-    if killed_by_stop(&status) {
-        let mut stop = shutdown.clone();
-        if tokio::time::timeout(SIGNAL_RACE, stop.wait()).await.is_ok() {
-            return Err(HookError::Stopped { hook });
-        }
+    // A hook that ends with the agent's stop (systemd signals the whole cgroup) may exit with
+    // a signal or with a code of its own (a trap), and may notice first: either way it is no
+    // verdict on the update. So a failure waits a moment for the stop before it counts.
+    let mut stop = shutdown.clone();
+    if tokio::time::timeout(SIGNAL_RACE, stop.wait()).await.is_ok() {
+        return Err(HookError::Stopped { hook });
     }
     Err(HookError::Failed { hook, status })
-}
-
-/// True when the hook died of a signal that stops a service (systemd's SIGTERM, a SIGINT or
-/// SIGHUP from a terminal).
-fn killed_by_stop(status: &std::process::ExitStatus) -> bool {
-    use std::os::unix::process::ExitStatusExt;
-    let stopping = [Signal::TERM, Signal::INT, Signal::HUP].map(|s| s.as_raw());
-    status.signal().is_some_and(|s| stopping.contains(&s))
-        || status
-            .code()
-            .is_some_and(|c| stopping.iter().any(|s| c == 128 + s))
 }
 
 /// SIGTERM to the hook's process group, then SIGKILL once [`GRACE`] is over.

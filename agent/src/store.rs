@@ -238,6 +238,10 @@ pub struct InstallState {
     /// Set once the install failed and the previous file is being restored.
     #[serde(default)]
     pub rolling_back: bool,
+    /// Times a stop (SIGTERM) came while the hooks ran; a few are routine, more are a hook
+    /// that stops the agent itself.
+    #[serde(default)]
+    pub hook_stops: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -25,6 +25,8 @@ use token::TokenCache;
 
 /// Largest JSON answer the agent reads; the contract's answers are a few hundred bytes.
 const MAX_ANSWER: usize = 1024 * 1024;
+/// Largest error body the agent reads.
+const MAX_ERROR_BODY: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -60,6 +62,8 @@ pub enum ClientError {
     Deadline { what: &'static str, after: Duration },
     #[error("{what}: stopped by a signal")]
     Stopped { what: &'static str },
+    #[error("{what}: the server sent a web page (text/html), not the file: a captive portal?")]
+    WebPage { what: &'static str },
 }
 
 impl ClientError {
@@ -344,7 +348,7 @@ impl Client {
                     .map_err(|e| transport("size", e))
             })
             .await?;
-        if !resp.status().is_success() {
+        if !resp.status().is_success() || is_html(&resp) {
             return Ok(None);
         }
         Ok(header_u64(&resp, CONTENT_LENGTH))
@@ -448,10 +452,11 @@ impl Client {
                         ),
                     }),
                     Some((Some((start, end)), total))
-                        if start == offset && total.is_none_or(|t| end + 1 == t) =>
+                        if start == offset
+                            && total.is_none_or(|t| end.checked_add(1) == Some(t)) =>
                     {
                         Ok(Fetch {
-                            total: total.or(length.map(|l| offset + l)),
+                            total: total.or(length.and_then(|l| offset.checked_add(l))),
                             response: Some(resp),
                             offset,
                             validator,
@@ -486,7 +491,13 @@ impl Client {
                     }),
                 }
             }
-            status => Err(status_error(what, resp, status, &self.secrets()).await),
+            // The error page is read within the deadline too: a server may drip it.
+            status => Err(self
+                .bounded(what, self.request_timeout, async {
+                    Ok(status_error(what, resp, status, &self.secrets()).await)
+                })
+                .await
+                .unwrap_or_else(|e| e)),
         }
     }
 
@@ -651,10 +662,7 @@ fn is_html(resp: &reqwest::Response) -> bool {
 }
 
 fn html_instead(what: &'static str) -> ClientError {
-    ClientError::Invalid {
-        what,
-        reason: "the server sent a web page (text/html), not the file: a captive portal?".into(),
-    }
+    ClientError::WebPage { what }
 }
 
 /// `If-Range` takes a strong ETag or a date; a weak ETag (`W/"…"`) may not be used.
@@ -725,7 +733,8 @@ async fn status_error(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
-    let body = read_limited(what, resp, MAX_ANSWER)
+    // An error page says what went wrong in its first lines; more is not read.
+    let body = read_limited(what, resp, MAX_ERROR_BODY)
         .await
         .unwrap_or_default();
     if let Some((error, description)) = wire::parse_oauth_error(&body) {

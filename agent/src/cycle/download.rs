@@ -128,7 +128,11 @@ fn update_mut<'a>(agent: &'a mut Agent, key: &str) -> &'a mut crate::store::Upda
 async fn check_space(agent: &mut Agent, pkg: &Package) -> Result<(), CycleError> {
     let key = pkg.key();
     let mut needed: u64 = 0;
+    // One HEAD that fails is enough for a cycle: a host where they hang would otherwise hold
+    // the cycle for a request timeout per patch.
+    let mut heads = true;
     for index in 0..update(agent, &key).usable() {
+        agent.notifier.alive();
         let p = update(agent, &key).patches[index].clone();
         if p.sha256.is_some() {
             continue;
@@ -136,7 +140,15 @@ async fn check_space(agent: &mut Agent, pkg: &Package) -> Result<(), CycleError>
         let size = match (&p.signed, p.size) {
             (Some(signed), _) => Some(signed.patch_size),
             (None, Some(s)) => Some(s),
-            (None, None) => agent.client.patch_size(&p.url).await.unwrap_or(None),
+            (None, None) if heads => match agent.client.patch_size(&p.url).await {
+                Ok(size) => size,
+                Err(e @ ClientError::Stopped { .. }) => return Err(e.into()),
+                Err(_) => {
+                    heads = false;
+                    None
+                }
+            },
+            (None, None) => None,
         };
         if let Some(size) = size {
             let max = agent.config.agent.max_patch_size;
@@ -268,7 +280,7 @@ async fn fetch_one(
     let started_at = fetch.offset;
     {
         let p = &mut update_mut(agent, key).patches[index];
-        // A 206 need not repeat the validator; the one the range was asked with still holds.
+        // A 206 carries the validator the range was asked with (the client checked it).
         if fetch.validator.is_some() || fetch.offset == 0 {
             p.validator = fetch.validator.clone();
         }

@@ -35,6 +35,7 @@ pub(super) async fn run(
                 to_sha256: sha256,
                 hooks_started: false,
                 rolling_back: false,
+                hook_stops: 0,
             };
             agent
                 .notifier
@@ -54,15 +55,7 @@ pub(super) async fn run(
             }
             if let Some(cmd) = &pkg.pre_install {
                 let env = hook_env(pkg, &update.from_version, &marker.to_version);
-                match hooks::run(
-                    "pre_install",
-                    cmd,
-                    timeout(agent, pkg),
-                    &env.as_slice(),
-                    &agent.shutdown,
-                )
-                .await
-                {
+                match run_hook(agent, pkg, "pre_install", cmd, &env).await {
                     Ok(()) => {}
                     Err(hooks::HookError::Stopped { .. }) => {
                         install::discard_prepared(&pkg.path);
@@ -87,18 +80,19 @@ pub(super) async fn run(
                         crate::error_chain(&e)
                     );
                     let env = hook_env(pkg, &marker.to_version, &update.from_version);
-                    if let Err(h) = hooks::run(
-                        "post_install",
-                        cmd,
-                        timeout(agent, pkg),
-                        &env.as_slice(),
-                        &agent.shutdown,
-                    )
-                    .await
-                    {
+                    if let Err(h) = run_hook(agent, pkg, "post_install", cmd, &env).await {
                         log::error!("{key}: {}", crate::error_chain(&h));
                     }
                 }
+                // The next cycle starts the install over, pre_install included.
+                install::discard_prepared(&pkg.path);
+                agent
+                    .pkg_state(&key)
+                    .update
+                    .as_mut()
+                    .expect("update")
+                    .install = None;
+                agent.save()?;
                 return Err(e.into());
             }
             marker
@@ -132,6 +126,15 @@ pub(super) async fn run(
                     agent.save()?;
                     return Ok(Step::Verify);
                 }
+            }
+            if !marker.rolling_back && is_new && marker.hook_stops >= MAX_HOOK_STOPS {
+                // A hook that stops the agent (a reboot, the new version shutting the robot
+                // down) would otherwise run again at every start, for ever.
+                let problem = format!(
+                    "the hooks were stopped {} times before they finished",
+                    marker.hook_stops
+                );
+                return roll_back(agent, pkg, &update, marker, problem).await;
             }
             if marker.rolling_back || (marker.hooks_started && is_new) {
                 let problem = if marker.rolling_back {
@@ -189,15 +192,7 @@ pub(super) async fn run(
         ("health_check", &pkg.health_check),
     ] {
         if let Some(cmd) = cmd {
-            match hooks::run(
-                name,
-                cmd,
-                timeout(agent, pkg),
-                &env.as_slice(),
-                &agent.shutdown,
-            )
-            .await
-            {
+            match run_hook(agent, pkg, name, cmd, &env).await {
                 Ok(()) => {}
                 Err(hooks::HookError::Stopped { .. }) => {
                     // A routine stop, not a verdict on the new version: the next start runs the
@@ -206,6 +201,7 @@ pub(super) async fn run(
                         "{key}: stopped during the {name} hook; the hooks run again at the next start"
                     );
                     marker.hooks_started = false;
+                    marker.hook_stops += 1;
                     save_marker(agent, &key, &marker)?;
                     return Err(CycleError::Stopped);
                 }
@@ -235,8 +231,12 @@ pub(super) async fn run(
     Ok(Step::Report(outcome))
 }
 
-/// Restores the previous file, runs `post_install` for it, and reports every id `2`.
-async fn roll_back(
+/// Stops during the hooks before they count as a failed hook.
+const MAX_HOOK_STOPS: u32 = 3;
+
+/// Restores the previous file, runs `post_install` for it, and reports every id `2` (or, when
+/// the new file could not be taken back, what is installed: rule 3's codes for it).
+pub(super) async fn roll_back(
     agent: &mut Agent,
     pkg: &Package,
     update: &Update,
@@ -255,15 +255,7 @@ async fn roll_back(
     }
     if let Some(cmd) = &pkg.post_install {
         let env = hook_env(pkg, &marker.to_version, &update.from_version);
-        match hooks::run(
-            "post_install",
-            cmd,
-            timeout(agent, pkg),
-            &env.as_slice(),
-            &agent.shutdown,
-        )
-        .await
-        {
+        match run_hook(agent, pkg, "post_install", cmd, &env).await {
             Ok(()) => {}
             // The marker says "rolling back": the next start runs post_install again.
             Err(hooks::HookError::Stopped { .. }) => return Err(CycleError::Stopped),
@@ -280,7 +272,18 @@ async fn roll_back(
         None
     };
     let ids = update.ids();
-    agent.finish(pkg, &all_codes(&ids, code::FAILED), installed)?;
+    let still_new = now.as_deref() == Some(marker.to_sha256.as_str());
+    let codes = if still_new {
+        log::error!("{key}: version {} stays installed", marker.to_version);
+        chain_codes(
+            &ids,
+            marker.applied,
+            update.failed.as_ref().map(|f| f.index),
+        )
+    } else {
+        all_codes(&ids, code::FAILED)
+    };
+    agent.finish(pkg, &codes, installed)?;
     Ok(Step::Report(Outcome::Failed {
         reason: format!("version {} was rolled back: {problem}", marker.to_version),
     }))
@@ -315,6 +318,28 @@ fn save_marker(agent: &mut Agent, key: &str, marker: &InstallState) -> Result<()
         .install = Some(marker.clone());
     agent.save()?;
     Ok(())
+}
+
+/// Runs one hook, saying so in `STATUS=`: that line is progress to the watchdog, which the next
+/// hook of a row would otherwise have to share with this one.
+async fn run_hook(
+    agent: &Agent,
+    pkg: &Package,
+    name: &'static str,
+    cmd: &str,
+    env: &HookEnv,
+) -> Result<(), hooks::HookError> {
+    agent
+        .notifier
+        .status(&format!("running the {name} hook of {}", pkg.key()));
+    hooks::run(
+        name,
+        cmd,
+        timeout(agent, pkg),
+        &env.as_slice(),
+        &agent.shutdown,
+    )
+    .await
 }
 
 fn timeout(agent: &Agent, pkg: &Package) -> std::time::Duration {

@@ -117,6 +117,11 @@ pub enum Deadline {
 
 impl Deadline {
     pub fn of(accepted: u64, now: u64, deadline: std::time::Duration) -> Deadline {
+        if now < PLAUSIBLE_UNIX {
+            // The clock is the one that is wrong: it can tell nothing, and a good record must
+            // not be overwritten with its time.
+            return Deadline::Running;
+        }
         if accepted < PLAUSIBLE_UNIX || accepted > now {
             return Deadline::Restart;
         }
@@ -279,9 +284,12 @@ impl Agent {
         let pkg = self.config.packages[index].clone();
         let key = pkg.key();
         let deadline = self.config.agent.update_deadline.0;
+        // Once the new file may be in place, the install's own bounded steps (its hooks, a
+        // rollback) finish it; the deadline must not cut across them.
         let accepted = self.state.packages[&key]
             .update
             .as_ref()
+            .filter(|u| u.install.is_none())
             .map(|u| u.accepted_at_unix);
         if let Some(accepted) = accepted {
             match Deadline::of(accepted, unix_now(), deadline) {
@@ -312,7 +320,7 @@ impl Agent {
         let Some(update) = self.pkg_state(&key).update.as_mut() else {
             return Err(err);
         };
-        if before.is_some_and(|b| update.progress() > b) {
+        if update.progress() > before.unwrap_or(0) {
             update.failed_cycles = 0;
         } else {
             update.failed_cycles = update.failed_cycles.saturating_add(1);
@@ -358,13 +366,22 @@ impl Agent {
         let unfetched = (0..usable).find(|&i| update.patches[i].sha256.is_none());
         if update.install.is_none() {
             match unfetched {
+                Some(_) if no_space == Some(true) => {
+                    log::error!("{key}: updates {} end: {reason}", ids.join(", "));
+                    self.finish(pkg, &all_codes(&ids, code::NOT_UPDATED), None)?;
+                    report::run(self).await?;
+                    return Ok(Outcome::Failed { reason });
+                }
                 Some(k) if k > 0 => {
                     let id = &update.patches[k].id;
                     log::error!("{key}: update {id} fails: {reason}");
-                    self.update_mut(&key).failed = Some(crate::store::Failure {
+                    let u = self.update_mut(&key);
+                    u.failed = Some(crate::store::Failure {
                         index: k,
                         reason: format!("update {id} fails: {reason}"),
                     });
+                    // The patches before it get cycles of their own to install.
+                    u.failed_cycles = 0;
                     self.save()?;
                     return Err(CycleError::Refused(reason));
                 }
@@ -381,15 +398,18 @@ impl Agent {
         let mut installed = None;
         if let Some(marker) = &update.install {
             // The new file may be in place with its install unfinished: the previous one comes
-            // back, as after a failed health check.
+            // back as after a failed health check, post_install included.
             let current = sha256_file_async(&pkg.path).await.ok().flatten();
-            if current.as_deref() == Some(marker.to_sha256.as_str()) {
-                match crate::install::rollback(&pkg.path) {
-                    Ok(true) => log::info!("{key}: version {} restored", update.from_version),
-                    Ok(false) => log::error!("{key}: no previous file to restore"),
-                    Err(e) => log::error!("{key}: {}", crate::error_chain(&e)),
-                }
+            if marker.rolling_back || current.as_deref() == Some(marker.to_sha256.as_str()) {
+                let step =
+                    install::roll_back(self, pkg, &update, marker.clone(), reason.clone()).await?;
+                report::run(self).await?;
+                return Ok(match step {
+                    Step::Report(outcome) => outcome,
+                    _ => Outcome::Failed { reason },
+                });
             }
+            crate::install::discard_prepared(&pkg.path);
             let now = sha256_file_async(&pkg.path).await.ok().flatten();
             installed = if now.as_deref() == Some(update.from_sha256.as_str()) {
                 Some((update.from_version.clone(), update.from_sha256.clone()))
@@ -588,5 +608,7 @@ mod tests {
         assert_eq!(Deadline::of(120, now, week), Deadline::Restart);
         assert_eq!(Deadline::of(0, now, week), Deadline::Restart);
         assert_eq!(Deadline::of(now + 86_400, now, week), Deadline::Restart);
+        // A clock that was never set judges nothing, and keeps the record as it is.
+        assert_eq!(Deadline::of(now, 120, week), Deadline::Running);
     }
 }

@@ -407,3 +407,26 @@ async fn a_key_dropped_during_an_interrupted_install_rolls_it_back() {
     assert_eq!(w.installed(), w.version(16));
     assert_eq!(w.callbacks(), pairs(&[("23", "2"), ("25", "2")]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_that_keeps_stopping_the_agent_is_rolled_back() {
+    // A post_install that shuts the robot down (a reboot, say) would run at every start.
+    let w = World::new("post_install = 'echo run >> \"$OTA_PATH.runs\"; sleep 30'").await;
+    let runs = crate::helpers::managed_path(w.dir()).with_extension("apk.runs");
+    for stop in 1..=3 {
+        let child = spawn_grouped(&w);
+        until("the post_install hook to start", || {
+            std::fs::read_to_string(&runs).is_ok_and(|r| r.lines().count() >= stop)
+        })
+        .await;
+        stop_like_systemd(&child);
+        let (status, _) = stderr_of(child).await;
+        assert!(status.success());
+        assert!(w.callbacks().is_empty());
+    }
+    let out = w.agent(&["check"]).await;
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("the hooks were stopped 3 times"), "{log}");
+    assert_eq!(w.installed(), w.version(16));
+    assert_eq!(w.callbacks(), pairs(&[("23", "2"), ("25", "2")]));
+}

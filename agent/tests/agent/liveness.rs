@@ -323,7 +323,8 @@ async fn an_install_that_keeps_failing_ends_and_runs_no_hook() {
     let blocker = managed_path(w.dir()).with_file_name(".Alpha2Services.apk.ota-new");
     std::fs::create_dir(&blocker).unwrap();
     let mut logs = String::new();
-    for _ in 0..3 {
+    // The first cycle fetches the chain (progress), the next three fail without any.
+    for _ in 0..4 {
         let out = w.agent(&["check"]).await;
         logs.push_str(&stderr(&out));
         if !w.callbacks().is_empty() {
