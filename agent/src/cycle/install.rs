@@ -85,14 +85,7 @@ pub(super) async fn run(
                     }
                 }
                 // The next cycle starts the install over, pre_install included.
-                install::discard_prepared(&pkg.path);
-                agent
-                    .pkg_state(&key)
-                    .update
-                    .as_mut()
-                    .expect("update")
-                    .install = None;
-                agent.save()?;
+                forget_install(agent, pkg)?;
                 return Err(e.into());
             }
             marker
@@ -116,14 +109,7 @@ pub(super) async fn run(
                         return roll_back(agent, pkg, &update, marker, problem).await;
                     }
                     log::warn!("{key}: {problem}; verifying the chain again");
-                    install::discard_prepared(&pkg.path);
-                    agent
-                        .pkg_state(&key)
-                        .update
-                        .as_mut()
-                        .expect("update")
-                        .install = None;
-                    agent.save()?;
+                    forget_install(agent, pkg)?;
                     return Ok(Step::Verify);
                 }
             }
@@ -161,13 +147,7 @@ pub(super) async fn run(
                     log::info!(
                         "{key}: a restart interrupted the install before the new file was ready; applying again"
                     );
-                    agent
-                        .pkg_state(&key)
-                        .update
-                        .as_mut()
-                        .expect("update")
-                        .install = None;
-                    agent.save()?;
+                    forget_install(agent, pkg)?;
                     return Ok(Step::Apply);
                 }
             } else {
@@ -307,6 +287,20 @@ fn untrusted(agent: &Agent, update: &Update, applied: usize) -> Option<String> {
             !(trusted || (p.unsigned && !security.require_signatures))
         })
         .map(|p| p.id.clone())
+}
+
+/// Drops the install marker and the new file prepared beside the managed one: the install starts
+/// over from the staged chain (the managed file is still the old version).
+fn forget_install(agent: &mut Agent, pkg: &Package) -> Result<(), CycleError> {
+    install::discard_prepared(&pkg.path);
+    agent
+        .pkg_state(&pkg.key())
+        .update
+        .as_mut()
+        .expect("update")
+        .install = None;
+    agent.save()?;
+    Ok(())
 }
 
 fn save_marker(agent: &mut Agent, key: &str, marker: &InstallState) -> Result<(), CycleError> {

@@ -251,11 +251,7 @@ async fn a_patch_of_empty_controls_fails_at_once() {
 async fn a_chain_longer_than_the_cap_is_refused_before_anything_is_fetched() {
     let port = closed_port();
     let n = 65;
-    let urls: Vec<String> = (0..n)
-        .map(|i| format!("http://127.0.0.1:{port}/v/A-1--{}--f.patch", 17 + i))
-        .collect();
-    let ids: Vec<String> = (0..n).map(|i| format!("{}", 100 + i)).collect();
-    let server = api(json!({"code":"100","data": urls.join(";"),"id": ids.join(";")})).await;
+    let server = api(chain(&format!("http://127.0.0.1:{port}"), n)).await;
     let tmp = tempfile::tempdir().unwrap();
     let config = robot(tmp.path(), &server.uri(), "", "");
     let out = agent(&config, &["check"]).await;
@@ -268,6 +264,15 @@ async fn a_chain_longer_than_the_cap_is_refused_before_anything_is_fetched() {
     let status: serde_json::Value =
         serde_json::from_slice(&agent(&config, &["status", "--json"]).await.stdout).unwrap();
     assert!(status["packages"][0]["update"].is_null());
+}
+
+/// A check answer offering `n` patches on `host` (17, 18, …), ids 100, 101, ….
+fn chain(host: &str, n: usize) -> serde_json::Value {
+    let urls: Vec<String> = (0..n)
+        .map(|i| format!("{host}/v/A-1--{}--f.patch", 17 + i))
+        .collect();
+    let ids: Vec<String> = (0..n).map(|i| (100 + i).to_string()).collect();
+    json!({"code":"100","data": urls.join(";"),"id": ids.join(";")})
 }
 
 /// The `(saves, bytes, fsyncs)` of every pass an agent's debug log reports.
@@ -290,11 +295,7 @@ async fn a_long_refused_chain_is_reported_with_few_writes() {
     // 64 patches whose first comes from a host that is not allowed: the update ends at once
     // and 64 results go out. Saving the outbox after each of them wrote it 64 times, growing.
     let n = 64;
-    let urls: Vec<String> = (0..n)
-        .map(|i| format!("http://elsewhere.invalid/v/A-1--{}--f.patch", 17 + i))
-        .collect();
-    let ids: Vec<String> = (0..n).map(|i| format!("{}", 100 + i)).collect();
-    let server = api(json!({"code":"100","data": urls.join(";"),"id": ids.join(";")})).await;
+    let server = api(chain("http://elsewhere.invalid", n)).await;
     let tmp = tempfile::tempdir().unwrap();
     let config = robot(tmp.path(), &server.uri(), "", "");
     let mut text = std::fs::read_to_string(&config).unwrap();
