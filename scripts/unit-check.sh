@@ -13,3 +13,12 @@ systemd-analyze verify "$work/ota-agent.service"
 echo "systemd-analyze verify: ok"
 score=$(systemd-analyze security --offline=true "$unit" 2>&1 | grep 'Overall exposure level')
 echo "systemd-analyze security: ${score#→ }"
+# Every ReadWritePaths= entry starts with "-": systemd refuses to start a unit whose read-write
+# path does not exist (226/NAMESPACE), and a robot may not have the directory yet. The start on
+# a board without /opt/alpha2 is proven by scripts/robot-vm.sh (missing_directory_starts).
+strict=$(sed -n 's/^ReadWritePaths=//p' "$unit" | tr ' ' '\n' | grep -v '^-' | grep . || true)
+if [ -n "$strict" ]; then
+  echo "ReadWritePaths= without a leading '-' (the unit would not start without it): $strict" >&2
+  exit 1
+fi
+echo "ReadWritePaths=: every path may be missing"

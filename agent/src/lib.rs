@@ -18,6 +18,7 @@ pub mod client;
 pub mod config;
 pub mod cycle;
 pub mod daemon;
+mod fault;
 pub mod hooks;
 pub mod install;
 pub mod logger;

@@ -11,12 +11,19 @@ use sha2::{Digest, Sha256};
 use crate::config::{Pin, Security};
 
 /// A rustls config for the `[security]` settings, or `None` when reqwest's default (the
-/// system's roots, no pins) is what they ask for.
+/// system's roots, no pins) is what they ask for and the system has roots.
+///
+/// A system without any root (a minimal board without the ca-certificates package) gets a
+/// verifier that refuses every certificate, naming the cause: reqwest's default would refuse to
+/// build the client at all, and the agent would not even update over plain HTTP.
 pub(super) fn client_config(security: &Security) -> Result<Option<rustls::ClientConfig>, String> {
-    if security.ca_file.is_none() && security.pinned_keys.is_empty() {
-        return Ok(None);
-    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    if security.ca_file.is_none() && security.pinned_keys.is_empty() {
+        return match rustls_platform_verifier::Verifier::new(provider.clone()) {
+            Ok(_) => Ok(None),
+            Err(e) => Ok(Some(with_verifier(provider, no_roots(e))?)),
+        };
+    }
     let mut verifier: Arc<dyn ServerCertVerifier> = match &security.ca_file {
         Some(path) => {
             let mut roots = rustls::RootCertStore::empty();
@@ -42,10 +49,10 @@ pub(super) fn client_config(security: &Security) -> Result<Option<rustls::Client
             .build()
             .map_err(|e| format!("cannot use CA file {}: {e}", path.display()))?
         }
-        None => Arc::new(
-            rustls_platform_verifier::Verifier::new(provider.clone())
-                .map_err(|e| format!("cannot load the system's trust roots: {e}"))?,
-        ),
+        None => match rustls_platform_verifier::Verifier::new(provider.clone()) {
+            Ok(verifier) => Arc::new(verifier),
+            Err(e) => no_roots(e),
+        },
     };
     if !security.pinned_keys.is_empty() {
         verifier = Arc::new(Pinned {
@@ -53,13 +60,69 @@ pub(super) fn client_config(security: &Security) -> Result<Option<rustls::Client
             pins: security.pinned_keys.clone(),
         });
     }
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(Some(with_verifier(provider, verifier)?))
+}
+
+fn with_verifier(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    verifier: Arc<dyn ServerCertVerifier>,
+) -> Result<rustls::ClientConfig, String> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    Ok(Some(config))
+        .with_no_client_auth())
+}
+
+const NO_ROOTS: &str = "the system has no trusted CA certificate (install the ca-certificates package, or name the fleet's CA in security.ca_file)";
+
+/// The verifier of a system without trust roots: plain HTTP still works, HTTPS fails naming why.
+fn no_roots(cause: rustls::Error) -> Arc<dyn ServerCertVerifier> {
+    log::warn!("{NO_ROOTS}: {cause}; HTTPS servers cannot be verified");
+    Arc::new(NoRoots {
+        schemes: rustls::crypto::ring::default_provider().signature_verification_algorithms,
+    })
+}
+
+#[derive(Debug)]
+struct NoRoots {
+    schemes: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for NoRoots {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Err(rustls::Error::General(NO_ROOTS.into()))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.schemes)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.schemes)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.schemes.supported_schemes()
+    }
 }
 
 /// Verifies as usual, then also demands that the server's own certificate carries a pinned key:

@@ -41,10 +41,9 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
     let mut sha = String::new();
     for index in 0..usable {
         let p = &update.patches[index];
-        agent.notifier.status(&format!(
-            "applying update {} (version {})",
-            p.id, p.to_version
-        ));
+        let doing = format!("applying update {} (version {})", p.id, p.to_version);
+        log::info!("{key}: {doing}");
+        agent.notifier.status(&doing);
         match apply_one(agent, pkg, index).await {
             Ok((new_sha, new_size))
                 if p.signed

@@ -292,6 +292,7 @@ async fn fetch_one(
     file.seek(SeekFrom::Start(have)).map_err(io("seek"))?;
     let mut out = BufWriter::with_capacity(256 * 1024, file);
     let mut progress = Progress::new(&patch.id, have, fetch.total);
+    log::info!("{}", progress.line(have));
     agent.notifier.status(&progress.line(have));
     let mut shutdown = agent.shutdown.clone();
     // The stop signal and the checkpoint timer live across chunks: made anew for every chunk,

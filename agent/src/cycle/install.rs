@@ -37,9 +37,9 @@ pub(super) async fn run(
                 rolling_back: false,
                 hook_stops: 0,
             };
-            agent
-                .notifier
-                .status(&format!("installing {key} version {}", marker.to_version));
+            let doing = format!("installing {key} version {}", marker.to_version);
+            log::info!("{doing}");
+            agent.notifier.status(&doing);
             let staged_file = agent.store.open_staged(&key, applied - 1)?;
             let shutdown = agent.shutdown.clone();
             match install::prepare_async(&pkg.path, staged_file, move || shutdown.is_set()).await {
@@ -323,9 +323,9 @@ async fn run_hook(
     cmd: &str,
     env: &HookEnv,
 ) -> Result<(), hooks::HookError> {
-    agent
-        .notifier
-        .status(&format!("running the {name} hook of {}", pkg.key()));
+    let doing = format!("running the {name} hook of {}", pkg.key());
+    log::info!("{doing}");
+    agent.notifier.status(&doing);
     hooks::run(
         name,
         cmd,

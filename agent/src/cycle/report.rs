@@ -22,10 +22,12 @@ pub(super) async fn run(agent: &mut Agent) -> Result<(), CycleError> {
 
 async fn send(agent: &mut Agent, unsaved: &mut usize) -> Result<(), CycleError> {
     if !agent.state.outbox.is_empty() {
-        agent.notifier.status(&format!(
+        let doing = format!(
             "sending {} update result(s) to the server",
             agent.state.outbox.len()
-        ));
+        );
+        log::info!("{doing}");
+        agent.notifier.status(&doing);
     }
     let mut held: Vec<String> = Vec::new();
     let mut first_error = None;

@@ -198,11 +198,19 @@ pub fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
 
 /// Runs the agent binary to completion (off the test's runtime, which serves the mock).
 pub async fn agent(config: &Path, args: &[&str]) -> Output {
+    agent_with_env(config, args, &[]).await
+}
+
+/// Like [`agent`], with more environment variables.
+pub async fn agent_with_env(config: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ota-agent"));
     cmd.arg("--config")
         .arg(config)
         .args(args)
         .env("OTA_AGENT_LOG", "debug");
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
     let out = cmd.output().await.unwrap();
     eprintln!(
         "ota-agent {args:?} exited with {}\n--- stdout\n{}--- stderr\n{}",

@@ -6,7 +6,7 @@ use base64::Engine as _;
 use ota_mock_server::{Endpoint, Fault, FaultKind, TestCertificates};
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{Serve, World, pairs};
+use crate::helpers::{Serve, World, agent_with_env, pairs};
 
 const SIGNED: Serve = Serve {
     signed: true,
@@ -793,4 +793,46 @@ async fn an_expired_or_replayed_statement_cannot_vouch_for_up_to_date() {
         previous = Some(server);
     }
     drop(previous);
+}
+
+/// The system's CA store emptied for the agent: `SSL_CERT_FILE` and `SSL_CERT_DIR`, which the
+/// system trust roots are read from, name an empty file and an empty directory (as on a minimal
+/// Debian board without the ca-certificates package).
+fn no_system_roots(w: &World) -> [(&'static str, std::path::PathBuf); 2] {
+    let file = w.dir().join("no-certs.pem");
+    std::fs::write(&file, "").unwrap();
+    let dir = w.dir().join("no-certs");
+    std::fs::create_dir_all(&dir).unwrap();
+    [("SSL_CERT_FILE", file), ("SSL_CERT_DIR", dir)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_robot_without_ca_certificates_still_updates_over_http() {
+    // Found on the emulated board (scripts/robot-vm.sh): the agent would not even start there.
+    let w = signed_world("").await;
+    let env = no_system_roots(&w);
+    let env: Vec<(&str, &std::path::Path)> = env.iter().map(|(k, v)| (*k, v.as_path())).collect();
+    let out = agent_with_env(&w.config, &["check"], &env).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(w.installed(), w.version(18));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_without_any_ca_certificate_fails_naming_the_missing_roots() {
+    let w = World::serving(TLS, "", "").await;
+    w.secure(&format!(
+        "public_keys = [\"{}\"]\nrequire_signatures = true",
+        w.vendor_key()
+    ));
+    let env = no_system_roots(&w);
+    let env: Vec<(&str, &std::path::Path)> = env.iter().map(|(k, v)| (*k, v.as_path())).collect();
+    let out = agent_with_env(&w.config, &["check"], &env).await;
+    assert!(!out.status.success());
+    assert_eq!(w.installed(), w.version(16));
+    assert!(w.server.requests().is_empty(), "no request got through");
+    let err = stderr(&out);
+    assert!(
+        err.contains("no trusted CA certificate") && err.contains("security.ca_file"),
+        "{err}"
+    );
 }
