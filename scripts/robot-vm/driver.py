@@ -14,7 +14,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -270,7 +269,7 @@ def x86_argv(initrd, image, server, skip=""):
 # --- the board's disk --------------------------------------------------------------------------
 
 
-def agent_config(path_prefix, packages, public_key, state_dir):
+def agent_config(packages, public_key, state_dir):
     text = f"""[server]
 url = "{GUEST_URL}"
 client_id = "{CLIENT_ID}"
@@ -370,7 +369,7 @@ def arm_images(files, public_key):
     config = rootfs / "etc" / "ota-agent" / "agent.toml"
     # The proofs board: the agent is started by the proofs, not at boot.
     run(["chroot", str(rootfs), "systemctl", "disable", "ota-agent.service"], stderr=subprocess.DEVNULL)
-    config.write_text(agent_config("", [pk["main"]], public_key, "/var/lib/ota-agent"))
+    config.write_text(agent_config([pk["main"]], public_key, "/var/lib/ota-agent"))
     config.chmod(0o600)
     proofs = WORK / "arm-proofs.img"
     mkfs(rootfs, proofs, "2G")
@@ -411,7 +410,7 @@ def x86_images(files, public_key):
         order.append(ko)
     (root / "lib" / "modules" / "order").write_text("\n".join(order) + "\n")
     config = root / "etc" / "ota-agent" / "agent.toml"
-    config.write_text(agent_config("", [package_toml("com.ubtechinc.alpha2services", "service5mic", "/data/opt/Alpha2Services.apk", "16")], public_key, "/data/state"))
+    config.write_text(agent_config([package_toml("com.ubtechinc.alpha2services", "service5mic", "/data/opt/Alpha2Services.apk", "16")], public_key, "/data/state"))
     config.chmod(0o600)
     initrd = WORK / "x86-initrd.cpio"
     with open(initrd, "wb") as out:
@@ -544,8 +543,6 @@ class CutLoop:
                 if name != step:
                     # Past the step already (it ended before the agent was cut there): skip it.
                     plan.pop(0)
-                    at_retry = at
-                    at = at_retry
                     continue
                 delay = fraction * self.est[step]
                 time.sleep(delay)
