@@ -200,15 +200,12 @@ impl Client {
         // No request says where it came from: a `Referer` would carry the previous URL's query,
         // and with it a token or the credentials, to whatever host a redirect names.
         let builder = || {
-            let builder = reqwest::Client::builder()
+            reqwest::Client::builder()
                 .user_agent(concat!("ota-agent/", env!("CARGO_PKG_VERSION")))
                 .referer(false)
                 .connect_timeout(config.server.connect_timeout.0)
-                .read_timeout(config.server.read_timeout.0);
-            match &tls {
-                Some(tls) => builder.tls_backend_preconfigured(tls.clone()),
-                None => builder,
-            }
+                .read_timeout(config.server.read_timeout.0)
+                .tls_backend_preconfigured(tls.clone())
         };
         let http = builder()
             .redirect(reqwest::redirect::Policy::custom(

@@ -10,20 +10,15 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{Pin, Security};
 
-/// A rustls config for the `[security]` settings, or `None` when reqwest's default (the
-/// system's roots, no pins) is what they ask for and the system has roots.
+/// The rustls config for the `[security]` settings: the config's CA file or the system's roots,
+/// and the pins if any.
 ///
 /// A system without any root (a minimal board without the ca-certificates package) gets a
-/// verifier that refuses every certificate, naming the cause: reqwest's default would refuse to
-/// build the client at all, and the agent would not even update over plain HTTP.
-pub(super) fn client_config(security: &Security) -> Result<Option<rustls::ClientConfig>, String> {
+/// verifier that refuses every certificate, naming the cause: reqwest's own default would refuse
+/// to build the client at all, and the agent would not even update over plain HTTP. The roots
+/// are loaded once here, for both of the agent's HTTP clients.
+pub(super) fn client_config(security: &Security) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    if security.ca_file.is_none() && security.pinned_keys.is_empty() {
-        return match rustls_platform_verifier::Verifier::new(provider.clone()) {
-            Ok(_) => Ok(None),
-            Err(e) => Ok(Some(with_verifier(provider, no_roots(e))?)),
-        };
-    }
     let mut verifier: Arc<dyn ServerCertVerifier> = match &security.ca_file {
         Some(path) => {
             let mut roots = rustls::RootCertStore::empty();
@@ -51,7 +46,7 @@ pub(super) fn client_config(security: &Security) -> Result<Option<rustls::Client
         }
         None => match rustls_platform_verifier::Verifier::new(provider.clone()) {
             Ok(verifier) => Arc::new(verifier),
-            Err(e) => no_roots(e),
+            Err(e) => no_roots(&provider, e),
         },
     };
     if !security.pinned_keys.is_empty() {
@@ -60,13 +55,6 @@ pub(super) fn client_config(security: &Security) -> Result<Option<rustls::Client
             pins: security.pinned_keys.clone(),
         });
     }
-    Ok(Some(with_verifier(provider, verifier)?))
-}
-
-fn with_verifier(
-    provider: Arc<rustls::crypto::CryptoProvider>,
-    verifier: Arc<dyn ServerCertVerifier>,
-) -> Result<rustls::ClientConfig, String> {
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -78,10 +66,13 @@ fn with_verifier(
 const NO_ROOTS: &str = "the system has no trusted CA certificate (install the ca-certificates package, or name the fleet's CA in security.ca_file)";
 
 /// The verifier of a system without trust roots: plain HTTP still works, HTTPS fails naming why.
-fn no_roots(cause: rustls::Error) -> Arc<dyn ServerCertVerifier> {
+fn no_roots(
+    provider: &rustls::crypto::CryptoProvider,
+    cause: rustls::Error,
+) -> Arc<dyn ServerCertVerifier> {
     log::warn!("{NO_ROOTS}: {cause}; HTTPS servers cannot be verified");
     Arc::new(NoRoots {
-        schemes: rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        schemes: provider.signature_verification_algorithms,
     })
 }
 
