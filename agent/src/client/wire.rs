@@ -238,6 +238,10 @@ mod tests {
                 "is not a URL",
             ),
             (
+                r#"{"code":"100","data":"http://xn--/a.patch","id":"1"}"#,
+                "invalid international domain name",
+            ),
+            (
                 r#"{"code":"100","data":"http://h/a;http://h/b","id":"1;1"}"#,
                 "listed twice",
             ),
