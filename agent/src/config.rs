@@ -78,6 +78,11 @@ pub struct Server {
     /// a body that drips slower is an interrupted download.
     #[serde(default = "defaults::min_download_rate")]
     pub min_download_rate: u64,
+    /// The fastest patches are downloaded, in bytes per second (`"512k"`); absent: no limit.
+    pub max_download_rate: Option<Rate>,
+    /// The forward proxy for every request (`http://host:port`), in place of `HTTPS_PROXY`,
+    /// `HTTP_PROXY` and `NO_PROXY`; `""` turns proxies off, whatever the environment says.
+    pub proxy: Option<String>,
 }
 
 // Hand-written so that a debug print of the config can never show a secret.
@@ -93,6 +98,8 @@ impl fmt::Debug for Server {
             .field("read_timeout", &self.read_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("min_download_rate", &self.min_download_rate)
+            .field("max_download_rate", &self.max_download_rate)
+            .field("proxy", &self.proxy.as_deref().map(without_password))
             .finish()
     }
 }
@@ -138,6 +145,16 @@ pub struct Agent {
     /// Cycles of one update in a row that fail without progress before it ends the same way.
     #[serde(default = "defaults::max_failed_cycles")]
     pub max_failed_cycles: u32,
+    /// How soon an update that a `pre_download` or `pre_install` hook deferred is tried again
+    /// (with up to a fifth more, at random).
+    #[serde(default = "defaults::defer_retry")]
+    pub defer_retry: Seconds,
+    /// How long an update may stay deferred before it is reported `3` (not updated yet).
+    #[serde(default = "defaults::defer_timeout")]
+    pub defer_timeout: Seconds,
+    /// The times of day (local time) when a new version may be installed; empty: any time.
+    #[serde(default)]
+    pub install_window: Vec<crate::window::Window>,
 }
 
 impl Default for Agent {
@@ -154,6 +171,9 @@ impl Default for Agent {
             hook_timeout: defaults::hook_timeout(),
             update_deadline: defaults::update_deadline(),
             max_failed_cycles: defaults::max_failed_cycles(),
+            defer_retry: defaults::defer_retry(),
+            defer_timeout: defaults::defer_timeout(),
+            install_window: Vec::new(),
         }
     }
 }
@@ -236,6 +256,8 @@ pub struct Package {
     pub version: String,
     /// Overrides `robot.language` for this package.
     pub language: Option<String>,
+    /// Shell command run before the patches are downloaded; a non-zero exit defers the update.
+    pub pre_download: Option<String>,
     /// Shell command run before the new file is put in place; a non-zero exit defers the update.
     pub pre_install: Option<String>,
     /// Shell command run after the file was replaced (and again after a rollback).
@@ -328,6 +350,66 @@ impl<'de> Deserialize<'de> for Seconds {
     }
 }
 
+/// A proxy URL with its password masked, for a debug print.
+fn without_password(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("<redacted>"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<not a URL>".to_owned(),
+    }
+}
+
+/// A rate in bytes per second, written `"512k"` (KiB), `"2M"` (MiB) or a bare number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate(pub u64);
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        let parsed = match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(n),
+            Raw::Text(s) => parse_rate(&s),
+        };
+        match parsed {
+            Ok(0) => Err(serde::de::Error::custom(
+                "a rate of 0 would never download; leave the key out for no limit",
+            )),
+            Ok(n) => Ok(Rate(n)),
+            Err(e) => Err(serde::de::Error::custom(e)),
+        }
+    }
+}
+
+/// Parses `"512k"`, `"2M"`, `"64K"` or a plain number of bytes per second.
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a rate such as \"512k\" or \"2M\""))?;
+    let scale: u64 = match unit.trim() {
+        "" => 1,
+        "k" | "K" => 1024,
+        "M" => 1024 * 1024,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in rate `{text}` (use k or M)"
+            ));
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("rate `{text}` is too large"))
+}
+
 /// Parses `"250ms"`, `"90s"`, `"30m"`, `"6h"`, `"1d"`, or a plain number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
@@ -390,6 +472,13 @@ mod defaults {
     pub fn max_failed_cycles() -> u32 {
         // With the default back-off (5 minutes doubling to an hour) about half a day.
         16
+    }
+    pub fn defer_retry() -> Seconds {
+        // Balena's interval for a locked update.
+        Seconds(Duration::from_secs(15 * 60))
+    }
+    pub fn defer_timeout() -> Seconds {
+        Seconds(Duration::from_secs(86_400))
     }
     pub fn hook_timeout() -> Seconds {
         Seconds(Duration::from_secs(300))
@@ -498,6 +587,28 @@ impl Config {
                 "agent.update_deadline",
                 "must be at least 1m".into(),
             ));
+        }
+        if let Some(max) = self.server.max_download_rate {
+            if max.0 < self.server.min_download_rate {
+                return Err(invalid(
+                    "server.max_download_rate",
+                    format!(
+                        "({} bytes/s) is below `server.min_download_rate` ({}), so every download would count as interrupted",
+                        max.0, self.server.min_download_rate
+                    ),
+                ));
+            }
+        }
+        if self.agent.defer_retry.0 < Duration::from_secs(1) {
+            return Err(invalid("agent.defer_retry", "must be at least 1s".into()));
+        }
+        if let Some(proxy) = self.server.proxy.as_deref().filter(|p| !p.is_empty()) {
+            if let Err(e) = reqwest::Url::parse(proxy) {
+                return Err(invalid(
+                    "server.proxy",
+                    format!("must be a URL such as http://proxy:3128 ({e})"),
+                ));
+            }
         }
         if self.server.request_timeout.0.is_zero() || self.server.read_timeout.0.is_zero() {
             return Err(invalid(

@@ -128,11 +128,14 @@ pub async fn run(
     } else {
         schedule.first(agent.last_check(), unix_now())
     };
+    let mut waiting = false;
     loop {
         if !delay.is_zero() {
             log::info!("next check in {}", human(delay));
             let at = utc(unix_now().saturating_add(delay.as_secs()));
             match schedule.failures() {
+                // The wait's own STATUS= line (see `cycle::wait`) says why and until when.
+                _ if waiting => {}
                 0 => notifier.status(&format!("idle; next check at {at}")),
                 n => notifier.status(&format!("{n} failure(s) in a row; next try at {at}")),
             }
@@ -182,6 +185,18 @@ pub async fn run(
             d
         };
         resuming = false;
+        // An update that waits (a deferral, a closed install window) is tried again when its
+        // wait is over, however long the regular schedule would wait.
+        let waits = results.iter().filter_map(|(_, r)| match r {
+            Ok(Outcome::Waiting { retry_in, .. }) => Some(*retry_in),
+            _ => None,
+        });
+        if let Some(wait) = waits.min() {
+            delay = delay.min(wait.max(crate::schedule::MIN_RETRY));
+            waiting = true;
+        } else {
+            waiting = false;
+        }
     }
     notifier.stopping();
     log::info!("stopping: progress is saved");

@@ -28,6 +28,7 @@ pub mod redact;
 pub mod schedule;
 pub mod status;
 pub mod store;
+pub mod window;
 
 use std::fmt::Write as _;
 

@@ -25,8 +25,12 @@ pub struct PackageStatus {
 
 #[derive(Debug, Serialize)]
 pub struct UpdateStatus {
-    /// `downloading`, `applying` or `installing`.
+    /// `downloading`, `applying`, `installing` or `waiting`.
     pub step: &'static str,
+    /// While the update waits: why (a hook deferred it, the install window is closed).
+    pub waiting: Option<String>,
+    /// While the update waits: when it is tried again (Unix seconds).
+    pub until_unix: Option<u64>,
     pub from_version: String,
     pub to_version: String,
     pub ids: Vec<String>,
@@ -115,6 +119,17 @@ impl Status {
                 }
             };
             out += &format!("  update:     {update}\n");
+            if let Some((why, until)) = p
+                .update
+                .as_ref()
+                .and_then(|u| Some((u.waiting.as_ref()?, u.until_unix?)))
+            {
+                out += &format!(
+                    "  waiting:    {}; next try at {}\n",
+                    crate::redact::printable(why),
+                    utc(until)
+                );
+            }
             let waiting: Vec<String> = p
                 .callbacks_waiting
                 .iter()
@@ -138,7 +153,9 @@ impl Status {
 }
 
 fn update_status(u: &Update) -> UpdateStatus {
-    let step = if u.install.is_some() {
+    let step = if u.install.is_none() && u.waiting.is_some() {
+        "waiting"
+    } else if u.install.is_some() {
         "installing"
     } else if u
         .patches
@@ -153,6 +170,8 @@ fn update_status(u: &Update) -> UpdateStatus {
     let total = u.patches.iter().map(|p| p.size).sum::<Option<u64>>();
     UpdateStatus {
         step,
+        waiting: u.waiting.as_ref().map(|w| w.reason.clone()),
+        until_unix: u.waiting.as_ref().map(|w| w.until_unix),
         from_version: u.from_version.clone(),
         to_version: u
             .patches

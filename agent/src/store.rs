@@ -157,6 +157,29 @@ pub struct Update {
     /// Cycles in a row that failed without progress, for `max_failed_cycles`.
     #[serde(default)]
     pub failed_cycles: u32,
+    /// When a hook first deferred the update (Unix seconds), for `defer_timeout`.
+    #[serde(default)]
+    pub deferred_since_unix: Option<u64>,
+    /// Why the update waits and until when, while it does (a deferral, a closed install window).
+    #[serde(default)]
+    pub waiting: Option<Waiting>,
+    /// The applied chain in the staging area, so that a wait does not apply it again.
+    #[serde(default)]
+    pub staged: Option<StagedResult>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Waiting {
+    pub reason: String,
+    pub until_unix: u64,
+}
+
+/// The first `applied` patches are applied; the result, staging file `applied - 1`, has this
+/// sha256.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StagedResult {
+    pub applied: usize,
+    pub sha256: String,
 }
 
 impl Update {

@@ -147,6 +147,16 @@ impl TestCertificates {
     ///
     /// When rcgen cannot make a key or a certificate, which only a broken build would do.
     pub fn generate() -> TestCertificates {
+        Self::generate_valid_from(None)
+    }
+
+    /// Like [`TestCertificates::generate`], with a server certificate that is valid only from
+    /// the start of `year` (for a client whose clock is behind, say).
+    ///
+    /// # Panics
+    ///
+    /// As [`TestCertificates::generate`].
+    pub fn generate_valid_from(year: Option<i32>) -> TestCertificates {
         use rcgen::{
             BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
             KeyPair, KeyUsagePurpose, PublicKeyData as _,
@@ -168,6 +178,10 @@ impl TestCertificates {
             .distinguished_name
             .push(DnType::CommonName, "localhost");
         server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        if let Some(year) = year {
+            server.not_before = rcgen::date_time_ymd(year, 1, 1);
+            server.not_after = rcgen::date_time_ymd(year + 1, 1, 1);
+        }
         let cert = server.signed_by(&key, &issuer).expect("server certificate");
         TestCertificates {
             ca_pem: ca_cert.pem(),

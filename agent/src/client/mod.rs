@@ -97,6 +97,27 @@ impl ClientError {
         false
     }
 
+    /// True when TLS refused a certificate only because it is not valid yet: on a robot without
+    /// a clock battery that says the clock is behind, and the same request succeeds once the
+    /// clock is set. Never a verdict on the update.
+    pub fn is_clock_behind(&self) -> bool {
+        use rustls::{CertificateError, Error};
+        let ClientError::Transport { source, .. } = self else {
+            return false;
+        };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
+        while let Some(e) = cause {
+            if let Some(Error::InvalidCertificate(
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
+            )) = rustls_error(e)
+            {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
+    }
+
     /// True for an HTTP 4xx other than 408 and 429, in either of the server's error shapes.
     pub fn is_client_error(&self) -> bool {
         match self {
@@ -199,13 +220,30 @@ impl Client {
         let tls = tls::client_config(&config.security).map_err(ClientError::TlsSetup)?;
         // No request says where it came from: a `Referer` would carry the previous URL's query,
         // and with it a token or the credentials, to whatever host a redirect names.
+        let proxy = match config.server.proxy.as_deref() {
+            None => None,
+            Some("") => Some(None),
+            Some(url) => Some(Some(reqwest::Proxy::all(url).map_err(|e| {
+                ClientError::Invalid {
+                    what: "server.proxy",
+                    reason: e.to_string(),
+                }
+            })?)),
+        };
         let builder = || {
-            reqwest::Client::builder()
+            let b = reqwest::Client::builder()
                 .user_agent(concat!("ota-agent/", env!("CARGO_PKG_VERSION")))
                 .referer(false)
                 .connect_timeout(config.server.connect_timeout.0)
                 .read_timeout(config.server.read_timeout.0)
-                .tls_backend_preconfigured(tls.clone())
+                .tls_backend_preconfigured(tls.clone());
+            // Without the key, reqwest takes HTTPS_PROXY, HTTP_PROXY and NO_PROXY from the
+            // environment; with it, the key alone decides.
+            match &proxy {
+                None => b,
+                Some(None) => b.no_proxy(),
+                Some(Some(p)) => b.no_proxy().proxy(p.clone()),
+            }
         };
         let http = builder()
             .redirect(reqwest::redirect::Policy::custom(
@@ -547,15 +585,21 @@ impl Client {
 /// failures on that way, and `io::Error::source()` skips the error it wraps (it returns the
 /// wrapped error's own source), so a plain walk of the chain never meets it.
 fn is_rustls(e: &(dyn std::error::Error + 'static)) -> bool {
-    if e.downcast_ref::<rustls::Error>().is_some() {
-        return true;
+    rustls_error(e).is_some()
+}
+
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut e = e;
+    // An io::Error's `source()` skips the error it wraps, and the connector wraps rustls's
+    // error in one io::Error inside another: each is unwrapped by hand.
+    for _ in 0..8 {
+        if let Some(r) = e.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        let inner = e.downcast_ref::<std::io::Error>()?.get_ref()?;
+        e = inner;
     }
-    e.downcast_ref::<std::io::Error>()
-        .and_then(|io| io.get_ref())
-        .is_some_and(|inner| {
-            let inner: &(dyn std::error::Error + 'static) = inner;
-            inner.downcast_ref::<rustls::Error>().is_some()
-        })
+    None
 }
 
 /// A 4xx that asking again will not change (408 and 429 ask for exactly that).

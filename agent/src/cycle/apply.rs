@@ -8,7 +8,7 @@ use super::{Agent, CycleError, Outcome, Step, all_codes, chain_codes, code};
 use crate::config::Package;
 use crate::install::{hex, sha256_file_async};
 use crate::patch;
-use crate::store::{Failure, StoreError};
+use crate::store::{Failure, StagedResult, StoreError};
 
 /// What the install step takes over.
 #[derive(Debug)]
@@ -36,6 +36,25 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
         return Ok(Step::Report(Outcome::Failed { reason }));
     }
     let usable = update.usable();
+    if let Some(staged) = &update.staged {
+        if staged.applied >= 1 && staged.applied <= usable && staged_is(agent, &key, staged).await {
+            log::info!(
+                "{key}: version {} is still staged; not applying again",
+                update.patches[staged.applied - 1].to_version
+            );
+            return Ok(Step::Install(Staged::Fresh {
+                applied: staged.applied,
+                sha256: staged.sha256.clone(),
+            }));
+        }
+        agent
+            .pkg_state(&key)
+            .update
+            .as_mut()
+            .expect("update")
+            .staged = None;
+        agent.save()?;
+    }
     let mut failed = update.failed.clone();
     let mut applied = 0;
     let mut sha = String::new();
@@ -111,19 +130,27 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
         agent.finish(pkg, &chain_codes(&ids, 0, Some(0)), None)?;
         return Ok(Step::Report(Outcome::Failed { reason }));
     }
-    if failed != update.failed {
-        agent
-            .pkg_state(&key)
-            .update
-            .as_mut()
-            .expect("update")
-            .failed = failed;
-        agent.save()?;
-    }
+    let u = agent.pkg_state(&key).update.as_mut().expect("update");
+    u.failed = failed;
+    u.staged = Some(StagedResult {
+        applied,
+        sha256: sha.clone(),
+    });
+    agent.save()?;
     Ok(Step::Install(Staged::Fresh {
         applied,
         sha256: sha,
     }))
+}
+
+/// Whether the staging file of an earlier apply still holds what it held then (a wait may have
+/// lasted hours, with restarts and power cuts).
+async fn staged_is(agent: &Agent, key: &str, staged: &StagedResult) -> bool {
+    let Ok(file) = agent.store.open_staged(key, staged.applied - 1) else {
+        return false;
+    };
+    let found = tokio::task::spawn_blocking(move || crate::install::sha256_of(file)).await;
+    matches!(found, Ok(Ok(sha)) if sha == staged.sha256)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -234,6 +234,9 @@ async fn accept(
         space_failures: 0,
         accepted_at_unix: unix_now(),
         failed_cycles: 0,
+        deferred_since_unix: None,
+        waiting: None,
+        staged: None,
     });
     agent.save()?;
     Ok(Step::Verify)

@@ -26,6 +26,22 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleError> {
     let key = pkg.key();
+    if let Some(cmd) = &pkg.pre_download {
+        let u = update(agent, &key);
+        let usable = u.usable();
+        if (0..usable).any(|i| u.patches[i].sha256.is_none()) {
+            let env =
+                super::install::hook_env(pkg, &u.from_version, &u.patches[usable - 1].to_version);
+            match super::install::run_hook(agent, pkg, "pre_download", cmd, &env).await {
+                Ok(()) => super::wait::end(agent, &key)?,
+                Err(crate::hooks::HookError::Stopped { .. }) => return Err(CycleError::Stopped),
+                Err(e) => {
+                    let problem = crate::error_chain(&e);
+                    return super::wait::defer(agent, pkg, "pre_download", &problem);
+                }
+            }
+        }
+    }
     match check_space(agent, pkg).await {
         Ok(()) => {
             if update(agent, &key).space_failures > 0 {
@@ -73,6 +89,11 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
             // once a cycle, so that the back-off between cycles spreads them out, and an update
             // whose patch host is gone ends instead of waiting for it for good.
             let unreachable = matches!(&err, CycleError::Client(c) if c.is_connect() || c.is_tls());
+            if err.is_clock_behind() {
+                // Not the host's fault, nor the patch's: the robot's clock is behind. The cycle
+                // ends (and does not count, see `Agent::cycle`) until the clock is set.
+                return Err(err);
+            }
             let p = &mut update_mut(agent, &key).patches[index];
             if p.durable > patch.durable {
                 p.attempts = 0;
@@ -121,6 +142,41 @@ fn update_mut<'a>(agent: &'a mut Agent, key: &str) -> &'a mut crate::store::Upda
         .update
         .as_mut()
         .expect("download runs with an update")
+}
+
+/// `max_download_rate` as a token bucket: a download may run ahead of the rate by at most a
+/// quarter of a second's worth of bytes, so that every 10-second window stays within a few per
+/// cent of the rate. The bucket starts empty, so a resumed download gets no head start.
+#[derive(Debug)]
+struct Throttle {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Throttle {
+    fn new(rate: u64) -> Throttle {
+        let rate = rate as f64;
+        Throttle {
+            rate,
+            burst: rate / 4.0,
+            tokens: 0.0,
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes `bytes` that just arrived; returns how long to wait before reading more.
+    fn take(&mut self, bytes: usize) -> Duration {
+        let now = Instant::now();
+        let earned = now.duration_since(self.at).as_secs_f64() * self.rate;
+        self.at = now;
+        self.tokens = (self.tokens + earned).min(self.burst) - bytes as f64;
+        if self.tokens >= 0.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64(-self.tokens / self.rate)
+    }
 }
 
 /// Refuses to start when the whole chain and the files made from it cannot fit in the state
@@ -306,6 +362,11 @@ async fn fetch_one(
         agent.config.server.read_timeout.0,
         have,
     );
+    let mut throttle = agent
+        .config
+        .server
+        .max_download_rate
+        .map(|r| Throttle::new(r.0));
     let stall = tokio::time::sleep_until(next_sync);
     tokio::pin!(stall);
     loop {
@@ -350,6 +411,20 @@ async fn fetch_one(
         agent.notifier.alive();
         if progress.due(have) {
             agent.notifier.status(&progress.line(have));
+        }
+        if let Some(wait) = throttle.as_mut().map(|t| t.take(chunk.len())) {
+            // In steps of a second, each one progress to the watchdog, and a stop cuts it short.
+            let until = Instant::now() + wait;
+            while Instant::now() < until {
+                let step = (until - Instant::now()).min(Duration::from_secs(1));
+                tokio::select! {
+                    () = tokio::time::sleep(step) => agent.notifier.alive(),
+                    () = &mut stop => {
+                        checkpoint(agent, key, index, &mut out, have)?;
+                        return Err(CycleError::Stopped);
+                    }
+                }
+            }
         }
         if Instant::now() >= next_sync {
             checkpoint(agent, key, index, &mut out, have)?;
@@ -583,4 +658,45 @@ impl Progress {
 
 fn tenth(have: u64, total: u64) -> u64 {
     have.saturating_mul(10).checked_div(total).unwrap_or(10)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A link much faster than the cap, read as fast as the throttle lets it: over every
+    /// 10-second window the bytes stay within 10 % of the rate.
+    #[tokio::test(start_paused = true)]
+    async fn the_throttle_holds_every_ten_second_window_to_the_rate() {
+        let rate = 512 * 1024;
+        let mut throttle = Throttle::new(rate);
+        let start = Instant::now();
+        let mut arrivals = Vec::new();
+        let mut chunk_len = 1usize;
+        while start.elapsed() < Duration::from_secs(60) {
+            // Chunks of every size from a byte to 64 KiB, as a real connection delivers them.
+            chunk_len = chunk_len * 7 % 65_536 + 1;
+            arrivals.push((start.elapsed(), chunk_len as u64));
+            let wait = throttle.take(chunk_len);
+            tokio::time::sleep(wait).await;
+        }
+        let total: u64 = arrivals.iter().map(|a| a.1).sum();
+        assert!(total > rate * 55, "only {total} bytes in 60 s");
+        for from in 0..50 {
+            let from = Duration::from_secs(from);
+            let to = from + Duration::from_secs(10);
+            let bytes: u64 = arrivals
+                .iter()
+                .filter(|(t, _)| *t >= from && *t < to)
+                .map(|a| a.1)
+                .sum();
+            assert!(
+                bytes as f64 <= rate as f64 * 10.0 * 1.1,
+                "{bytes} bytes in the 10 s from {from:?}"
+            );
+        }
+        // A new throttle (a resumed download) starts without credit.
+        let mut fresh = Throttle::new(rate);
+        assert!(fresh.take(65_536) >= Duration::from_millis(120));
+    }
 }

@@ -29,6 +29,10 @@ pub(super) async fn run(
     let ids = update.ids();
     let mut marker = match staged {
         Staged::Fresh { applied, sha256 } => {
+            let opens_in = super::wait::until_window(agent);
+            if !opens_in.is_zero() {
+                return super::wait::for_window(agent, pkg, opens_in);
+            }
             let marker = InstallState {
                 applied,
                 to_version: update.patches[applied - 1].to_version.clone(),
@@ -42,7 +46,15 @@ pub(super) async fn run(
             agent.notifier.status(&doing);
             let staged_file = agent.store.open_staged(&key, applied - 1)?;
             let shutdown = agent.shutdown.clone();
-            match install::prepare_async(&pkg.path, staged_file, move || shutdown.is_set()).await {
+            let prepared = sha256_file_async(&install::new_path(&pkg.path)).await;
+            let result = if matches!(&prepared, Ok(Some(sha)) if *sha == marker.to_sha256) {
+                // Prepared before a deferral: writing it again at every retry would wear the
+                // flash for nothing.
+                Ok(())
+            } else {
+                install::prepare_async(&pkg.path, staged_file, move || shutdown.is_set()).await
+            };
+            match result {
                 Err(install::InstallError::Stopped { .. }) => return Err(CycleError::Stopped),
                 Err(e @ install::InstallError::Privileged { .. }) => {
                     // Not a passing failure: no later cycle makes the file installable.
@@ -62,15 +74,14 @@ pub(super) async fn run(
                         return Err(CycleError::Stopped);
                     }
                     Err(e) => {
-                        log::warn!(
-                            "{key}: {}; the update is deferred to the next poll",
-                            crate::error_chain(&e)
-                        );
-                        agent.finish(pkg, &all_codes(&ids, code::NOT_UPDATED), None)?;
-                        return Ok(Step::Report(Outcome::Deferred));
+                        // The new file stays prepared beside the managed one for the retry
+                        // (an update that ends deletes it).
+                        let problem = crate::error_chain(&e);
+                        return super::wait::defer(agent, pkg, "pre_install", &problem);
                     }
                 }
             }
+            super::wait::end(agent, &key)?;
             save_marker(agent, &key, &marker)?;
             if let Err(e) = install::swap(&pkg.path) {
                 // Whatever pre_install stopped for the install starts again with the old version.
@@ -316,7 +327,7 @@ fn save_marker(agent: &mut Agent, key: &str, marker: &InstallState) -> Result<()
 
 /// Runs one hook, saying so in `STATUS=`: that line is progress to the watchdog, which the next
 /// hook of a row would otherwise have to share with this one.
-async fn run_hook(
+pub(super) async fn run_hook(
     agent: &Agent,
     pkg: &Package,
     name: &'static str,
@@ -342,7 +353,7 @@ fn timeout(agent: &Agent, pkg: &Package) -> std::time::Duration {
         .0
 }
 
-fn hook_env(pkg: &Package, from: &str, to: &str) -> HookEnv {
+pub(super) fn hook_env(pkg: &Package, from: &str, to: &str) -> HookEnv {
     HookEnv(vec![
         ("OTA_PACKAGE", pkg.name.clone()),
         ("OTA_FILE_NAME", pkg.file_name.clone()),
@@ -352,7 +363,7 @@ fn hook_env(pkg: &Package, from: &str, to: &str) -> HookEnv {
     ])
 }
 
-struct HookEnv(Vec<(&'static str, String)>);
+pub(super) struct HookEnv(Vec<(&'static str, String)>);
 
 impl HookEnv {
     fn as_slice(&self) -> Vec<(&str, &str)> {

@@ -33,6 +33,7 @@ mod install;
 mod report;
 mod statement;
 mod verify;
+mod wait;
 
 use std::fmt;
 use std::sync::Arc;
@@ -87,6 +88,12 @@ impl From<ClientError> for CycleError {
 }
 
 impl CycleError {
+    /// True when TLS refused a certificate that is not valid yet (see
+    /// [`ClientError::is_clock_behind`]).
+    pub fn is_clock_behind(&self) -> bool {
+        matches!(self, CycleError::Client(e) if e.is_clock_behind())
+    }
+
     /// How long the server asked the agent to wait before the next try.
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
@@ -150,8 +157,14 @@ pub enum Outcome {
     },
     /// Nothing was installed: a patch failed, the install failed or was rolled back.
     Failed { reason: String },
-    /// `pre_install` asked to wait; the update is reported `3` and tried at the next poll.
+    /// The hooks kept deferring the update for `defer_timeout`; it is reported `3`.
     Deferred,
+    /// A hook deferred the update, or the install window is closed: it is tried again in
+    /// `retry_in`, with what it downloaded and staged kept.
+    Waiting {
+        reason: String,
+        retry_in: std::time::Duration,
+    },
 }
 
 impl Outcome {
@@ -170,7 +183,12 @@ impl fmt::Display for Outcome {
                 write!(f, "updated from version {from} to {to}; {failed}")
             }
             Outcome::Failed { reason } => write!(f, "update failed: {reason}"),
-            Outcome::Deferred => write!(f, "update deferred by the pre_install hook"),
+            Outcome::Deferred => write!(f, "update deferred for longer than defer_timeout"),
+            Outcome::Waiting { reason, retry_in } => write!(
+                f,
+                "{reason}; trying again in {}",
+                crate::schedule::human(*retry_in)
+            ),
         }
     }
 }
@@ -322,6 +340,12 @@ impl Agent {
         };
         if update.progress() > before.unwrap_or(0) {
             update.failed_cycles = 0;
+        } else if err.is_clock_behind() {
+            log::warn!(
+                "{key}: a certificate is not valid yet, so the robot's clock ({}) is probably behind; this cycle does not count toward max_failed_cycles",
+                crate::logger::utc(unix_now())
+            );
+            return Err(err);
         } else {
             update.failed_cycles = update.failed_cycles.saturating_add(1);
         }

@@ -386,6 +386,7 @@ async fn a_key_dropped_during_an_interrupted_install_rolls_it_back() {
     let signed = crate::helpers::Serve {
         signed: true,
         tls: false,
+        valid_from: None,
     };
     let w = World::serving(signed, &format!("post_install = '{once}'"), "").await;
     w.secure(&format!(

@@ -70,6 +70,8 @@ pub struct Serve {
     pub signed: bool,
     /// HTTPS with a throwaway CA.
     pub tls: bool,
+    /// With `tls`: a server certificate valid only from the start of this year.
+    pub valid_from: Option<i32>,
 }
 
 impl World {
@@ -105,7 +107,9 @@ impl World {
         let text = std::fs::read_to_string(&catalog).unwrap();
         std::fs::write(&catalog, edit(&dir, text)).unwrap();
         let catalog = Catalog::load(&catalog).unwrap();
-        let certs = serve.tls.then(TestCertificates::generate);
+        let certs = serve
+            .tls
+            .then(|| TestCertificates::generate_valid_from(serve.valid_from));
         let server = match &certs {
             Some(c) => MockServer::start_tls(catalog, c.tls_config()).await,
             None => MockServer::start(catalog).await,

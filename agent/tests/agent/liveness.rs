@@ -160,6 +160,7 @@ async fn a_refused_certificate_on_the_patch_host_uses_up_attempts() {
         Serve {
             signed: false,
             tls: true,
+            valid_from: None,
         },
         "",
         "",
@@ -183,6 +184,54 @@ async fn a_refused_certificate_on_the_patch_host_uses_up_attempts() {
     let log: String = outs.iter().map(stderr).collect();
     assert!(log.contains("certificate"), "{log}");
     assert!(downloads(tmp.path()).is_empty());
+}
+
+/// A robot without a clock battery: its clock is behind, so the patch host's certificate is
+/// "not valid yet". That is no verdict on the update: no attempt and no failed cycle counts, and
+/// no result is reported, however often it happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_not_valid_yet_is_a_clock_behind_never_a_result() {
+    let patches = World::serving(
+        Serve {
+            signed: false,
+            tls: true,
+            valid_from: Some(2099),
+        },
+        "",
+        "",
+    )
+    .await;
+    let base = patches.server.uri();
+    let url = |v: u32, name: &str| {
+        format!(
+            "{base}/version/com.ubtechinc.alpha2services/CN/Alpha2Services-{name}--{v}--service5mic.patch"
+        )
+    };
+    let server = api(json!({"code":"100",
+        "data": format!("{};{}", url(17, "1.1.1.32"), url(18, "1.1.2.32")), "id":"23;25"}))
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca.pem");
+    std::fs::write(&ca, &patches.certs.as_ref().unwrap().ca_pem).unwrap();
+    let config = robot(
+        tmp.path(),
+        &server.uri(),
+        "",
+        "download_attempts = 1\nmax_failed_cycles = 1",
+    );
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("\n[security]\nca_file = \"{}\"\n", ca.display()));
+    std::fs::write(&config, text).unwrap();
+    let mut log = String::new();
+    for _ in 0..4 {
+        log += &stderr(&agent(&config, &["check"]).await);
+    }
+    assert!(log.contains("not valid yet"), "{log}");
+    assert!(log.contains("clock"), "{log}");
+    assert!(callbacks(&server).await.is_empty(), "{log}");
+    let status = agent(&config, &["status", "--json"]).await;
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["packages"][0]["update"]["step"], "downloading");
 }
 
 /// `BSDIFF40`, its three lengths, and the three bzip2 blocks.

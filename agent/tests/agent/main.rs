@@ -1,6 +1,7 @@
 //! Integration tests of ota-agent: the client against wiremock, and whole updates of the agent
 //! binary against the mock server.
 
+mod citizen;
 mod config;
 mod contract;
 mod cycle;

@@ -11,6 +11,7 @@ use crate::helpers::{Serve, World, agent_with_env, pairs};
 const SIGNED: Serve = Serve {
     signed: true,
     tls: false,
+    valid_from: None,
 };
 
 async fn signed_world(extra: &str) -> World {
@@ -218,6 +219,7 @@ async fn a_url_outside_the_allowed_hosts_is_never_fetched() {
 const TLS: Serve = Serve {
     signed: true,
     tls: true,
+    valid_from: None,
 };
 
 /// A world over HTTPS whose robot trusts `ca_pem` (default: the server's CA) and the vendor's

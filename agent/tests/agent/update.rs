@@ -80,16 +80,6 @@ async fn failing_health_check_rolls_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pre_install_defers() {
-    let w = World::new("pre_install = \"exit 3\"").await;
-    let out = w.agent(&["check"]).await;
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("deferred"));
-    assert_eq!(w.installed(), w.version(16));
-    assert_eq!(w.callbacks(), pairs(&[("23", "3"), ("25", "3")]));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_download_resumes_with_a_range() {
     let w = World::new("").await;
     let sizes: u64 = w.server.catalog().patches().iter().map(|p| p.len).sum();

@@ -1,0 +1,526 @@
+//! A good citizen on a working robot: hooks that defer a download or an install and a retry soon
+//! after, install windows, the download rate cap, the robot's clock, proxies, a battery gate.
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ota_mock_server::{Endpoint, Fault, FaultKind};
+
+use crate::helpers::{World, agent_with_env, pairs};
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn patch_gets(w: &World) -> usize {
+    w.server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with(".patch"))
+        .count()
+}
+
+/// A hook that fails until `flag` exists, and counts its runs in `runs`.
+fn gate(flag: &Path, runs: &Path) -> String {
+    format!(
+        "echo run >> '{}'; test -e '{}'",
+        runs.display(),
+        flag.display()
+    )
+}
+
+fn runs(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_download_defers_before_anything_is_fetched() {
+    let hooks = tempfile::tempdir().unwrap();
+    let (flag, count) = (hooks.path().join("go"), hooks.path().join("runs"));
+    let w = World::new(&format!("pre_download = \"{}\"", gate(&flag, &count))).await;
+    let out = w.agent(&["check"]).await;
+    assert!(!out.status.success());
+    assert!(
+        stdout(&out).contains("deferred by the pre_download hook"),
+        "{}",
+        stdout(&out)
+    );
+    // Asked before a byte was fetched, and nothing is reported: the update waits, it did not end.
+    assert_eq!(patch_gets(&w), 0);
+    assert!(
+        w.server
+            .requests()
+            .iter()
+            .all(|r| !r.path.ends_with(".patch"))
+    );
+    assert!(w.callbacks().is_empty());
+    assert_eq!(w.installed(), w.version(16));
+    let update = w.status().await["packages"][0]["update"].clone();
+    assert_eq!(update["step"], "waiting", "{update}");
+    assert!(update["waiting"].as_str().unwrap().contains("pre_download"));
+    // The default defer_retry is 15 minutes (and up to a fifth more), not the poll interval.
+    let wait = update["until_unix"].as_u64().unwrap() - now();
+    assert!((14 * 60..=18 * 60 + 1).contains(&wait), "{wait} s");
+
+    std::fs::write(&flag, "").unwrap();
+    let out = w.agent(&["check"]).await;
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert_eq!(w.installed(), w.version(18));
+    assert_eq!(w.callbacks(), pairs(&[("23", "1"), ("25", "1")]));
+    assert_eq!(runs(&count), 2);
+    assert!(w.status().await["packages"][0]["update"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_install_defers_and_keeps_what_it_downloaded_and_staged() {
+    let hooks = tempfile::tempdir().unwrap();
+    let (flag, count) = (hooks.path().join("go"), hooks.path().join("runs"));
+    let w = World::new(&format!("pre_install = \"{}\"", gate(&flag, &count))).await;
+    let out = w.agent(&["check"]).await;
+    assert!(!out.status.success());
+    assert!(stdout(&out).contains("deferred by the pre_install hook"));
+    assert_eq!(w.installed(), w.version(16));
+    assert!(w.callbacks().is_empty(), "a deferral is not a result");
+    let fetched = patch_gets(&w);
+    assert_eq!(fetched, 2);
+
+    // Deferred again: nothing downloaded again, nothing applied again.
+    let out = w.agent(&["check"]).await;
+    assert!(!out.status.success());
+    assert_eq!(patch_gets(&w), fetched);
+    assert!(stderr(&out).contains("is still staged; not applying again"));
+
+    std::fs::write(&flag, "").unwrap();
+    let out = w.agent(&["check"]).await;
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert_eq!(patch_gets(&w), fetched);
+    assert_eq!(w.installed(), w.version(18));
+    assert_eq!(w.callbacks(), pairs(&[("23", "1"), ("25", "1")]));
+    assert_eq!(runs(&count), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferral_ends_with_not_updated_after_defer_timeout() {
+    let w = World::with("pre_install = \"exit 3\"", "defer_timeout = \"1h\"").await;
+    let out = w.agent(&["check"]).await;
+    assert!(!out.status.success());
+    assert!(w.callbacks().is_empty());
+    // The first deferral was two hours ago, as the state file says (the injected clock).
+    let state_path = w.dir().join("state").join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    let pkg = state["packages"]
+        .as_object_mut()
+        .unwrap()
+        .values_mut()
+        .next()
+        .unwrap();
+    assert!(pkg["update"]["deferred_since_unix"].as_u64().is_some());
+    pkg["update"]["deferred_since_unix"] = (now() - 7200).into();
+    std::fs::write(&state_path, serde_json::to_vec(&state).unwrap()).unwrap();
+
+    let out = w.agent(&["check"]).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("deferred for more than 60m 0s (defer_timeout)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(w.installed(), w.version(16));
+    assert_eq!(w.callbacks(), pairs(&[("23", "3"), ("25", "3")]));
+    assert!(w.status().await["packages"][0]["update"].is_null());
+}
+
+/// The daemon tries a deferred update again after `defer_retry`, not after the poll interval
+/// (an hour here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_retries_a_deferral_after_defer_retry() {
+    let hooks = tempfile::tempdir().unwrap();
+    let (flag, count) = (hooks.path().join("go"), hooks.path().join("runs"));
+    let w = World::with(
+        &format!("pre_download = \"{}\"", gate(&flag, &count)),
+        "defer_retry = \"1s\"",
+    )
+    .await;
+    let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_ota-agent"))
+        .arg("--config")
+        .arg(&w.config)
+        .arg("run")
+        .env("OTA_AGENT_LOG", "debug")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while runs(&count) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the hook ran {} times",
+            runs(&count)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(w.callbacks().is_empty());
+    std::fs::write(&flag, "").unwrap();
+    while w.callbacks().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no results after the hook let it through"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(w.callbacks(), pairs(&[("23", "1"), ("25", "1")]));
+    assert_eq!(w.installed(), w.version(18));
+    daemon.kill().await.unwrap();
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// `HH:MM` of UTC now plus `hours` (and `minutes`), for a window in a test.
+fn utc_plus(hours: i64, minutes: i64) -> String {
+    let m = (now() as i64 / 60 + hours * 60 + minutes).rem_euclid(24 * 60);
+    format!("{:02}:{:02}", m / 60, m % 60)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_install_waits_for_its_window_in_local_time() {
+    // Open from an hour before to an hour after the time of day three hours east of UTC.
+    let window = format!("{}-{}", utc_plus(2, 0), utc_plus(4, 0));
+    let w = World::with("", &format!("install_window = [\"{window}\"]")).await;
+    let utc = Path::new("UTC0");
+    let out = agent_with_env(&w.config, &["check"], &[("TZ", utc)]).await;
+    assert!(!out.status.success());
+    assert!(
+        stdout(&out).contains(&format!("waits for the install window ({window})")),
+        "{}",
+        stdout(&out)
+    );
+    // Downloaded and applied whenever the check found work; only the install waits.
+    assert_eq!(patch_gets(&w), 2);
+    assert_eq!(w.installed(), w.version(16));
+    assert!(w.callbacks().is_empty());
+    let update = w.status().await["packages"][0]["update"].clone();
+    assert_eq!(update["step"], "waiting");
+    // It opens in about two hours.
+    let opens = update["until_unix"].as_u64().unwrap() - now();
+    assert!((7000..=7200).contains(&opens), "{opens} s");
+
+    // Three hours east of UTC (POSIX writes it UTC-3) the window is open.
+    let east = Path::new("UTC-3");
+    let out = agent_with_env(&w.config, &["check"], &[("TZ", east)]).await;
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert_eq!(patch_gets(&w), 2);
+    assert!(stderr(&out).contains("is still staged; not applying again"));
+    assert_eq!(w.installed(), w.version(18));
+    assert_eq!(w.callbacks(), pairs(&[("23", "1"), ("25", "1")]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_that_crosses_midnight_is_open_on_both_sides() {
+    // From an hour ago to an hour from now, written so that it crosses midnight in a time zone
+    // where midnight is now.
+    let midnight_now = format!("UTC{}", {
+        let m = (now() / 60 % (24 * 60)) as i64;
+        // The offset that makes local time 00:00 now: local = UTC - offset (POSIX sign).
+        let off = m;
+        format!("{:+}:{:02}", off / 60, off % 60)
+    });
+    let w = World::with("", "install_window = [\"23:00-01:00\"]").await;
+    let out = agent_with_env(&w.config, &["check"], &[("TZ", Path::new(&midnight_now))]).await;
+    assert!(out.status.success(), "TZ={midnight_now}: {}", stdout(&out));
+    assert_eq!(w.installed(), w.version(18));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_keep_to_max_download_rate_across_a_resume() {
+    let w = World::new("").await;
+    let total: u64 = w.server.catalog().patches().iter().map(|p| p.len).sum();
+    // About three seconds of download at the cap.
+    let rate = (total / 3).max(2048);
+    w.edit_config(
+        "read_timeout = \"5s\"",
+        &format!("read_timeout = \"5s\"\nmax_download_rate = {rate}"),
+    );
+    w.server.inject(
+        // Twice: the agent first asks every patch's size with a HEAD, then downloads.
+        Fault::new(Endpoint::Patch, FaultKind::Truncate { after: 1000 })
+            .path_contains("--17--")
+            .times(2),
+    );
+    let out = w.agent(&["check"]).await;
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert_eq!(w.installed(), w.version(18));
+    let requests = w.server.requests();
+    let gets: Vec<_> = requests
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with(".patch"))
+        .collect();
+    assert!(
+        gets.iter()
+            .any(|r| r.range.as_deref() == Some("bytes=1000-"))
+    );
+    let sent: u64 = gets.iter().map(|r| r.bytes_sent).sum();
+    // From the first byte asked for to the results (apply and install take milliseconds here):
+    // the bytes took at least as long as the cap allows, with 10 % of slack.
+    let first = gets.iter().map(|r| r.time_ms).min().unwrap();
+    let done = w
+        .server
+        .callbacks()
+        .iter()
+        .map(|c| c.time_ms)
+        .min()
+        .unwrap();
+    let took = (done - first) as f64 / 1000.0;
+    let allowed = rate as f64 * took * 1.1;
+    assert!(
+        (sent as f64) <= allowed,
+        "{sent} bytes in {took:.2} s at a cap of {rate} bytes/s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_below_min_download_rate_is_refused() {
+    let w = World::new("").await;
+    w.edit_config(
+        "read_timeout = \"5s\"",
+        "read_timeout = \"5s\"\nmax_download_rate = \"100\"",
+    );
+    let out = w.agent(&["check"]).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("key `server.max_download_rate` (100 bytes/s) is below"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Debian's tinyproxy on a loopback port, logging every request it forwards.
+struct Tinyproxy {
+    _child: tokio::process::Child,
+    url: String,
+    log: std::path::PathBuf,
+}
+
+impl Tinyproxy {
+    /// tinyproxy takes no port 0: a port the kernel just handed out (and this test let go) is
+    /// the next best, with another try if something took it in between.
+    async fn start(dir: &Path) -> Tinyproxy {
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let log = dir.join(format!("tinyproxy-{port}.log"));
+            let conf = dir.join(format!("tinyproxy-{port}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "Port {port}\nListen 127.0.0.1\nTimeout 30\nLogFile \"{}\"\nLogLevel Connect\nMaxClients 20\nAllow 127.0.0.1\n",
+                    log.display()
+                ),
+            )
+            .unwrap();
+            let mut child = tokio::process::Command::new("tinyproxy")
+                .arg("-d")
+                .arg("-c")
+                .arg(&conf)
+                .kill_on_drop(true)
+                .spawn()
+                .expect("tinyproxy (Debian's tinyproxy-bin; .ci/run installs it)");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
+                    return Tinyproxy {
+                        _child: child,
+                        url: format!("http://127.0.0.1:{port}"),
+                        log,
+                    };
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        panic!("tinyproxy did not start");
+    }
+
+    /// The requests it forwarded, as `GET http://… HTTP/1.1`.
+    fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once("]: Request (file descriptor "))
+            .filter_map(|(_, r)| r.split_once("): ").map(|(_, r)| r.to_owned()))
+            .collect()
+    }
+}
+
+/// An address where nothing listens: a proxy there fails every request that uses it.
+fn dead_proxy() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("http://127.0.0.1:{port}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_through_the_forward_proxy_the_config_names() {
+    let w = World::new("").await;
+    let proxy = Tinyproxy::start(w.dir()).await;
+    w.edit_config(
+        "read_timeout = \"5s\"",
+        &format!("read_timeout = \"5s\"\nproxy = \"{}\"", proxy.url),
+    );
+    // The key wins over the environment.
+    let dead = dead_proxy();
+    let env = [
+        ("HTTP_PROXY", Path::new(&dead)),
+        ("http_proxy", Path::new(&dead)),
+    ];
+    let out = agent_with_env(&w.config, &["check"], &env).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(w.installed(), w.version(18));
+    assert_eq!(w.callbacks(), pairs(&[("23", "1"), ("25", "1")]));
+    let through = proxy.requests();
+    let uri = w.server.uri();
+    for path in [
+        "/oauth/token",
+        "/file/download",
+        "--17--",
+        "--18--",
+        "/file/callback",
+    ] {
+        assert!(
+            through.iter().any(|r| r.contains(&uri) && r.contains(path)),
+            "no request for {path} went through the proxy: {through:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_environments_proxy_is_used_and_an_empty_key_turns_proxies_off() {
+    let w = World::new("").await;
+    let proxy = Tinyproxy::start(w.dir()).await;
+    let env = [("HTTP_PROXY", Path::new(&proxy.url))];
+    let out = agent_with_env(&w.config, &["check"], &env).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(w.installed(), w.version(18));
+    assert!(proxy.requests().iter().any(|r| r.contains("--18--")));
+
+    let w = World::new("").await;
+    w.edit_config(
+        "read_timeout = \"5s\"",
+        "read_timeout = \"5s\"\nproxy = \"\"",
+    );
+    let dead = dead_proxy();
+    let env = [("HTTP_PROXY", Path::new(&dead))];
+    let out = agent_with_env(&w.config, &["check"], &env).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(w.installed(), w.version(18));
+}
+
+/// The battery gate that the README shows, against a fake `/sys/class/power_supply`.
+fn battery_gate() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/hooks/battery-gate")
+}
+
+fn power_supply(dir: &Path, name: &str, files: &[(&str, &str)]) {
+    let supply = dir.join(name);
+    std::fs::create_dir_all(&supply).unwrap();
+    for (file, text) in files {
+        std::fs::write(supply.join(file), format!("{text}\n")).unwrap();
+    }
+}
+
+fn gate_says(sysfs: &Path, args: &[&str]) -> bool {
+    std::process::Command::new("sh")
+        .arg(battery_gate())
+        .args(args)
+        .env("OTA_POWER_SUPPLY_DIR", sysfs)
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn the_battery_gate_defers_on_a_low_battery_or_off_the_charger() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sysfs = tmp.path();
+    // No battery at all (a robot on a bench supply): never held back.
+    assert!(gate_says(sysfs, &["--min", "30"]));
+    power_supply(sysfs, "ac", &[("type", "Mains"), ("online", "0")]);
+    power_supply(
+        sysfs,
+        "battery",
+        &[
+            ("type", "Battery"),
+            ("capacity", "15"),
+            ("status", "Discharging"),
+        ],
+    );
+    assert!(!gate_says(sysfs, &["--min", "30"]));
+    assert!(gate_says(sysfs, &["--min", "10"]));
+    assert!(!gate_says(sysfs, &["--min", "10", "--charging"]));
+    // On the charger: the mains supply is online.
+    power_supply(sysfs, "ac", &[("online", "1")]);
+    assert!(gate_says(sysfs, &["--min", "10", "--charging"]));
+    assert!(!gate_says(sysfs, &["--min", "30", "--charging"]));
+    // A second, emptier battery counts; a gauge that cannot be read does not.
+    power_supply(
+        sysfs,
+        "battery",
+        &[("capacity", "80"), ("status", "Charging")],
+    );
+    power_supply(sysfs, "aux", &[("type", "Battery"), ("capacity", "5")]);
+    assert!(!gate_says(sysfs, &["--min", "30"]));
+    power_supply(sysfs, "aux", &[("capacity", "")]);
+    assert!(gate_says(sysfs, &["--min", "30", "--charging"]));
+    assert!(!gate_says(sysfs, &["--min", "many"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_battery_gate_holds_the_download_until_the_battery_is_charged() {
+    let w = World::new(&format!(
+        "pre_download = \"{} --min 30\"",
+        battery_gate().display()
+    ))
+    .await;
+    let sysfs = w.dir().join("power_supply");
+    power_supply(
+        &sysfs,
+        "battery",
+        &[
+            ("type", "Battery"),
+            ("capacity", "12"),
+            ("status", "Discharging"),
+        ],
+    );
+    let env = [("OTA_POWER_SUPPLY_DIR", sysfs.as_path())];
+    let out = agent_with_env(&w.config, &["check"], &env).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("battery at 12%, below 30%"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(patch_gets(&w), 0);
+    power_supply(&sysfs, "battery", &[("capacity", "64")]);
+    let out = agent_with_env(&w.config, &["check"], &env).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(w.installed(), w.version(18));
+}
