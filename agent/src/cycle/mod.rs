@@ -14,6 +14,12 @@
 //!   │ Report │   drain the outbox: every (id, code) until the server took it
 //!   └────────┘
 //!
+//!   Wait: a `pre_download` hook (Download) or a `pre_install` hook (Install) that defers, or a
+//!   closed install window (Install), goes to Report with `Outcome::Waiting`; the update keeps
+//!   its downloads and staged result, and the daemon runs the cycle again when the wait is over
+//!   (after `defer_retry`, when the window opens). A deferral past `defer_timeout` ends the
+//!   update with `3`.
+//!
 //!   Any step's error ends the cycle; the daemon turns it into a back-off and tries again,
 //!   resuming from the facts in the state file (see `daemon`).
 //!
