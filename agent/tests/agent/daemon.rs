@@ -181,6 +181,55 @@ async fn systemd_hears_ready_status_watchdog_and_stopping() {
     }
 }
 
+/// An update that waits for its install window says so to systemd, and the daemon stays
+/// waiting (no result, nothing installed) until it is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_that_an_update_waits_for_its_window() {
+    // A window that opened an hour from now (UTC) and lasts a minute.
+    let now_min = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 60;
+    let hm = |m: u64| format!("{:02}:{:02}", m / 60 % 24, m % 60);
+    let window = format!("{}-{}", hm(now_min + 60), hm(now_min + 61));
+    let w = World::with("", &format!("install_window = [\"{window}\"]")).await;
+    let path = w.dir().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&path).unwrap();
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = heard.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = socket.recv(&mut buf).await {
+            sink.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    });
+    let child = spawn_with(
+        &w,
+        &[("NOTIFY_SOCKET", path.to_str().unwrap()), ("TZ", "UTC0")],
+    );
+    let has = |needle: &str| heard.lock().unwrap().iter().any(|m| m.contains(needle));
+    until("the window's status line", || {
+        has(&format!(
+            "waits for the install window ({window}); next try at"
+        ))
+    })
+    .await;
+    assert_eq!(w.status().await["packages"][0]["update"]["step"], "waiting");
+    signal(&child, Signal::TERM);
+    let (status, log) = stderr_of(child).await;
+    assert!(status.success());
+    // The daemon sleeps until the window opens, not for the poll interval (an hour and more).
+    assert!(
+        log.contains("next check in 59m") || log.contains("next check in 60m 0s"),
+        "{log}"
+    );
+    assert!(w.callbacks().is_empty());
+    assert_eq!(w.installed(), w.version(16));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_during_the_health_check_rolls_back() {
     let w = World::new("health_check = \"sleep 30\"").await;
