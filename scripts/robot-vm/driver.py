@@ -449,7 +449,7 @@ def proofs(image, server, report):
         i = re.search(r"ROBOT-INFO (.*)", line)
         if i:
             log("board:", i.group(1))
-    expected = ["missing_directory_starts", "ready", "status_during_download", "stop_mid_download_resumes",
+    expected = ["missing_directory_starts", "ready", "low_priority", "status_during_download", "stop_mid_download_resumes",
                 "signed_two_patch_update", "post_install_restarts_service", "health_check_passes",
                 "failing_health_check_rolls_back", "watchdog_quiet_64mib", "journal_progress", "journal_no_secret"]
     for name in expected:
