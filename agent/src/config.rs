@@ -138,6 +138,9 @@ pub struct Agent {
     /// Cycles of one update in a row that fail without progress before it ends the same way.
     #[serde(default = "defaults::max_failed_cycles")]
     pub max_failed_cycles: u32,
+    /// The Unix socket where the robot's apps read the agent's progress (see `events`).
+    #[serde(default = "defaults::events_socket")]
+    pub events_socket: PathBuf,
 }
 
 impl Default for Agent {
@@ -154,6 +157,7 @@ impl Default for Agent {
             hook_timeout: defaults::hook_timeout(),
             update_deadline: defaults::update_deadline(),
             max_failed_cycles: defaults::max_failed_cycles(),
+            events_socket: defaults::events_socket(),
         }
     }
 }
@@ -356,6 +360,9 @@ mod defaults {
 
     pub fn state_dir() -> PathBuf {
         PathBuf::from("/var/lib/ota-agent")
+    }
+    pub fn events_socket() -> PathBuf {
+        PathBuf::from("/run/ota-agent/events.sock")
     }
     pub fn poll_interval() -> Seconds {
         Seconds(Duration::from_secs(6 * 3600))

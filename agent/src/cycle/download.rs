@@ -26,6 +26,8 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleError> {
     let key = pkg.key();
+    let ids = update(agent, &key).ids();
+    agent.events.step(&key, crate::events::Step::Download, &ids);
     match check_space(agent, pkg).await {
         Ok(()) => {
             if update(agent, &key).space_failures > 0 {
@@ -348,6 +350,7 @@ async fn fetch_one(
         hasher.update(&chunk);
         out.write_all(&chunk).map_err(io("write"))?;
         agent.notifier.alive();
+        agent.events.progress(key, &patch.id, have, fetch.total);
         if progress.due(have) {
             agent.notifier.status(&progress.line(have));
         }

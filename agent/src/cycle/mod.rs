@@ -195,6 +195,7 @@ pub struct Agent {
     pub state: State,
     pub shutdown: Shutdown,
     pub notifier: Arc<Notifier>,
+    pub events: crate::events::Events,
 }
 
 impl Agent {
@@ -215,6 +216,7 @@ impl Agent {
             state,
             shutdown,
             notifier,
+            events: crate::events::Events::none(),
         };
         agent.reconcile()?;
         agent.warn_about_trust();
@@ -511,6 +513,7 @@ impl Agent {
             });
         }
         self.save()?;
+        self.events.results(&key, codes, now);
         self.store.clear_package(&key)?;
         crate::install::discard_prepared(&pkg.path);
         Ok(())
