@@ -155,6 +155,9 @@ pub struct Agent {
     /// The times of day (local time) when a new version may be installed; empty: any time.
     #[serde(default)]
     pub install_window: Vec<crate::window::Window>,
+    /// The Unix socket where the robot's apps read the agent's progress (see `events`).
+    #[serde(default = "defaults::events_socket")]
+    pub events_socket: PathBuf,
 }
 
 impl Default for Agent {
@@ -174,6 +177,7 @@ impl Default for Agent {
             defer_retry: defaults::defer_retry(),
             defer_timeout: defaults::defer_timeout(),
             install_window: Vec::new(),
+            events_socket: defaults::events_socket(),
         }
     }
 }
@@ -438,6 +442,9 @@ mod defaults {
 
     pub fn state_dir() -> PathBuf {
         PathBuf::from("/var/lib/ota-agent")
+    }
+    pub fn events_socket() -> PathBuf {
+        PathBuf::from("/run/ota-agent/events.sock")
     }
     pub fn poll_interval() -> Seconds {
         Seconds(Duration::from_secs(6 * 3600))

@@ -108,6 +108,7 @@ pub async fn run(
     notifier: Arc<Notifier>,
 ) -> Result<(), Error> {
     let mut agent = Agent::open(config, shutdown.clone(), notifier.clone())?;
+    agent.events = crate::events::Events::serve(&agent.config.agent.events_socket);
     // The config is valid and the state reconciled: that is what systemd waits for.
     notifier.ready("started");
     let ping = notifier.watchdog_interval();
@@ -133,6 +134,8 @@ pub async fn run(
         if !delay.is_zero() {
             log::info!("next check in {}", human(delay));
             let at = utc(unix_now().saturating_add(delay.as_secs()));
+            let next = unix_now().saturating_add(delay.as_secs());
+            agent.events.idle(next);
             match schedule.failures() {
                 // The wait's own STATUS= line (see `cycle::wait`) says why and until when.
                 _ if waiting => {}

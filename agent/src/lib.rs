@@ -12,12 +12,14 @@
 //! - [`hooks`]: the per-package commands run around an install.
 //! - [`status`]: what `ota-agent status` prints.
 //! - [`notify`]: `READY`, `STATUS` and `WATCHDOG` notifications to systemd.
+//! - [`events`]: progress for the robot's own apps, on a Unix socket, and `ota-agent watch`.
 //! - [`logger`] and [`redact`]: log lines for a terminal or journald, with secrets masked.
 
 pub mod client;
 pub mod config;
 pub mod cycle;
 pub mod daemon;
+pub mod events;
 mod fault;
 pub mod hooks;
 pub mod install;

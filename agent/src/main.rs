@@ -9,7 +9,7 @@ use ota_agent::cycle::Agent;
 use ota_agent::notify::Notifier;
 use ota_agent::status::Status;
 use ota_agent::store::Store;
-use ota_agent::{Shutdown, daemon, error_chain, logger, patch};
+use ota_agent::{Shutdown, daemon, error_chain, events, logger, patch};
 
 /// Over-the-air update agent for UBTech Alpha2 robots.
 #[derive(Debug, Parser)]
@@ -35,6 +35,15 @@ enum Command {
     Status {
         #[arg(long)]
         json: bool,
+    },
+    /// Print the agent's progress as it happens, as the robot's apps see it, until the agent stops.
+    Watch {
+        /// The raw JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The socket to read instead of the config's `events_socket` (the config is not read).
+        #[arg(long)]
+        socket: Option<PathBuf>,
     },
     /// Apply a bsdiff 4.x patch, with the reference bspatch's arguments.
     Bspatch {
@@ -89,6 +98,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", status.to_text());
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Watch { json, socket } => {
+            let socket = match socket {
+                Some(path) => path,
+                None => Config::load(&cli.config)?.agent.events_socket,
+            };
+            events::watch(&socket, json, &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => {

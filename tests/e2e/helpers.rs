@@ -186,6 +186,7 @@ language = "CN"
 state_dir = "{state}"
 retry_base = "1s"
 retry_max = "2s"
+events_socket = "{events}"
 [[package]]
 name = "com.ubtechinc.alpha2services"
 file_name = "service5mic"
@@ -195,6 +196,7 @@ version = "16"
 "#,
                 url = server.url,
                 state = dir.join("state").display(),
+                events = dir.join("events.sock").display(),
                 path = dir.join("robot").join("Alpha2Services.apk").display(),
             ),
         )

@@ -63,6 +63,7 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
         let doing = format!("applying update {} (version {})", p.id, p.to_version);
         log::info!("{key}: {doing}");
         agent.notifier.status(&doing);
+        agent.events.step(&key, crate::events::Step::Apply, &ids);
         match apply_one(agent, pkg, index).await {
             Ok((new_sha, new_size))
                 if p.signed

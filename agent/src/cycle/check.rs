@@ -28,6 +28,7 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
     agent
         .notifier
         .status(&format!("checking for updates to {key} version {version}"));
+    agent.events.step(&key, crate::events::Step::Check, &[]);
     let answer = match agent
         .client
         .check(&CheckRequest {

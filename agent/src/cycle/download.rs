@@ -42,6 +42,8 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
             }
         }
     }
+    let ids = update(agent, &key).ids();
+    agent.events.step(&key, crate::events::Step::Download, &ids);
     match check_space(agent, pkg).await {
         Ok(()) => {
             if update(agent, &key).space_failures > 0 {
@@ -409,6 +411,7 @@ async fn fetch_one(
         hasher.update(&chunk);
         out.write_all(&chunk).map_err(io("write"))?;
         agent.notifier.alive();
+        agent.events.progress(key, &patch.id, have, fetch.total);
         if progress.due(have) {
             agent.notifier.status(&progress.line(have));
         }

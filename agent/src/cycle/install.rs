@@ -44,6 +44,7 @@ pub(super) async fn run(
             let doing = format!("installing {key} version {}", marker.to_version);
             log::info!("{doing}");
             agent.notifier.status(&doing);
+            agent.events.step(&key, crate::events::Step::Install, &ids);
             let staged_file = agent.store.open_staged(&key, applied - 1)?;
             let shutdown = agent.shutdown.clone();
             let prepared = sha256_file_async(&install::new_path(&pkg.path)).await;
@@ -102,6 +103,7 @@ pub(super) async fn run(
             marker
         }
         Staged::Resumed => {
+            agent.events.step(&key, crate::events::Step::Install, &ids);
             let marker = update
                 .install
                 .clone()
@@ -337,6 +339,7 @@ pub(super) async fn run_hook(
     let doing = format!("running the {name} hook of {}", pkg.key());
     log::info!("{doing}");
     agent.notifier.status(&doing);
+    agent.events.hook(&pkg.key(), name);
     hooks::run(
         name,
         cmd,

@@ -219,6 +219,7 @@ pub struct Agent {
     pub state: State,
     pub shutdown: Shutdown,
     pub notifier: Arc<Notifier>,
+    pub events: crate::events::Events,
 }
 
 impl Agent {
@@ -239,6 +240,7 @@ impl Agent {
             state,
             shutdown,
             notifier,
+            events: crate::events::Events::none(),
         };
         agent.reconcile()?;
         agent.warn_about_trust();
@@ -541,6 +543,7 @@ impl Agent {
             });
         }
         self.save()?;
+        self.events.results(&key, codes, now);
         self.store.clear_package(&key)?;
         crate::install::discard_prepared(&pkg.path);
         Ok(())

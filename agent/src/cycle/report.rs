@@ -28,6 +28,7 @@ async fn send(agent: &mut Agent, unsaved: &mut usize) -> Result<(), CycleError> 
         );
         log::info!("{doing}");
         agent.notifier.status(&doing);
+        agent.events.reporting(&agent.state.outbox);
     }
     let mut held: Vec<String> = Vec::new();
     let mut first_error = None;

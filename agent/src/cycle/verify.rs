@@ -27,6 +27,8 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
         .update
         .clone()
         .expect("verify runs with an update");
+    let ids = update.ids();
+    agent.events.step(&key, crate::events::Step::Verify, &ids);
     let usable = update.usable();
     let mut from = update.from_version.clone();
     for index in 0..usable {

@@ -47,7 +47,15 @@ pub(super) fn defer(
         "{key}: {problem}; {reason}, trying again in {}",
         human(retry_in)
     );
-    wait(agent, &key, reason, retry_in)
+    let step = wait(agent, &key, reason.clone(), retry_in)?;
+    let ids = agent.update_mut(&key).ids();
+    agent.events.deferred(
+        &key,
+        &ids,
+        &reason,
+        unix_now().saturating_add(retry_in.as_secs()),
+    );
+    Ok(step)
 }
 
 /// How long until an install window opens; zero when one is open or none is configured.
@@ -71,7 +79,12 @@ pub(super) fn for_window(
     let windows = crate::window::describe(&agent.config.agent.install_window);
     let reason = format!("update {ids} is ready and waits for the install window ({windows})");
     log::info!("{key}: {reason}; it opens in {}", human(opens_in));
-    wait(agent, &key, reason, opens_in)
+    let step = wait(agent, &key, reason, opens_in)?;
+    let ids = agent.update_mut(&key).ids();
+    agent
+        .events
+        .waiting_for_window(&key, &ids, unix_now().saturating_add(opens_in.as_secs()));
+    Ok(step)
 }
 
 fn wait(

@@ -93,6 +93,10 @@ fn the_example_config_is_valid() {
     let c = Config::load(&path).unwrap();
     assert_eq!(c.agent.poll_interval.0.as_secs(), 6 * 3600);
     assert_eq!(
+        c.agent.events_socket.to_str(),
+        Some("/run/ota-agent/events.sock")
+    );
+    assert_eq!(
         c.packages[0].path.to_str(),
         Some("/opt/alpha2/Alpha2Services.apk")
     );

@@ -9,11 +9,11 @@ use tokio::process::{Child, Command};
 
 use crate::helpers::{World, pairs};
 
-fn spawn(w: &World) -> Child {
+pub(crate) fn spawn(w: &World) -> Child {
     spawn_with(w, &[])
 }
 
-fn spawn_with(w: &World, env: &[(&str, &str)]) -> Child {
+pub(crate) fn spawn_with(w: &World, env: &[(&str, &str)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_ota-agent"))
         .envs(env.iter().copied())
         .arg("--config")
@@ -27,7 +27,7 @@ fn spawn_with(w: &World, env: &[(&str, &str)]) -> Child {
         .unwrap()
 }
 
-fn signal(child: &Child, signal: Signal) {
+pub(crate) fn signal(child: &Child, signal: Signal) {
     let pid = Pid::from_raw(child.id().unwrap() as i32).unwrap();
     kill_process(pid, signal).unwrap();
 }
@@ -55,7 +55,7 @@ async fn spawn_stalled(w: &World) -> Child {
 }
 
 /// Waits (bounded) until `done` holds; the agent works at its own pace.
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) async fn until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !done() {
         assert!(
@@ -66,7 +66,7 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-async fn stderr_of(child: Child) -> (std::process::ExitStatus, String) {
+pub(crate) async fn stderr_of(child: Child) -> (std::process::ExitStatus, String) {
     let out = child.wait_with_output().await.unwrap();
     let text = String::from_utf8_lossy(&out.stderr).into_owned();
     eprintln!("--- agent stderr\n{text}");

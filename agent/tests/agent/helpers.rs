@@ -32,6 +32,7 @@ state_dir = "{state}"
 poll_interval = "1h"
 retry_base = "1s"
 retry_max = "2s"
+events_socket = "{events}"
 {agent_extra}
 
 [[package]]
@@ -42,12 +43,18 @@ version = "16"
 {package_extra}
 "#,
         state = dir.join("state").display(),
+        events = events_path(dir).display(),
         path = managed_path(dir).display(),
     );
     let path = dir.join("agent.toml");
     std::fs::write(&path, text).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     path
+}
+
+/// The agent's events socket in a test's directory.
+pub fn events_path(dir: &Path) -> PathBuf {
+    dir.join("events.sock")
 }
 
 pub fn managed_path(dir: &Path) -> PathBuf {

@@ -6,6 +6,7 @@ mod config;
 mod contract;
 mod cycle;
 mod daemon;
+mod events;
 mod helpers;
 mod interop;
 mod liveness;

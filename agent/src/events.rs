@@ -1,0 +1,777 @@
+//! Progress for the robot's own apps: the agent's state as it changes, one JSON object per line
+//! on a read-only Unix socket (`[agent] events_socket`), and `ota-agent watch`, which prints it.
+//!
+//! A socket of the agent's own rather than D-Bus: the board needs no bus and the agent no bus
+//! library, and an app reads it with any line reader. Every client first gets a `snapshot` of
+//! the present (each package's last step and download progress, and whether the agent is idle),
+//! then every event as it happens. What clients write is ignored. Publishing never waits for a
+//! client: one that falls [`BACKLOG`] events behind, or does not take a line within
+//! [`WRITE_TIMEOUT`], is disconnected.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::broadcast;
+// Tokio's clock, so that tests with paused time see the progress limit at work.
+use tokio::time::Instant;
+
+use crate::logger::utc;
+use crate::redact::printable;
+use crate::store::Callback;
+use crate::unix_now;
+
+/// Events a client may fall behind before it is disconnected.
+pub const BACKLOG: usize = 256;
+/// How long a client may leave a line untaken before it is disconnected.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most often a download's progress is published (its end always is).
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// Clients at once; more are turned away, so that a runaway app cannot use up the agent's files.
+const MAX_CLIENTS: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventsError {
+    #[error("cannot connect to the agent's events at {path} (is the agent running?)")]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read the agent's events from {path}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write the events")]
+    Write(#[source] std::io::Error),
+}
+
+/// A step of the update cycle, as `step` events name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Check,
+    Verify,
+    Download,
+    Apply,
+    Install,
+    Report,
+}
+
+/// One line of the events socket. `package` is the package key (`name/file_name`), null for
+/// the events of the whole agent; `at_unix` is when the event happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The first line to every client: the events that describe the present, in order.
+    Snapshot {
+        package: Option<String>,
+        at_unix: u64,
+        events: Vec<Event>,
+    },
+    /// A step of a package's cycle began, for the update of `ids` (none yet for `check`);
+    /// `hook` names the hook that the install step runs.
+    Step {
+        package: String,
+        at_unix: u64,
+        step: Step,
+        ids: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hook: Option<String>,
+    },
+    /// Bytes of patch `id` arrived: at most once a second per download, and at its end.
+    Progress {
+        package: String,
+        at_unix: u64,
+        id: String,
+        bytes: u64,
+        total: Option<u64>,
+        percent: Option<u8>,
+    },
+    /// The update waits for the robot (`reason`), until `until_unix` at the latest.
+    Deferred {
+        package: String,
+        at_unix: u64,
+        ids: Vec<String>,
+        reason: String,
+        until_unix: u64,
+    },
+    /// The update waits for its update window, which opens at `until_unix`.
+    WaitingForWindow {
+        package: String,
+        at_unix: u64,
+        ids: Vec<String>,
+        until_unix: u64,
+    },
+    /// The result `code` of update `id` was queued for the server (1 installed, 2 failed,
+    /// 3 not updated yet).
+    Result {
+        package: String,
+        at_unix: u64,
+        id: String,
+        code: u8,
+        queued_at_unix: u64,
+    },
+    /// Nothing is under way until the next check.
+    Idle {
+        package: Option<String>,
+        at_unix: u64,
+        next_check_unix: u64,
+    },
+}
+
+impl Event {
+    /// What `ota-agent watch` prints: one line, or one per event of a snapshot.
+    pub fn to_text(&self) -> String {
+        let updates = |ids: &[String]| printable(&ids.join(", ")).into_owned();
+        match self {
+            Event::Snapshot { events, .. } => events
+                .iter()
+                .map(Event::to_text)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Event::Step {
+                package,
+                step: Step::Check,
+                ..
+            } => format!("{package}: checking for updates"),
+            Event::Step {
+                package,
+                step,
+                ids,
+                hook,
+                ..
+            } => {
+                let doing = match (step, hook) {
+                    (Step::Install, Some(hook)) => {
+                        format!("installing (running the {} hook)", printable(hook))
+                    }
+                    (Step::Verify, _) => "verifying".to_owned(),
+                    (Step::Download, _) => "downloading".to_owned(),
+                    (Step::Apply, _) => "applying".to_owned(),
+                    (Step::Install, None) => "installing".to_owned(),
+                    (Step::Report | Step::Check, _) => "sending the results".to_owned(),
+                };
+                format!("{package}: update {}: {doing}", updates(ids))
+            }
+            Event::Progress {
+                package,
+                id,
+                bytes,
+                total,
+                percent,
+                ..
+            } => match (total, percent) {
+                (Some(total), Some(percent)) => format!(
+                    "{package}: update {}: downloading {percent}% ({bytes} of {total} bytes)",
+                    printable(id)
+                ),
+                _ => format!(
+                    "{package}: update {}: downloading ({bytes} bytes so far)",
+                    printable(id)
+                ),
+            },
+            Event::Deferred {
+                package,
+                ids,
+                reason,
+                until_unix,
+                ..
+            } => format!(
+                "{package}: update {}: deferred until {}: {}",
+                updates(ids),
+                utc(*until_unix),
+                printable(reason)
+            ),
+            Event::WaitingForWindow {
+                package,
+                ids,
+                until_unix,
+                ..
+            } => format!(
+                "{package}: update {}: waiting for the update window, which opens at {}",
+                updates(ids),
+                utc(*until_unix)
+            ),
+            Event::Result {
+                package, id, code, ..
+            } => {
+                let meaning = match *code {
+                    crate::cycle::code::SUCCESS => "installed",
+                    crate::cycle::code::FAILED => "failed",
+                    crate::cycle::code::NOT_UPDATED => "not updated yet",
+                    _ => "unknown",
+                };
+                format!(
+                    "{package}: update {}: result {code} ({meaning})",
+                    printable(id)
+                )
+            }
+            Event::Idle {
+                next_check_unix, ..
+            } => format!("idle; next check at {}", utc(*next_check_unix)),
+        }
+    }
+}
+
+/// The publisher the cycle and the daemon tell what they do. Cheap to clone; [`Events::none`]
+/// (the default) publishes nothing, for one-shot commands and tests.
+#[derive(Debug, Clone, Default)]
+pub struct Events(Option<Arc<Inner>>);
+
+#[derive(Debug)]
+struct Inner {
+    tx: broadcast::Sender<Arc<str>>,
+    /// What a new client's snapshot holds. Events are sent while it is locked, so that a client
+    /// subscribed under the same lock misses none and sees none twice.
+    now: Mutex<Present>,
+}
+
+#[derive(Debug, Default)]
+struct Present {
+    packages: BTreeMap<String, PackageNow>,
+    idle: Option<Event>,
+}
+
+#[derive(Debug, Default)]
+struct PackageNow {
+    /// The last step, deferral or wait.
+    state: Option<Event>,
+    /// The step under way, so that a step is published once however often it is told.
+    step: Option<(Step, Option<String>)>,
+    /// The ids of the update under way, which a hook's event names.
+    ids: Vec<String>,
+    /// The last progress published, and when.
+    progress: Option<(Event, Instant)>,
+}
+
+impl Events {
+    /// A publisher that publishes nothing.
+    pub fn none() -> Events {
+        Events(None)
+    }
+
+    /// A publisher without a socket, read with [`Events::subscribe`].
+    pub fn in_process() -> Events {
+        let (tx, _) = broadcast::channel(BACKLOG);
+        Events(Some(Arc::new(Inner {
+            tx,
+            now: Mutex::default(),
+        })))
+    }
+
+    /// A publisher that serves every client of the socket at `path` (replacing a stale one);
+    /// must be called within the runtime. A socket that cannot be made is logged, and the agent
+    /// runs on without events.
+    pub fn serve(path: &Path) -> Events {
+        match bind(path) {
+            Ok(listener) => {
+                let events = Events::in_process();
+                let inner = events.0.clone().expect("in_process publishes");
+                tokio::spawn(listen(listener, inner));
+                log::debug!("publishing events on {}", path.display());
+                events
+            }
+            Err(e) => {
+                log::warn!(
+                    "cannot listen on {} (events_socket): {e}; the robot's apps get no progress events",
+                    path.display()
+                );
+                Events::none()
+            }
+        }
+    }
+
+    /// The snapshot line a new client gets, and every line after it.
+    pub fn subscribe(&self) -> Option<(Arc<str>, broadcast::Receiver<Arc<str>>)> {
+        self.0.as_ref().map(|inner| inner.subscribe())
+    }
+
+    /// A step of `package`'s cycle begins, for the update of `ids`.
+    pub fn step(&self, package: &str, step: Step, ids: &[String]) {
+        self.with(package, |inner, now| {
+            inner.step(now, package, step, ids.to_vec(), None);
+        });
+    }
+
+    /// The install of `package`'s update runs its hook `hook`.
+    pub fn hook(&self, package: &str, hook: &str) {
+        self.with(package, |inner, now| {
+            let ids = now.packages[package].ids.clone();
+            inner.step(now, package, Step::Install, ids, Some(hook.to_owned()));
+        });
+    }
+
+    /// `bytes` of patch `id` (of `total`, when known) are there; published at most once every
+    /// [`PROGRESS_EVERY`] per download, and always when the last byte arrived.
+    pub fn progress(&self, package: &str, id: &str, bytes: u64, total: Option<u64>) {
+        self.with(package, |inner, now| {
+            let pkg = now.packages.get_mut(package).expect("with() adds it");
+            let at = Instant::now();
+            if let Some((Event::Progress { id: last, .. }, sent)) = &pkg.progress {
+                let done = total == Some(bytes);
+                if last == id && !done && at.duration_since(*sent) < PROGRESS_EVERY {
+                    return;
+                }
+            }
+            let percent = total
+                .filter(|&t| t > 0)
+                .map(|t| u8::try_from(bytes.min(t).saturating_mul(100) / t).unwrap_or(100));
+            let event = Event::Progress {
+                package: package.to_owned(),
+                at_unix: unix_now(),
+                id: id.to_owned(),
+                bytes,
+                total,
+                percent,
+            };
+            inner.send(&event);
+            pkg.progress = Some((event, at));
+        });
+    }
+
+    /// The update of `ids` waits for the robot (`reason`: the hook's message, say), until
+    /// `until_unix` at the latest.
+    pub fn deferred(&self, package: &str, ids: &[String], reason: &str, until_unix: u64) {
+        let event = Event::Deferred {
+            package: package.to_owned(),
+            at_unix: unix_now(),
+            ids: ids.to_vec(),
+            reason: reason.to_owned(),
+            until_unix,
+        };
+        self.with(package, |inner, now| {
+            inner.waiting(now, package, ids, event)
+        });
+    }
+
+    /// The update of `ids` waits for its update window, which opens at `until_unix`.
+    pub fn waiting_for_window(&self, package: &str, ids: &[String], until_unix: u64) {
+        let event = Event::WaitingForWindow {
+            package: package.to_owned(),
+            at_unix: unix_now(),
+            ids: ids.to_vec(),
+            until_unix,
+        };
+        self.with(package, |inner, now| {
+            inner.waiting(now, package, ids, event)
+        });
+    }
+
+    /// The results `codes` (id, code) of `package`'s update were queued at `queued_at_unix`.
+    pub fn results(&self, package: &str, codes: &[(String, u8)], queued_at_unix: u64) {
+        self.with(package, |inner, _| {
+            for (id, code) in codes {
+                inner.send(&Event::Result {
+                    package: package.to_owned(),
+                    at_unix: unix_now(),
+                    id: id.clone(),
+                    code: *code,
+                    queued_at_unix,
+                });
+            }
+        });
+    }
+
+    /// The results waiting in `outbox` are being sent: a report step for each package in it.
+    pub fn reporting(&self, outbox: &[Callback]) {
+        let mut waiting: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for c in outbox {
+            waiting.entry(&c.package).or_default().push(c.id.clone());
+        }
+        for (package, ids) in waiting {
+            self.step(package, Step::Report, &ids);
+        }
+    }
+
+    /// Nothing is under way until `next_check_unix`.
+    pub fn idle(&self, next_check_unix: u64) {
+        let Some(inner) = &self.0 else { return };
+        let mut now = inner.lock();
+        let event = Event::Idle {
+            package: None,
+            at_unix: unix_now(),
+            next_check_unix,
+        };
+        inner.send(&event);
+        now.idle = Some(event);
+        // The next cycle's steps are news even when they repeat the last ones.
+        for pkg in now.packages.values_mut() {
+            pkg.step = None;
+        }
+    }
+
+    fn with(&self, package: &str, f: impl FnOnce(&Inner, &mut Present)) {
+        let Some(inner) = &self.0 else { return };
+        let mut now = inner.lock();
+        if !now.packages.contains_key(package) {
+            now.packages
+                .insert(package.to_owned(), PackageNow::default());
+        }
+        f(inner, &mut now);
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Present> {
+        self.now.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn subscribe(&self) -> (Arc<str>, broadcast::Receiver<Arc<str>>) {
+        let now = self.lock();
+        let mut events = Vec::new();
+        for pkg in now.packages.values() {
+            events.extend(pkg.state.clone());
+            events.extend(pkg.progress.as_ref().map(|(e, _)| e.clone()));
+        }
+        events.extend(now.idle.clone());
+        let snapshot = Event::Snapshot {
+            package: None,
+            at_unix: unix_now(),
+            events,
+        };
+        (line(&snapshot), self.tx.subscribe())
+    }
+
+    /// Sends `event` to every client; none at all is no error.
+    fn send(&self, event: &Event) {
+        let _ = self.tx.send(line(event));
+    }
+
+    fn step(
+        &self,
+        now: &mut Present,
+        package: &str,
+        step: Step,
+        ids: Vec<String>,
+        hook: Option<String>,
+    ) {
+        let pkg = now.packages.get_mut(package).expect("with() adds it");
+        let key = (step, hook);
+        if pkg.step.as_ref() == Some(&key) && pkg.ids == ids {
+            return;
+        }
+        let event = Event::Step {
+            package: package.to_owned(),
+            at_unix: unix_now(),
+            step,
+            ids: ids.clone(),
+            hook: key.1.clone(),
+        };
+        self.send(&event);
+        pkg.state = Some(event);
+        pkg.step = Some(key);
+        pkg.ids = ids;
+        pkg.progress = None;
+        now.idle = None;
+    }
+
+    fn waiting(&self, now: &mut Present, package: &str, ids: &[String], event: Event) {
+        let pkg = now.packages.get_mut(package).expect("with() adds it");
+        self.send(&event);
+        pkg.state = Some(event);
+        pkg.step = None;
+        pkg.ids = ids.to_vec();
+        pkg.progress = None;
+        now.idle = None;
+    }
+}
+
+fn line(event: &Event) -> Arc<str> {
+    let mut text = serde_json::to_string(event).expect("an event is plain data");
+    text.push('\n');
+    text.into()
+}
+
+fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    // A socket left by an agent that did not stop cleanly. No other agent is using it: the
+    // state directory's lock, taken before, says so.
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    // Any app may connect: the socket only speaks, and says nothing secret.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+async fn listen(listener: UnixListener, inner: Arc<Inner>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: wait for some to be freed rather than spin.
+                log::warn!("events socket: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if inner.tx.receiver_count() >= MAX_CLIENTS {
+            log::debug!("events socket: {MAX_CLIENTS} clients already; turning one away");
+            continue;
+        }
+        let (snapshot, rx) = inner.subscribe();
+        tokio::spawn(serve_client(stream, snapshot, rx));
+    }
+}
+
+async fn serve_client(
+    stream: UnixStream,
+    snapshot: Arc<str>,
+    mut rx: broadcast::Receiver<Arc<str>>,
+) {
+    let (mut read, mut write) = stream.into_split();
+    let mut ignored = [0u8; 512];
+    // Reading tells when a client has gone, however long the agent stays quiet; a client that
+    // only closed its writing side still gets the events.
+    let mut reading = true;
+    let mut next = Ok(snapshot);
+    loop {
+        let text = match next {
+            Ok(text) => text,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                log::debug!("events socket: a client fell {n} events behind; disconnecting it");
+                return;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(text.as_bytes())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return,
+        }
+        next = loop {
+            tokio::select! {
+                line = rx.recv() => break line,
+                n = read.read(&mut ignored), if reading => match n {
+                    Ok(0) => reading = false,
+                    Ok(_) => {}
+                    Err(_) => return,
+                },
+            }
+        };
+    }
+}
+
+/// `ota-agent watch`: prints the events of the socket at `path` to `out` until the agent closes
+/// it, as they come (`json`) or as a line of text each.
+pub fn watch(path: &Path, json: bool, out: &mut dyn Write) -> Result<(), EventsError> {
+    let stream =
+        std::os::unix::net::UnixStream::connect(path).map_err(|source| EventsError::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader
+            .read_line(&mut line)
+            .map_err(|source| EventsError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+        if n == 0 {
+            return Ok(());
+        }
+        let raw = line.trim_end();
+        let text = match serde_json::from_str::<Event>(raw) {
+            Ok(event) if !json => event.to_text(),
+            // A newer agent's event, or the raw lines asked for.
+            _ => raw.to_owned(),
+        };
+        if !text.is_empty() {
+            writeln!(out, "{text}").map_err(EventsError::Write)?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PKG: &str = "com.ubtechinc.alpha2services/service5mic";
+
+    fn ids(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn received(rx: &mut broadcast::Receiver<Arc<str>>) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Ok(line) = rx.try_recv() {
+            out.push(serde_json::from_str(&line).unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn progress_is_published_at_most_once_a_second() {
+        tokio::time::pause();
+        let events = Events::in_process();
+        let (_, mut rx) = events.subscribe().unwrap();
+        events.step(PKG, Step::Download, &ids(&["23", "25"]));
+        // Ten seconds of a download told every tenth of a second.
+        for i in 1..=100u64 {
+            events.progress(PKG, "23", i * 1000, Some(100_000));
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        // The next download is news at once.
+        events.progress(PKG, "25", 10, Some(1000));
+        let percents: Vec<(String, u8)> = received(&mut rx)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Progress { id, percent, .. } => Some((id, percent.unwrap())),
+                _ => None,
+            })
+            .collect();
+        let of = |id: &str| -> Vec<u8> {
+            percents
+                .iter()
+                .filter(|(i, _)| i == id)
+                .map(|(_, p)| *p)
+                .collect()
+        };
+        // Once a second (at 0 s, 1 s, … 9 s), and the end.
+        assert_eq!(of("23"), [1, 11, 21, 31, 41, 51, 61, 71, 81, 91, 100]);
+        assert_eq!(of("25"), [1]);
+    }
+
+    #[test]
+    fn a_new_client_gets_the_present_first() {
+        let events = Events::in_process();
+        let update = ids(&["23", "25"]);
+        events.step(PKG, Step::Check, &[]);
+        events.step(PKG, Step::Download, &update);
+        events.progress(PKG, "23", 500, Some(1000));
+        // The apply step is told once per patch and published once.
+        events.step(PKG, Step::Apply, &update);
+        let (_, mut rx) = events.subscribe().unwrap();
+        events.step(PKG, Step::Apply, &update);
+        events.hook(PKG, "post_install");
+        events.results(PKG, &[("23".into(), 1), ("25".into(), 1)], 7);
+        events.idle(1_800_000_000);
+        let live = received(&mut rx);
+        assert!(
+            matches!(&live[0], Event::Step { step: Step::Install, hook: Some(h), ids, .. } if h == "post_install" && *ids == update),
+            "{live:?}"
+        );
+        assert!(
+            matches!(&live[1], Event::Result { id, code: 1, queued_at_unix: 7, .. } if id == "23")
+        );
+        assert_eq!(live.len(), 4, "{live:?}");
+
+        let (snapshot, _) = events.subscribe().unwrap();
+        let Event::Snapshot {
+            events: present, ..
+        } = serde_json::from_str(&snapshot).unwrap()
+        else {
+            panic!("{snapshot}");
+        };
+        assert_eq!(present.len(), 2, "{present:?}");
+        assert!(matches!(
+            &present[0],
+            Event::Step {
+                step: Step::Install,
+                ..
+            }
+        ));
+        assert!(matches!(
+            &present[1],
+            Event::Idle {
+                next_check_unix: 1_800_000_000,
+                ..
+            }
+        ));
+        // After an idle wait the same step is news again.
+        let (_, mut rx) = events.subscribe().unwrap();
+        events.step(PKG, Step::Check, &[]);
+        events.step(PKG, Step::Check, &[]);
+        assert_eq!(received(&mut rx).len(), 1);
+        // A deferral is the present until the next step.
+        events.deferred(PKG, &update, "the robot is dancing", 1_800_000_600);
+        let (snapshot, _) = events.subscribe().unwrap();
+        assert!(snapshot.contains(r#""event":"deferred""#), "{snapshot}");
+    }
+
+    #[test]
+    fn events_read_as_one_line_each() {
+        let progress = Event::Progress {
+            package: PKG.into(),
+            at_unix: 1_800_000_000,
+            id: "23".into(),
+            bytes: 86_016,
+            total: Some(200_000),
+            percent: Some(43),
+        };
+        assert_eq!(
+            progress.to_text(),
+            format!("{PKG}: update 23: downloading 43% (86016 of 200000 bytes)")
+        );
+        let json = line(&progress);
+        assert!(
+            json.starts_with(r#"{"event":"progress","package":"#),
+            "{json}"
+        );
+        assert!(json.ends_with("}\n") && json.matches('\n').count() == 1);
+        let waiting = Event::WaitingForWindow {
+            package: PKG.into(),
+            at_unix: 0,
+            ids: ids(&["23", "25"]),
+            until_unix: 1_800_000_000,
+        };
+        assert_eq!(
+            waiting.to_text(),
+            format!(
+                "{PKG}: update 23, 25: waiting for the update window, which opens at {}",
+                utc(1_800_000_000)
+            )
+        );
+        // An id from the server cannot forge a line of its own.
+        let result = Event::Result {
+            package: PKG.into(),
+            at_unix: 0,
+            id: "23\nfake".into(),
+            code: 2,
+            queued_at_unix: 0,
+        };
+        assert!(!result.to_text().contains('\n'));
+        assert!(!line(&result).trim_end().contains('\n'));
+    }
+
+    /// A client that stops reading is disconnected; the publisher never waits for it.
+    #[tokio::test]
+    async fn a_client_that_falls_behind_is_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("events.sock");
+        std::os::unix::net::UnixListener::bind(&path).unwrap();
+        // A stale socket is replaced.
+        let events = Events::serve(&path);
+        assert!(events.0.is_some());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o666);
+        let stream = UnixStream::connect(&path).await.unwrap();
+        let mut lines = tokio::io::BufReader::new(stream);
+        let mut first = String::new();
+        tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut first)
+            .await
+            .unwrap();
+        assert!(first.starts_with(r#"{"event":"snapshot""#), "{first}");
+        let codes: Vec<(String, u8)> = (0..BACKLOG * 4).map(|i| (i.to_string(), 1)).collect();
+        events.results(PKG, &codes, 0);
+        let mut rest = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut lines, &mut rest)
+            .await
+            .unwrap();
+        assert!(
+            rest.lines().count() < codes.len(),
+            "{}",
+            rest.lines().count()
+        );
+    }
+}

@@ -1,0 +1,271 @@
+//! Progress for the robot's apps: the daemon's events socket and `ota-agent watch`, through a
+//! whole update against the mock server.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use ota_mock_server::{Endpoint, Fault, FaultKind};
+use rustix::process::Signal;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::daemon::{signal, spawn, stderr_of, until};
+use crate::helpers::{FILE_NAME, PACKAGE, World, events_path};
+
+/// A world whose first check the server answers only after 3 s, so that a client connects
+/// before anything is fetched, and whose first patch pauses after 1000 bytes for 1.5 s, so that
+/// its download is seen on the way.
+async fn slow_world() -> World {
+    let w = World::new("").await;
+    w.server.inject(Fault::new(
+        Endpoint::Download,
+        FaultKind::Delay(Duration::from_secs(3)),
+    ));
+    let stall = FaultKind::Stall {
+        after: 1000,
+        pause: Duration::from_millis(1500),
+    };
+    // Twice: the agent asks each patch's size with a HEAD before downloading.
+    w.server.inject(
+        Fault::new(Endpoint::Patch, stall)
+            .path_contains("--17--")
+            .times(2),
+    );
+    w
+}
+
+/// Reads lines until one passes `last`, within a minute.
+async fn read_until<R: tokio::io::AsyncBufRead + Unpin>(
+    lines: &mut tokio::io::Lines<R>,
+    mut last: impl FnMut(&str) -> bool,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no further event within a minute; seen: {seen:#?}"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("the stream ended; seen: {seen:#?}"));
+        let done = last(&line);
+        seen.push(line);
+        if done {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_see_a_whole_update_as_it_happens() {
+    let w = slow_world().await;
+    let child = spawn(&w);
+    let socket = events_path(w.dir());
+    until("the events socket", || socket.exists()).await;
+    let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let mut lines = BufReader::new(stream).lines();
+    let mut results = 0;
+    let raw = read_until(&mut lines, |line| {
+        results += usize::from(line.contains(r#""event":"result""#));
+        results == 2 && line.contains(r#""event":"idle""#)
+    })
+    .await;
+    signal(&child, Signal::TERM);
+    let (status, _) = stderr_of(child).await;
+    assert!(status.success());
+
+    let lines: Vec<Value> = raw
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["event"], "snapshot", "{raw:#?}");
+    // The present the client connected to, then what happened: one list of events.
+    let mut events: Vec<Value> = lines[0]["events"].as_array().unwrap().clone();
+    events.extend(lines[1..].iter().cloned());
+    let key = format!("{PACKAGE}/{FILE_NAME}");
+    for e in &events {
+        assert!(e["at_unix"].as_u64().unwrap() > 1_700_000_000, "{e}");
+        if e["event"] != "idle" {
+            assert_eq!(e["package"], key.as_str(), "{e}");
+        }
+    }
+    let steps: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "step")
+        .map(|e| e["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        ["check", "verify", "download", "apply", "install", "report"],
+        "{raw:#?}"
+    );
+    let ids = &events.iter().find(|e| e["step"] == "download").unwrap()["ids"];
+    assert_eq!(*ids, serde_json::json!(["23", "25"]));
+
+    // Progress comes while downloading, rising to 100 % for each patch.
+    let at = |step: &str| events.iter().position(|e| e["step"] == step).unwrap();
+    let (download, apply) = (at("download"), at("apply"));
+    for id in ["23", "25"] {
+        let percents: Vec<(usize, u64)> = events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e["event"] == "progress" && e["id"] == id)
+            .map(|(i, e)| (i, e["percent"].as_u64().unwrap()))
+            .collect();
+        assert!(!percents.is_empty(), "no progress for update {id}");
+        assert!(percents.iter().all(|(i, _)| (download..apply).contains(i)));
+        assert!(
+            percents.windows(2).all(|p| p[0].1 <= p[1].1),
+            "{percents:?}"
+        );
+        assert_eq!(percents.last().unwrap().1, 100, "{percents:?}");
+    }
+    // The stalled patch was seen on the way, not only at its end.
+    let first = events
+        .iter()
+        .find(|e| e["event"] == "progress" && e["id"] == "23")
+        .unwrap();
+    assert!(first["percent"].as_u64().unwrap() < 100, "{first}");
+    assert!(first["bytes"].as_u64().unwrap() < first["total"].as_u64().unwrap());
+
+    let results: Vec<(&str, u64)> = events
+        .iter()
+        .filter(|e| e["event"] == "result")
+        .map(|e| (e["id"].as_str().unwrap(), e["code"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(results, [("23", 1), ("25", 1)]);
+    // Results are queued after the install and sent by the report step.
+    let first_result = events.iter().position(|e| e["event"] == "result").unwrap();
+    assert!(at("install") < first_result && first_result < at("report"));
+    assert!(events.last().unwrap()["next_check_unix"].as_u64().is_some());
+}
+
+/// Spawns `ota-agent watch` with `args`, its output piped.
+fn watch(w: &World, args: &[&str]) -> tokio::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_ota-agent"))
+        .arg("--config")
+        .arg(&w.config)
+        .arg("watch")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_prints_the_events_until_the_agent_stops() {
+    let w = slow_world().await;
+    let agent = spawn(&w);
+    let socket = events_path(w.dir());
+    until("the events socket", || socket.exists()).await;
+    let mut json = watch(&w, &["--json"]);
+    let mut text = watch(&w, &[]);
+    let mut json_lines = BufReader::new(json.stdout.take().unwrap()).lines();
+    let mut text_lines = BufReader::new(text.stdout.take().unwrap()).lines();
+    let mut seen_json = read_until(&mut json_lines, |l| l.contains(r#""event":"idle""#)).await;
+    let mut seen_text = read_until(&mut text_lines, |l| l.starts_with("idle; next check at")).await;
+    signal(&agent, Signal::TERM);
+    let (status, _) = stderr_of(agent).await;
+    assert!(status.success());
+    // The agent's stop closes the socket, and watch ends with it.
+    while let Some(line) = json_lines.next_line().await.unwrap() {
+        seen_json.push(line);
+    }
+    while let Some(line) = text_lines.next_line().await.unwrap() {
+        seen_text.push(line);
+    }
+    assert!(json.wait().await.unwrap().success());
+    assert!(text.wait().await.unwrap().success());
+
+    let events: Vec<Value> = seen_json
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events[0]["event"], "snapshot");
+    let results: Vec<&Value> = events.iter().filter(|e| e["event"] == "result").collect();
+    assert_eq!(results.len(), 2, "{seen_json:#?}");
+    assert!(results.iter().all(|e| e["code"] == 1));
+
+    let key = format!("{PACKAGE}/{FILE_NAME}");
+    for expected in [
+        format!("{key}: update 23, 25: downloading"),
+        format!("{key}: update 23: downloading 100% ("),
+        format!("{key}: update 25: result 1 (installed)"),
+    ] {
+        assert!(
+            seen_text.iter().any(|l| l.starts_with(&expected)),
+            "no {expected:?} in {seen_text:#?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_without_an_agent_names_the_socket() {
+    let w = World::new("").await;
+    let out = w.agent(&["watch"]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let socket = events_path(w.dir());
+    assert!(
+        stderr.contains(&socket.display().to_string()) && stderr.contains("is the agent running?"),
+        "{stderr}"
+    );
+}
+
+/// An update that waits for the robot says so to the apps: a deferral by a hook and a closed
+/// install window each have their event, with the ids and when the agent tries again; a client
+/// that connects while it waits gets the wait in its snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_see_a_deferral_and_a_closed_window() {
+    let hooks = tempfile::tempdir().unwrap();
+    let flag = hooks.path().join("go");
+    let now_min = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 60;
+    let hm = |m: u64| format!("{:02}:{:02}", m / 60 % 24, m % 60);
+    let window = format!("{}-{}", hm(now_min + 60), hm(now_min + 61));
+    let w = World::with(
+        &format!("pre_download = \"test -e '{}'\"", flag.display()),
+        &format!("defer_retry = \"1s\"\ninstall_window = [\"{window}\"]"),
+    )
+    .await;
+    let child = crate::daemon::spawn_with(&w, &[("TZ", "UTC0")]);
+    let socket = events_path(w.dir());
+    until("the events socket", || socket.exists()).await;
+    let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let mut lines = BufReader::new(stream).lines();
+    let deferred = read_until(&mut lines, |l| l.contains(r#""event":"deferred""#)).await;
+    let deferred: Value = serde_json::from_str(deferred.last().unwrap()).unwrap();
+    assert_eq!(deferred["ids"], serde_json::json!(["23", "25"]));
+    assert!(
+        deferred["reason"]
+            .as_str()
+            .unwrap()
+            .contains("pre_download")
+    );
+    assert!(deferred["until_unix"].as_u64().is_some());
+
+    std::fs::write(&flag, "").unwrap();
+    let waiting = read_until(&mut lines, |l| {
+        l.contains(r#""event":"waiting_for_window""#)
+    })
+    .await;
+    let waiting: Value = serde_json::from_str(waiting.last().unwrap()).unwrap();
+    let opens = waiting["until_unix"].as_u64().unwrap();
+    let now = now_min * 60;
+    assert!((now + 3500..=now + 3700).contains(&opens), "{waiting}");
+
+    // A late client hears the wait first.
+    let late = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let mut late = BufReader::new(late).lines();
+    let first = read_until(&mut late, |_| true).await;
+    assert!(first[0].contains(r#""event":"snapshot""#), "{first:?}");
+    assert!(first[0].contains("waiting_for_window"), "{first:?}");
+    signal(&child, Signal::TERM);
+    let (status, _) = stderr_of(child).await;
+    assert!(status.success());
+    assert!(w.callbacks().is_empty());
+}
