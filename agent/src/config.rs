@@ -339,19 +339,21 @@ pub struct Seconds(pub Duration);
 
 impl<'de> Deserialize<'de> for Seconds {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Number(n) => Ok(Seconds(Duration::from_secs(n))),
-            Raw::Text(s) => parse_duration(&s)
+        match NumberOrText::deserialize(d)? {
+            NumberOrText::Number(n) => Ok(Seconds(Duration::from_secs(n))),
+            NumberOrText::Text(s) => parse_duration(&s)
                 .map(Seconds)
                 .map_err(serde::de::Error::custom),
         }
     }
+}
+
+/// A value written as a bare number or as text with a unit.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumberOrText {
+    Number(u64),
+    Text(String),
 }
 
 /// A proxy URL with its password masked, for a debug print.
@@ -372,15 +374,9 @@ pub struct Rate(pub u64);
 
 impl<'de> Deserialize<'de> for Rate {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u64),
-            Text(String),
-        }
-        let parsed = match Raw::deserialize(d)? {
-            Raw::Number(n) => Ok(n),
-            Raw::Text(s) => parse_rate(&s),
+        let parsed = match NumberOrText::deserialize(d)? {
+            NumberOrText::Number(n) => Ok(n),
+            NumberOrText::Text(s) => parse_rate(&s),
         };
         match parsed {
             Ok(0) => Err(serde::de::Error::custom(
@@ -392,15 +388,19 @@ impl<'de> Deserialize<'de> for Rate {
     }
 }
 
-/// Parses `"512k"`, `"2M"`, `"64K"` or a plain number of bytes per second.
-pub fn parse_rate(text: &str) -> Result<u64, String> {
+/// `"90 s"` as `(90, "s")`; `None` without a number in front.
+fn number_and_unit(text: &str) -> Option<(u64, &str)> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a rate such as \"512k\" or \"2M\""))?;
-    let scale: u64 = match unit.trim() {
+    Some((number.parse().ok()?, unit.trim()))
+}
+
+/// Parses `"512k"`, `"2M"`, `"64K"` or a plain number of bytes per second.
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let (n, unit) = number_and_unit(text)
+        .ok_or_else(|| format!("`{text}` is not a rate such as \"512k\" or \"2M\""))?;
+    let scale: u64 = match unit {
         "" => 1,
         "k" | "K" => 1024,
         "M" => 1024 * 1024,
@@ -416,13 +416,9 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
 
 /// Parses `"250ms"`, `"90s"`, `"30m"`, `"6h"`, `"1d"`, or a plain number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration such as \"90s\", \"30m\" or \"6h\""))?;
-    let unit_ms: u64 = match unit.trim() {
+    let (n, unit) = number_and_unit(text)
+        .ok_or_else(|| format!("`{text}` is not a duration such as \"90s\", \"30m\" or \"6h\""))?;
+    let unit_ms: u64 = match unit {
         "ms" => 1,
         "" | "s" => 1_000,
         "m" => 60_000,

@@ -6,23 +6,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ota_mock_server::{Endpoint, Fault, FaultKind};
 
-use crate::helpers::{Serve, World, agent_with_env, events_path, pairs};
-
-fn stdout(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn patch_gets(w: &World) -> usize {
-    w.server
-        .requests()
-        .iter()
-        .filter(|r| r.method == "GET" && r.path.ends_with(".patch"))
-        .count()
-}
+use crate::helpers::{
+    Serve, World, agent_with_env, events_path, pairs, patch_gets, stderr, stdout,
+};
 
 /// A hook that fails until `flag` exists, and counts its runs in `runs`.
 fn gate(flag: &Path, runs: &Path) -> String {
@@ -270,7 +256,7 @@ async fn downloads_keep_to_max_download_rate_in_every_ten_seconds_across_a_resum
     let rate: u64 = 256 * 1024;
     w.edit_config(
         "read_timeout = \"5s\"",
-        &format!("read_timeout = \"5s\"\nmax_download_rate = \"256k\""),
+        "read_timeout = \"5s\"\nmax_download_rate = \"256k\"",
     );
     w.server.inject(
         // Twice: the agent first asks every patch's size with a HEAD, then downloads.

@@ -167,3 +167,67 @@ async fn a_config_error_never_prints_a_secret() {
         }
     }
 }
+
+#[test]
+fn the_good_citizens_keys_are_checked() {
+    let with = |server: &str, agent: &str| {
+        load_with(|t| {
+            t.replace(
+                "read_timeout = \"5s\"",
+                &format!("read_timeout = \"5s\"\n{server}"),
+            )
+            .replace(
+                "retry_max = \"2s\"",
+                &format!("retry_max = \"2s\"\n{agent}"),
+            )
+        })
+    };
+    let c = with(
+        "max_download_rate = \"512k\"\nproxy = \"http://user:hunter2@proxy:3128\"",
+        "install_window = [\"22:00-02:00\", \"13:00-14:00\"]\ndefer_retry = \"1m\"",
+    )
+    .unwrap();
+    assert_eq!(c.server.max_download_rate.unwrap().0, 512 * 1024);
+    assert_eq!(c.agent.install_window.len(), 2);
+    assert_eq!(c.agent.defer_retry.0.as_secs(), 60);
+    assert_eq!(c.agent.defer_timeout.0.as_secs(), 86_400);
+    // A proxy's password is no more printed than the server's secrets.
+    assert!(!format!("{c:?}").contains("hunter2"));
+    assert_eq!(
+        with("max_download_rate = \"2M\"", "")
+            .unwrap()
+            .server
+            .max_download_rate
+            .unwrap()
+            .0,
+        2 << 20
+    );
+    let defaults = with("", "").unwrap();
+    assert!(defaults.server.max_download_rate.is_none());
+    assert!(defaults.agent.install_window.is_empty());
+    assert_eq!(defaults.agent.defer_retry.0.as_secs(), 900);
+    for (server, agent, says) in [
+        ("max_download_rate = \"512 kB\"", "", "unknown unit `kB`"),
+        (
+            "max_download_rate = 0",
+            "",
+            "a rate of 0 would never download",
+        ),
+        ("max_download_rate = \"fast\"", "", "not a rate"),
+        (
+            "proxy = \"not a url\"",
+            "",
+            "key `server.proxy` must be a URL",
+        ),
+        ("", "install_window = [\"1-5\"]", "not a window such as"),
+        ("", "install_window = [\"05:00-05:00\"]", "an empty window"),
+        (
+            "",
+            "defer_retry = \"100ms\"",
+            "key `agent.defer_retry` must be at least 1s",
+        ),
+    ] {
+        let err = with(server, agent).unwrap_err().to_string();
+        assert!(err.contains(says), "{server} {agent}: {err}");
+    }
+}

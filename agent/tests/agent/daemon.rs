@@ -134,12 +134,14 @@ async fn sigterm_mid_download_saves_progress() {
     assert!(w.callbacks().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn systemd_hears_ready_status_watchdog_and_stopping() {
-    let w = World::new("").await;
+type Heard = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// A notification socket in the world's directory, and what the agent sends to it, as systemd
+/// would hear it.
+fn listen_as_systemd(w: &World) -> (std::path::PathBuf, Heard) {
     let path = w.dir().join("notify.sock");
     let socket = tokio::net::UnixDatagram::bind(&path).unwrap();
-    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let heard = Heard::default();
     let sink = heard.clone();
     tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
@@ -149,6 +151,13 @@ async fn systemd_hears_ready_status_watchdog_and_stopping() {
                 .push(String::from_utf8_lossy(&buf[..n]).into_owned());
         }
     });
+    (path, heard)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_status_watchdog_and_stopping() {
+    let w = World::new("").await;
+    let (path, heard) = listen_as_systemd(&w);
     let child = spawn_with(
         &w,
         &[
@@ -185,27 +194,9 @@ async fn systemd_hears_ready_status_watchdog_and_stopping() {
 /// waiting (no result, nothing installed) until it is stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn systemd_hears_that_an_update_waits_for_its_window() {
-    // A window that opened an hour from now (UTC) and lasts a minute.
-    let now_min = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        / 60;
-    let hm = |m: u64| format!("{:02}:{:02}", m / 60 % 24, m % 60);
-    let window = format!("{}-{}", hm(now_min + 60), hm(now_min + 61));
+    let window = crate::helpers::window_in_an_hour();
     let w = World::with("", &format!("install_window = [\"{window}\"]")).await;
-    let path = w.dir().join("notify.sock");
-    let socket = tokio::net::UnixDatagram::bind(&path).unwrap();
-    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let sink = heard.clone();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 4096];
-        while let Ok(n) = socket.recv(&mut buf).await {
-            sink.lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
-    });
+    let (path, heard) = listen_as_systemd(&w);
     let child = spawn_with(
         &w,
         &[("NOTIFY_SOCKET", path.to_str().unwrap()), ("TZ", "UTC0")],

@@ -220,13 +220,7 @@ async fn watch_without_an_agent_names_the_socket() {
 async fn apps_see_a_deferral_and_a_closed_window() {
     let hooks = tempfile::tempdir().unwrap();
     let flag = hooks.path().join("go");
-    let now_min = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        / 60;
-    let hm = |m: u64| format!("{:02}:{:02}", m / 60 % 24, m % 60);
-    let window = format!("{}-{}", hm(now_min + 60), hm(now_min + 61));
+    let window = crate::helpers::window_in_an_hour();
     let w = World::with(
         &format!("pre_download = \"test -e '{}'\"", flag.display()),
         &format!("defer_retry = \"1s\"\ninstall_window = [\"{window}\"]"),
@@ -255,8 +249,8 @@ async fn apps_see_a_deferral_and_a_closed_window() {
     .await;
     let waiting: Value = serde_json::from_str(waiting.last().unwrap()).unwrap();
     let opens = waiting["until_unix"].as_u64().unwrap();
-    let now = now_min * 60;
-    assert!((now + 3500..=now + 3700).contains(&opens), "{waiting}");
+    let now = waiting["at_unix"].as_u64().unwrap();
+    assert!((now + 3500..=now + 3600).contains(&opens), "{waiting}");
 
     // A late client hears the wait first.
     let late = tokio::net::UnixStream::connect(&socket).await.unwrap();

@@ -252,3 +252,31 @@ pub async fn mount_token(server: &wiremock::MockServer) {
         .mount(server)
         .await;
 }
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// GET requests for patch files (not their metadata).
+pub fn patch_gets(w: &World) -> usize {
+    w.server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with(".patch"))
+        .count()
+}
+
+/// `HH:MM-HH:MM` (UTC): an install window that opens an hour from now and lasts a minute.
+pub fn window_in_an_hour() -> String {
+    let now_min = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 60;
+    let hm = |m: u64| format!("{:02}:{:02}", m / 60 % 24, m % 60);
+    format!("{}-{}", hm(now_min + 60), hm(now_min + 61))
+}

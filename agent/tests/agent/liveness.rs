@@ -12,11 +12,7 @@ use serde_json::json;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
-use crate::helpers::{Serve, World, agent, managed_path, pairs, write_config};
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use crate::helpers::{Serve, World, agent, managed_path, pairs, stderr, write_config};
 
 /// A port on which nothing listens.
 fn closed_port() -> u16 {
@@ -153,14 +149,14 @@ async fn an_unreachable_patch_host_ends_the_update_in_its_attempts() {
     assert_eq!(checks, checks_before + 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_certificate_on_the_patch_host_uses_up_attempts() {
-    // The patches are served over HTTPS with a certificate no system root signed.
+/// The demo's patches served over HTTPS (a certificate valid from the start of `valid_from`, when
+/// given), and an API server that offers them as updates 23 and 25.
+async fn patches_over_tls(valid_from: Option<i32>) -> (World, MockServer) {
     let patches = World::serving(
         Serve {
             signed: false,
             tls: true,
-            valid_from: None,
+            valid_from,
         },
         "",
         "",
@@ -175,6 +171,13 @@ async fn a_refused_certificate_on_the_patch_host_uses_up_attempts() {
     let server = api(json!({"code":"100",
         "data": format!("{};{}", url(17, "1.1.1.32"), url(18, "1.1.2.32")), "id":"23;25"}))
     .await;
+    (patches, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_certificate_on_the_patch_host_uses_up_attempts() {
+    // The patches are served over HTTPS with a certificate no system root signed.
+    let (_patches, server) = patches_over_tls(None).await;
     let tmp = tempfile::tempdir().unwrap();
     let config = robot(tmp.path(), &server.uri(), "", "download_attempts = 2");
     let outs = check_until(&config, 3, || async {
@@ -191,25 +194,7 @@ async fn a_refused_certificate_on_the_patch_host_uses_up_attempts() {
 /// no result is reported, however often it happens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_not_valid_yet_is_a_clock_behind_never_a_result() {
-    let patches = World::serving(
-        Serve {
-            signed: false,
-            tls: true,
-            valid_from: Some(2099),
-        },
-        "",
-        "",
-    )
-    .await;
-    let base = patches.server.uri();
-    let url = |v: u32, name: &str| {
-        format!(
-            "{base}/version/com.ubtechinc.alpha2services/CN/Alpha2Services-{name}--{v}--service5mic.patch"
-        )
-    };
-    let server = api(json!({"code":"100",
-        "data": format!("{};{}", url(17, "1.1.1.32"), url(18, "1.1.2.32")), "id":"23;25"}))
-    .await;
+    let (patches, server) = patches_over_tls(Some(2099)).await;
     let tmp = tempfile::tempdir().unwrap();
     let ca = tmp.path().join("ca.pem");
     std::fs::write(&ca, &patches.certs.as_ref().unwrap().ca_pem).unwrap();

@@ -6,7 +6,7 @@ use base64::Engine as _;
 use ota_mock_server::{Endpoint, Fault, FaultKind, TestCertificates};
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{Serve, World, agent_with_env, pairs};
+use crate::helpers::{Serve, World, agent_with_env, pairs, patch_gets, stderr};
 
 const SIGNED: Serve = Serve {
     signed: true,
@@ -31,19 +31,6 @@ async fn refused(w: &World, installed: u32, callbacks: &[(&str, &str)], says: &s
     assert_eq!(w.installed(), w.version(installed));
     assert_eq!(w.callbacks(), pairs(callbacks));
     assert!(stderr(&out).contains(says), "{}", stderr(&out));
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// GET requests for patch files (not their metadata).
-fn patch_gets(w: &World) -> usize {
-    w.server
-        .requests()
-        .iter()
-        .filter(|r| r.method == "GET" && r.path.ends_with(".patch"))
-        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
