@@ -73,12 +73,22 @@ async fn pre_install_defers_and_keeps_what_it_downloaded_and_staged() {
     assert!(w.callbacks().is_empty(), "a deferral is not a result");
     let fetched = patch_gets(&w);
     assert_eq!(fetched, 2);
+    let prepared = |w: &World| {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(ota_agent::install::new_path(&crate::helpers::managed_path(
+            w.dir(),
+        )))
+        .expect("the new file stays prepared beside the managed one");
+        (m.ino(), m.mtime_nsec(), m.len())
+    };
+    let before = prepared(&w);
 
-    // Deferred again: nothing downloaded again, nothing applied again.
+    // Deferred again: nothing downloaded, applied or written beside the managed file again.
     let out = w.agent(&["check"]).await;
     assert!(!out.status.success());
     assert_eq!(patch_gets(&w), fetched);
     assert!(stderr(&out).contains("is still staged; not applying again"));
+    assert_eq!(prepared(&w), before);
 
     std::fs::write(&flag, "").unwrap();
     let out = w.agent(&["check"]).await;
