@@ -3,14 +3,17 @@
 # hand (Debian's bsdiff/bspatch 4.3, curl, sha256sum), in one run, ending with one markdown table.
 # How each figure is measured is explained in BENCHMARKS.md.
 #
-#   scripts/bench.sh [--size BYTES] [--runs N] [--idle-seconds S] [--wrk-seconds S] [--data DIR]
+#   scripts/bench.sh [--size BYTES] [--runs N] [--idle-seconds S] [--wrk-seconds S]
+#                    [--latency-seconds S] [--only LIST] [--data DIR]
 #
 #   --size          size of the firmware-like test file (default 67108864 = 64 MiB); also the
 #                   size of the file the download benchmark fetches
 #   --runs          runs per measurement; the median is reported (default 5, at least 5 advised)
 #   --idle-seconds  how long the idle daemon is watched (default 60)
 #   --wrk-seconds   duration of each wrk run against the mock server (default 10)
-#   --only          a comma-separated subset of apply,download,update,footprint,server
+#   --latency-seconds  how long the foreground task is watched in each run and setting
+#                   (default 10)
+#   --only          a comma-separated subset of apply,download,update,footprint,server,latency
 #   --data          where the test data and the Debian patches are kept between runs
 #                   (default $CARGO_TARGET_DIR/bench-data/SIZE, or target/bench-data/SIZE)
 #
@@ -22,17 +25,19 @@ size=67108864
 runs=5
 idle_seconds=60
 wrk_seconds=10
+latency_seconds=10
 data=
-only=apply,download,update,footprint,server
+only=apply,download,update,footprint,server,latency
 while [ $# -gt 0 ]; do
   case "$1" in
     --size) size=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
     --idle-seconds) idle_seconds=$2; shift 2 ;;
     --wrk-seconds) wrk_seconds=$2; shift 2 ;;
+    --latency-seconds) latency_seconds=$2; shift 2 ;;
     --data) data=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -64,9 +69,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 log "building release binaries"
-cargo build --quiet --release -p ota-agent -p ota-mock-server
+cargo build --quiet --release -p ota-agent -p ota-mock-server -p ota-e2e-tests \
+  --bin ota-agent --bin ota-mock-server --bin latency-probe
 agent=$target/release/ota-agent
 server_bin=$target/release/ota-mock-server
+probe=$target/release/latency-probe
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/ota-bench.XXXXXX")
 pids=()
@@ -132,6 +139,7 @@ log "test data in $data ($size bytes; generated once, then reused)"
 t0=$(now)
 start_server demo demo --dir "$data/server" --size "$size" --listen 127.0.0.1:0
 demo_url=$url
+demo_pid=${pids[-1]}
 log "demo server at $demo_url (ready after $(elapsed "$t0" "$(now)") s)"
 v16=$data/server/versions/16
 v17=$data/server/versions/17
@@ -140,7 +148,8 @@ bsdiff_jobs=()
 for pair in "16 17" "17 18"; do
   set -- $pair
   patch=$data/debian-$1-$2.patch
-  if [ ! -s "$patch" ]; then
+  # Only the patch apply needs Debian's patches, and each takes minutes to make.
+  if [ ! -s "$patch" ] && [[ ",$only," == *,apply,* ]]; then
     log "making $patch with Debian's bsdiff"
     (
       t=$(now)
@@ -153,7 +162,8 @@ for pair in "16 17" "17 18"; do
 done
 for job in "${bsdiff_jobs[@]}"; do wait "$job"; done
 echo "   file sizes: $(stat -c %s "$v16") / $(stat -c %s "$v17") / $(stat -c %s "$v18") bytes;" \
-  "Debian patches $(stat -c %s "$data/debian-16-17.patch") and $(stat -c %s "$data/debian-17-18.patch") bytes" >&2
+  "Debian patches $(stat -c %s "$data/debian-16-17.patch" 2>/dev/null || echo none) and" \
+  "$(stat -c %s "$data/debian-17-18.patch" 2>/dev/null || echo none) bytes" >&2
 
 # ---------------------------------------------------------------------------------------------
 # a. Patch apply: ota-agent bspatch against Debian's bspatch, interleaved, outputs checked.
@@ -454,16 +464,102 @@ bench_server() {
   echo "   req/s: $(tr '\n' ',' <"$work/wrk")" >&2
 }
 
+# ---------------------------------------------------------------------------------------------
+# f. Foreground latency: a periodic task at normal priority (latency-probe, a 10 ms period)
+# alone, then while the agent does the whole update 16 -> 18 over and over, at the unit's
+# priority (Nice=10, IOSchedulingClass=idle) and, for reference, at normal priority; the three
+# take turns run by run. CPUWeight= and IOWeight= need a cgroup that systemd makes, so they are
+# not applied here.
+# "busy total" jiffies of all CPUs: user, nice, system, irq, softirq and steal are busy.
+cpu_jiffies() { awk '/^cpu / { b = $2 + $3 + $4 + $7 + $8 + $9; print b, b + $5 + $6 }' /proc/stat; }
+busy_percent() { awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.1f\n", 100 * (y[1] - x[1]) / (y[2] - x[2]) }'; }
+# p50, p99 and max (nearest rank) of the microsecond samples in the files given.
+lateness() {
+  cat "$@" | sort -n | awk 'function rank(p) { r = int(p * NR); return r < p * NR ? r + 1 : r }
+    { v[NR] = $1 } END { if (NR == 0) exit 1; print v[rank(0.5)], v[rank(0.99)], v[NR] }'
+}
+
+# The agent's whole update again and again, until $work/lat-stop exists, under the command
+# prefix given (none: normal priority). The copy of version 16 before each round runs under the
+# prefix too, since on a robot that file is already there. Writes the rounds done to lat-rounds.
+lat_load() {
+  local n=0
+  while [ ! -e "$work/lat-stop" ]; do
+    rm -rf "$work/lat-state" "$work/lat-robot"
+    mkdir -p "$work/lat-robot"
+    "$@" cp "$v16" "$work/lat-robot/file"
+    "$@" "$agent" --config "$work/lat.toml" check >/dev/null 2>>"$work/lat-agent.log"
+    n=$((n + 1))
+  done
+  echo "$n" >"$work/lat-rounds"
+}
+
+bench_latency() {
+  local want r kind load rc j0 j1 s0
+  local -A prefix=([low]="nice -n 10 ionice -c 3" [normal]="")
+  want=$(sha256sum <"$v18")
+  agent_config "$work/lat.toml" "$demo_url" "$work/lat-state" "$work/lat-robot/file" 16 1h
+  # One untimed update first, as every measurement has.
+  mkdir -p "$work/lat-robot"
+  cp "$v16" "$work/lat-robot/file"
+  "$agent" --config "$work/lat.toml" check >/dev/null 2>>"$work/lat-agent.log"
+  log "f. foreground latency: $runs runs of ${latency_seconds} s each alone, with the agent at nice 10 and ionice idle, and at normal priority"
+  echo "   load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+  put lat_load_before "$(cut -d' ' -f1 /proc/loadavg)"
+  for kind in alone low normal; do : >"$work/lat-$kind.busy"; : >"$work/lat-$kind.rounds"; done
+  for r in $(seq "$runs"); do
+    for kind in alone low normal; do
+      rm -rf "$work/lat-stop" "$work/lat-state" "$work/lat-robot"
+      sync
+      if [ "$kind" != alone ]; then
+        # shellcheck disable=SC2086 # the prefix is words on purpose
+        lat_load ${prefix[$kind]} &
+        load=$!
+        pids+=("$load")
+      fi
+      s0=$(cpu_ticks "$demo_pid")
+      j0=$(cpu_jiffies)
+      "$probe" --seconds "$latency_seconds" --samples "$work/lat-$kind-$r.us" >"$work/lat.line"
+      j1=$(cpu_jiffies)
+      busy_percent "$j0" "$j1" >>"$work/lat-$kind.busy"
+      echo "   run $r, $kind: $(cat "$work/lat.line"), CPUs busy $(tail -n 1 "$work/lat-$kind.busy") %" >&2
+      if [ "$kind" != alone ]; then
+        touch "$work/lat-stop"
+        rc=0
+        wait "$load" || rc=$?
+        if [ $rc -ne 0 ]; then
+          echo "the agent's update failed during the latency run:" >&2
+          tail -n 20 "$work/lat-agent.log" >&2
+          return 1
+        fi
+        [ "$(sha256sum <"$work/lat-robot/file")" = "$want" ] || { echo "the agent's update did not give version 18" >&2; return 1; }
+        cat "$work/lat-rounds" >>"$work/lat-$kind.rounds"
+        echo "   $(cat "$work/lat-rounds") updates done; the mock server used $(($(cpu_ticks "$demo_pid") - s0)) ticks of CPU" >&2
+      fi
+    done
+  done
+  put lat_load_after "$(cut -d' ' -f1 /proc/loadavg)"
+  echo "   load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+  for kind in alone low normal; do
+    put "lat_$kind" "$(lateness "$work"/lat-"$kind"-*.us)"
+    put "lat_${kind}_busy" "$(median <"$work/lat-$kind.busy")"
+  done
+  put lat_low_rounds "$(awk '{ n += $1 } END { print n }' "$work/lat-low.rounds")"
+  put lat_normal_rounds "$(awk '{ n += $1 } END { print n }' "$work/lat-normal.rounds")"
+}
+
 section bench_apply
 section bench_download
 section bench_update
 section bench_footprint
 section bench_server
+section bench_latency
 
 # ---------------------------------------------------------------------------------------------
 # The table
 mib() { awk -v k="$1" 'BEGIN { if (k == "n/a") print "n/a"; else printf "%.1f MiB\n", k / 1024 }'; }
 sec() { awk -v s="$1" 'BEGIN { if (s == "n/a") print "n/a"; else printf "%.2f s\n", s }'; }
+sec_ms() { awk -v u="$1" 'BEGIN { if (u == "n/a") print "n/a"; else printf "%.2f ms\n", u / 1e3 }'; }
 verdict() { # value, op, bound
   awk -v v="$1" -v op="$2" -v b="$3" 'BEGIN {
     if (v == "n/a") { print "n/a"; exit }
@@ -503,6 +599,18 @@ sz_mib=$(awk -v s="$size" 'BEGIN { printf "%g", s / 1048576 }')
   echo "| idle daemon threads (after update / up to date) | $(get idle_threads) | | | | |"
   echo "| stripped binary, x86_64: ota-agent / ota-mock-server | $(get size_ota-agent) B / $(get size_ota-mock-server) B | | | | |"
   echo "| mock server /file/download, 64 connections (wrk -t2 -c64 -d${wrk_seconds}s) | $(get rps) req/s | | | | |"
+  # Lateness: "p50 p99 max" in µs, shown in ms.
+  lat_ms() { awk -v l="$1" 'BEGIN { if (l == "n/a") { print "n/a"; exit } split(l, v, " "); printf "%.2f / %.2f / %.2f ms\n", v[1] / 1e3, v[2] / 1e3, v[3] / 1e3 }'; }
+  p99() { awk -v l="$1" 'BEGIN { if (l == "n/a") print "n/a"; else { split(l, v, " "); print v[2] } }'; }
+  a=$(p99 "$(get lat_alone)")
+  bound=$(awk -v a="$a" 'BEGIN { if (a == "n/a") print "n/a"; else print 1.5 * a + 1000 }')
+  echo "| foreground task, 10 ms period, lateness p50 / p99 / max (all wakes of $runs × ${latency_seconds} s): alone, CPUs $(get lat_alone_busy) % busy | $(lat_ms "$(get lat_alone)") | | | | |"
+  r=$(ratio "$(p99 "$(get lat_low)")" "$(p99 "$(get lat_normal)")")
+  echo "| … while the agent updates $sz_mib MiB over and over, at the unit's priority (nice 10, ionice idle; CPUWeight= and IOWeight= need systemd) | $(lat_ms "$(get lat_low)") | $(lat_ms "$(get lat_normal)") (agent at normal priority) | ${r}× (p99) | | |"
+  r=$(ratio "$(p99 "$(get lat_low)")" "$bound")
+  echo "| … p99 at the unit's priority against 1.5 × p99 alone + 1 ms | $(sec_ms "$(p99 "$(get lat_low)")") | $(sec_ms "$bound") | ${r}× | ≤ 1.0× | $(verdict "$r" '<=' 1.0) |"
+  echo "| … updates done in the windows, at the unit's priority / normal priority | $(get lat_low_rounds) / $(get lat_normal_rounds) | | | | |"
+  echo "| … load average (1 min) before / after the latency runs | $(get lat_load_before) / $(get lat_load_after) | | | | |"
   echo
   if [ ${#failed[@]} -gt 0 ]; then
     echo "Could not be measured: ${failed[*]}"

@@ -22,3 +22,29 @@ if [ -n "$strict" ]; then
   exit 1
 fi
 echo "ReadWritePaths=: every path may be missing"
+# The agent runs at low priority, which only the unit can set (the agent's own system call filter
+# holds setpriority and ioprio_set); BENCHMARKS.md measures what it spares the robot's services.
+setting() { sed -n "s/^$1=//p" "$unit" | tail -n 1; }
+low=()
+[ "$(setting Nice)" -gt 0 ] 2>/dev/null || low+=("Nice= above 0")
+[ "$(setting CPUWeight)" -lt 100 ] 2>/dev/null || low+=("CPUWeight= below 100")
+[ "$(setting IOWeight)" -lt 100 ] 2>/dev/null || low+=("IOWeight= below 100")
+[ "$(setting IOSchedulingClass)" = idle ] || low+=("IOSchedulingClass=idle")
+if [ ${#low[@]} -gt 0 ]; then
+  printf 'the unit does not run the agent at low priority; missing: %s\n' "${low[*]}" >&2
+  exit 1
+fi
+echo "priority: Nice=$(setting Nice) CPUWeight=$(setting CPUWeight) IOSchedulingClass=idle IOWeight=$(setting IOWeight)"
+# Ordered after time-sync.target, so that a robot without a clock battery checks once its clock
+# is set; not pulled in, since the target is passive (systemd.special(7)): only a time sync
+# service may pull it in, and without one the agent must start at once.
+deps() { sed -n "s/^$1=//p" "$unit" | tr ' ' '\n'; }
+if ! deps After | grep -qx time-sync.target; then
+  echo "the unit is not ordered After=time-sync.target" >&2
+  exit 1
+fi
+if deps Wants | grep -qx time-sync.target || deps Requires | grep -qx time-sync.target; then
+  echo "the unit pulls in time-sync.target, a passive target only a time sync service may pull in" >&2
+  exit 1
+fi
+echo "time: After=time-sync.target, not pulled in"
