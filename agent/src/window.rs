@@ -96,7 +96,9 @@ pub fn describe(windows: &[Window]) -> String {
 
 /// The local time of day at Unix time `unix`: minutes after midnight and the second within the
 /// minute. A time the C library cannot convert counts as midnight.
-#[allow(unsafe_code)]
+// The libc crate marks `time_t` deprecated on musl, whose width it will change; it is the type
+// that localtime_r takes on every target, whatever its width.
+#[allow(unsafe_code, deprecated)]
 pub fn local_minute(unix: u64) -> (u32, u32) {
     let t = libc::time_t::try_from(unix).unwrap_or(libc::time_t::MAX);
     // SAFETY: `tm` is plain data that localtime_r fills in; both pointers are valid for the
