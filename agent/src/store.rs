@@ -166,6 +166,10 @@ pub struct Update {
     /// The applied chain in the staging area, so that a wait does not apply it again.
     #[serde(default)]
     pub staged: Option<StagedResult>,
+    /// The sha256 of the new file prepared beside the managed one, complete (owner, mode, fsync),
+    /// when a `pre_install` deferral keeps it for the retry.
+    #[serde(default)]
+    pub prepared_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

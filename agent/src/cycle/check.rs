@@ -238,6 +238,7 @@ async fn accept(
         deferred_since_unix: None,
         waiting: None,
         staged: None,
+        prepared_sha256: None,
     });
     agent.save()?;
     Ok(Step::Verify)

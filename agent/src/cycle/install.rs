@@ -47,10 +47,14 @@ pub(super) async fn run(
             agent.events.step(&key, crate::events::Step::Install, &ids);
             let staged_file = agent.store.open_staged(&key, applied - 1)?;
             let shutdown = agent.shutdown.clone();
-            let prepared = sha256_file_async(&install::new_path(&pkg.path)).await;
-            let result = if matches!(&prepared, Ok(Some(sha)) if *sha == marker.to_sha256) {
-                // Prepared before a deferral: writing it again at every retry would wear the
-                // flash for nothing.
+            // Prepared in full before a deferral: writing it again at every retry would wear the
+            // flash for nothing. Only the recorded fact counts, never the file alone, which a
+            // stop in the middle of its preparing may have left unsynced.
+            let kept = update.prepared_sha256.as_deref() == Some(marker.to_sha256.as_str())
+                && sha256_file_async(&install::new_path(&pkg.path))
+                    .await
+                    .is_ok_and(|sha| sha.as_deref() == Some(marker.to_sha256.as_str()));
+            let result = if kept {
                 Ok(())
             } else {
                 install::prepare_async(&pkg.path, staged_file, move || shutdown.is_set()).await
@@ -77,6 +81,7 @@ pub(super) async fn run(
                     Err(e) => {
                         // The new file stays prepared beside the managed one for the retry
                         // (an update that ends deletes it).
+                        agent.update_mut(&key).prepared_sha256 = Some(marker.to_sha256.clone());
                         let problem = crate::error_chain(&e);
                         return super::wait::defer(agent, pkg, "pre_install", &problem);
                     }
@@ -306,23 +311,18 @@ fn untrusted(agent: &Agent, update: &Update, applied: usize) -> Option<String> {
 /// over from the staged chain (the managed file is still the old version).
 fn forget_install(agent: &mut Agent, pkg: &Package) -> Result<(), CycleError> {
     install::discard_prepared(&pkg.path);
-    agent
-        .pkg_state(&pkg.key())
-        .update
-        .as_mut()
-        .expect("update")
-        .install = None;
+    let update = agent.update_mut(&pkg.key());
+    update.install = None;
+    update.prepared_sha256 = None;
     agent.save()?;
     Ok(())
 }
 
 fn save_marker(agent: &mut Agent, key: &str, marker: &InstallState) -> Result<(), CycleError> {
-    agent
-        .pkg_state(key)
-        .update
-        .as_mut()
-        .expect("update")
-        .install = Some(marker.clone());
+    let update = agent.update_mut(key);
+    update.install = Some(marker.clone());
+    // From here the prepared file is the install's; a later prepare starts without the fact.
+    update.prepared_sha256 = None;
     agent.save()?;
     Ok(())
 }

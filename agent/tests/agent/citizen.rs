@@ -90,13 +90,31 @@ async fn pre_install_defers_and_keeps_what_it_downloaded_and_staged() {
     assert!(stderr(&out).contains("is still staged; not applying again"));
     assert_eq!(prepared(&w), before);
 
+    // Without the fact that it was prepared in full (as after a stop in the middle of writing
+    // it), the file beside the managed one is written again, however right it looks.
+    let state_path = w.dir().join("state").join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    let pkg = state["packages"]
+        .as_object_mut()
+        .unwrap()
+        .values_mut()
+        .next()
+        .unwrap();
+    assert!(pkg["update"]["prepared_sha256"].is_string());
+    pkg["update"]["prepared_sha256"] = serde_json::Value::Null;
+    std::fs::write(&state_path, serde_json::to_vec(&state).unwrap()).unwrap();
+    let out = w.agent(&["check"]).await;
+    assert!(!out.status.success());
+    assert_ne!(prepared(&w), before);
+
     std::fs::write(&flag, "").unwrap();
     let out = w.agent(&["check"]).await;
     assert!(out.status.success(), "{}", stdout(&out));
     assert_eq!(patch_gets(&w), fetched);
     assert_eq!(w.installed(), w.version(18));
     assert_eq!(w.callbacks(), pairs(&[("23", "1"), ("25", "1")]));
-    assert_eq!(runs(&count), 3);
+    assert_eq!(runs(&count), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
