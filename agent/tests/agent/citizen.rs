@@ -19,6 +19,22 @@ fn gate(flag: &Path, runs: &Path) -> String {
     )
 }
 
+/// Changes the recorded update in the agent's state file, as a test's stand-in for time passing
+/// or for a stop at a moment no test can hit.
+fn edit_update(w: &World, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = w.dir().join("state").join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let pkg = state["packages"]
+        .as_object_mut()
+        .unwrap()
+        .values_mut()
+        .next()
+        .unwrap();
+    edit(&mut pkg["update"]);
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+}
+
 fn runs(path: &Path) -> usize {
     std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
 }
@@ -92,18 +108,10 @@ async fn pre_install_defers_and_keeps_what_it_downloaded_and_staged() {
 
     // Without the fact that it was prepared in full (as after a stop in the middle of writing
     // it), the file beside the managed one is written again, however right it looks.
-    let state_path = w.dir().join("state").join("state.json");
-    let mut state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
-    let pkg = state["packages"]
-        .as_object_mut()
-        .unwrap()
-        .values_mut()
-        .next()
-        .unwrap();
-    assert!(pkg["update"]["prepared_sha256"].is_string());
-    pkg["update"]["prepared_sha256"] = serde_json::Value::Null;
-    std::fs::write(&state_path, serde_json::to_vec(&state).unwrap()).unwrap();
+    edit_update(&w, |update| {
+        assert!(update["prepared_sha256"].is_string());
+        update["prepared_sha256"] = serde_json::Value::Null;
+    });
     let out = w.agent(&["check"]).await;
     assert!(!out.status.success());
     assert_ne!(prepared(&w), before);
@@ -124,18 +132,10 @@ async fn a_deferral_ends_with_not_updated_after_defer_timeout() {
     assert!(!out.status.success());
     assert!(w.callbacks().is_empty());
     // The first deferral was two hours ago, as the state file says (the injected clock).
-    let state_path = w.dir().join("state").join("state.json");
-    let mut state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
-    let pkg = state["packages"]
-        .as_object_mut()
-        .unwrap()
-        .values_mut()
-        .next()
-        .unwrap();
-    assert!(pkg["update"]["deferred_since_unix"].as_u64().is_some());
-    pkg["update"]["deferred_since_unix"] = (now() - 7200).into();
-    std::fs::write(&state_path, serde_json::to_vec(&state).unwrap()).unwrap();
+    edit_update(&w, |update| {
+        assert!(update["deferred_since_unix"].as_u64().is_some());
+        update["deferred_since_unix"] = (now() - 7200).into();
+    });
 
     let out = w.agent(&["check"]).await;
     assert!(!out.status.success());
