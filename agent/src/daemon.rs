@@ -133,8 +133,8 @@ pub async fn run(
     loop {
         if !delay.is_zero() {
             log::info!("next check in {}", human(delay));
-            let at = utc(unix_now().saturating_add(delay.as_secs()));
             let next = unix_now().saturating_add(delay.as_secs());
+            let at = utc(next);
             agent.events.idle(next);
             match schedule.failures() {
                 // The wait's own STATUS= line (see `cycle::wait`) says why and until when.

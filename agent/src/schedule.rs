@@ -143,7 +143,8 @@ pub fn first_check_delay(
     random_up_to(startup_delay, rng)
 }
 
-fn random_up_to(limit: Duration, rng: &mut fastrand::Rng) -> Duration {
+/// A random delay in `[0, limit]`, to the millisecond.
+pub(crate) fn random_up_to(limit: Duration, rng: &mut fastrand::Rng) -> Duration {
     let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
     Duration::from_millis(rng.u64(0..=ms))
 }

@@ -160,6 +160,9 @@ pub struct Update {
     /// When a hook first deferred the update (Unix seconds), for `defer_timeout`.
     #[serde(default)]
     pub deferred_since_unix: Option<u64>,
+    /// Deferrals in a row: they bound a deferral by count where the clock cannot.
+    #[serde(default)]
+    pub deferrals: u32,
     /// Why the update waits and until when, while it does (a deferral, a closed install window).
     #[serde(default)]
     pub waiting: Option<Waiting>,

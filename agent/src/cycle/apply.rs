@@ -47,12 +47,7 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
                 sha256: staged.sha256.clone(),
             }));
         }
-        agent
-            .pkg_state(&key)
-            .update
-            .as_mut()
-            .expect("update")
-            .staged = None;
+        agent.update_mut(&key).staged = None;
         agent.save()?;
     }
     let mut failed = update.failed.clone();
@@ -131,7 +126,7 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
         agent.finish(pkg, &chain_codes(&ids, 0, Some(0)), None)?;
         return Ok(Step::Report(Outcome::Failed { reason }));
     }
-    let u = agent.pkg_state(&key).update.as_mut().expect("update");
+    let u = agent.update_mut(&key);
     u.failed = failed;
     u.staged = Some(StagedResult {
         applied,

@@ -236,6 +236,7 @@ async fn accept(
         accepted_at_unix: unix_now(),
         failed_cycles: 0,
         deferred_since_unix: None,
+        deferrals: 0,
         waiting: None,
         staged: None,
         prepared_sha256: None,

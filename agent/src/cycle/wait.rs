@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::{Agent, CycleError, Deadline, Outcome, Step, all_codes, code};
 use crate::config::Package;
-use crate::schedule::human;
+use crate::schedule::{human, random_up_to};
 use crate::store::Waiting;
 use crate::unix_now;
 
@@ -24,37 +24,48 @@ pub(super) fn defer(
     let key = pkg.key();
     let now = unix_now();
     let timeout = agent.config.agent.defer_timeout.0;
-    let update = agent.update_mut(&key);
-    let since = *update.deferred_since_unix.get_or_insert(now);
-    match Deadline::of(since, now, timeout) {
-        Deadline::Running => {}
-        Deadline::Restart => update.deferred_since_unix = Some(now),
-        Deadline::Passed => {
-            let ids = update.ids();
-            log::warn!(
-                "{key}: {problem}; the update was deferred for more than {} (defer_timeout), so it ends as not updated",
-                human(timeout)
-            );
-            agent.finish(pkg, &all_codes(&ids, code::NOT_UPDATED), None)?;
-            return Ok(Step::Report(Outcome::Deferred));
-        }
-    }
     let retry = agent.config.agent.defer_retry.0;
-    let retry_in = retry + random_up_to(retry / 5);
-    let ids = agent.update_mut(&key).ids().join(", ");
+    // A clock that was never set cannot tell when defer_timeout is up; the count of retries it
+    // would take can (one more, for a restart's retry at once).
+    let most = timeout.as_secs() / retry.as_secs().max(1) + 1;
+    let update = agent.update_mut(&key);
+    update.deferrals = update.deferrals.saturating_add(1);
+    let since = *update.deferred_since_unix.get_or_insert(now);
+    let by_clock = Deadline::of(since, now, timeout);
+    if by_clock == Deadline::Restart {
+        update.deferred_since_unix = Some(now);
+    }
+    let over = by_clock == Deadline::Passed || u64::from(update.deferrals) > most;
+    if !over {
+        return keep_waiting(agent, &key, hook, problem, retry);
+    }
+    let ids = update.ids();
+    log::warn!(
+        "{key}: {problem}; the update was deferred for more than {} (defer_timeout), so it ends as not updated",
+        human(timeout)
+    );
+    agent.finish(pkg, &all_codes(&ids, code::NOT_UPDATED), None)?;
+    Ok(Step::Report(Outcome::Deferred))
+}
+
+/// The update waits for `defer_retry` and up to a fifth more.
+fn keep_waiting(
+    agent: &mut Agent,
+    key: &str,
+    hook: &'static str,
+    problem: &str,
+    retry: Duration,
+) -> Result<Step, CycleError> {
+    let retry_in = retry + random_up_to(retry / 5, &mut fastrand::Rng::new());
+    let ids = agent.update_mut(key).ids().join(", ");
     let reason = format!("update {ids} deferred by the {hook} hook");
     log::warn!(
         "{key}: {problem}; {reason}, trying again in {}",
         human(retry_in)
     );
-    let step = wait(agent, &key, reason.clone(), retry_in)?;
-    let ids = agent.update_mut(&key).ids();
-    agent.events.deferred(
-        &key,
-        &ids,
-        &reason,
-        unix_now().saturating_add(retry_in.as_secs()),
-    );
+    let (step, until_unix) = wait(agent, key, reason.clone(), retry_in)?;
+    let ids = agent.update_mut(key).ids();
+    agent.events.deferred(key, &ids, &reason, until_unix);
     Ok(step)
 }
 
@@ -79,20 +90,19 @@ pub(super) fn for_window(
     let windows = crate::window::describe(&agent.config.agent.install_window);
     let reason = format!("update {ids} is ready and waits for the install window ({windows})");
     log::info!("{key}: {reason}; it opens in {}", human(opens_in));
-    let step = wait(agent, &key, reason, opens_in)?;
+    let (step, until_unix) = wait(agent, &key, reason, opens_in)?;
     let ids = agent.update_mut(&key).ids();
-    agent
-        .events
-        .waiting_for_window(&key, &ids, unix_now().saturating_add(opens_in.as_secs()));
+    agent.events.waiting_for_window(&key, &ids, until_unix);
     Ok(step)
 }
 
+/// Records the wait; returns the step and when the wait is over (Unix seconds).
 fn wait(
     agent: &mut Agent,
     key: &str,
     reason: String,
     retry_in: Duration,
-) -> Result<Step, CycleError> {
+) -> Result<(Step, u64), CycleError> {
     let until_unix = unix_now().saturating_add(retry_in.as_secs());
     agent.update_mut(key).waiting = Some(Waiting {
         reason: reason.clone(),
@@ -103,7 +113,10 @@ fn wait(
         "{reason}; next try at {}",
         crate::logger::utc(until_unix)
     ));
-    Ok(Step::Report(Outcome::Waiting { reason, retry_in }))
+    Ok((
+        Step::Report(Outcome::Waiting { reason, retry_in }),
+        until_unix,
+    ))
 }
 
 /// The wait is over (a hook let the update through, the window is open): its facts go, and a
@@ -113,12 +126,8 @@ pub(super) fn end(agent: &mut Agent, key: &str) -> Result<(), CycleError> {
     if update.waiting.is_some() || update.deferred_since_unix.is_some() {
         update.waiting = None;
         update.deferred_since_unix = None;
+        update.deferrals = 0;
         agent.save()?;
     }
     Ok(())
-}
-
-fn random_up_to(limit: Duration) -> Duration {
-    let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
-    Duration::from_millis(fastrand::u64(0..=ms))
 }

@@ -594,3 +594,24 @@ async fn the_battery_gate_holds_the_download_until_the_battery_is_charged() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(w.installed(), w.version(18));
 }
+
+/// A clock that was never set (a board without a clock battery) cannot end a deferral, so the
+/// count of retries `defer_timeout` allows does: here one hour of retries every 30 minutes, and
+/// one more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferral_also_ends_after_as_many_retries_as_defer_timeout_allows() {
+    let w = World::with(
+        "pre_install = \"exit 3\"",
+        "defer_timeout = \"1h\"\ndefer_retry = \"30m\"",
+    )
+    .await;
+    for _ in 0..3 {
+        let out = w.agent(&["check"]).await;
+        assert!(!out.status.success());
+        assert!(w.callbacks().is_empty(), "{}", stdout(&out));
+    }
+    let out = w.agent(&["check"]).await;
+    assert!(stderr(&out).contains("(defer_timeout), so it ends as not updated"));
+    assert_eq!(w.callbacks(), pairs(&[("23", "3"), ("25", "3")]));
+    assert_eq!(w.installed(), w.version(16));
+}
