@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The robot's builds, proven under emulation: builds ota-agent in release for each ARM target
-# with Debian's cross linkers (no Docker), prints the stripped binary's size, then runs the demo's
-# real two-patch update with the ARM binary under qemu-user against the host's mock server.
+# with cross (scripts/cross-build.sh: in a container, as the project's users build it), prints
+# the stripped binary's size and the newest glibc symbol it needs, then runs the demo's real
+# two-patch update with that very binary under qemu-user against the host's mock server.
 #
 #   scripts/cross.sh [TARGET...]   default: armv7-unknown-linux-gnueabihf aarch64-unknown-linux-gnu
 #
-# Needs: rustup, gcc-arm-linux-gnueabihf, gcc-aarch64-linux-gnu, qemu-user (.ci/run installs them).
+# Needs what scripts/cross-build.sh needs, and qemu-user with the targets' C libraries to run
+# the binaries on the host (libc6-armhf-cross, libc6-arm64-cross; .ci/run installs them).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -18,16 +20,16 @@ declare -A qemu=(
   [aarch64-unknown-linux-gnu]="qemu-aarch64 -L /usr/aarch64-linux-gnu"
 )
 
+scripts/cross-build.sh "${targets[@]}"
+
 sizes=()
 for target in "${targets[@]}"; do
-  echo "== $target: release build"
-  rustup target add "$target" >/dev/null
-  t0=$(date +%s)
-  cargo build --quiet --release --locked --target "$target" -p ota-agent
   bin=$out/$target/release/ota-agent
   bytes=$(stat -c %s "$bin")
-  echo "   built in $(($(date +%s) - t0)) s; $(file -b "$bin" | cut -d, -f1-2)"
-  sizes+=("$target: $bytes bytes ($(awk "BEGIN {printf \"%.2f\", $bytes / 1048576}") MiB) stripped")
+  # The oldest C library the binary runs with: the newest versioned glibc symbol it needs.
+  glibc=$(grep -aoE 'GLIBC_[0-9]+(\.[0-9]+)+' "$bin" | sort -uV | tail -n 1)
+  echo "== $target: $(file -b "$bin" | cut -d, -f1-2); needs ${glibc:-no versioned glibc symbol}"
+  sizes+=("$target: $bytes bytes ($(awk "BEGIN {printf \"%.2f\", $bytes / 1048576}") MiB) stripped, needs $glibc")
 
   echo "== $target: a real update under ${qemu[$target]%% *}"
   AGENT="$bin" AGENT_RUNNER="${qemu[$target]}" DEMO_SIZE=$((4 * 1024 * 1024)) scripts/demo.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Makes the robot's Debian package from the release build of a target (scripts/cross.sh builds
-# it), with a CycloneDX SBOM of the agent for that target, and checks what the package holds.
+# Makes the robot's Debian package from the release build of a target (scripts/cross-build.sh
+# builds it), with a CycloneDX SBOM of the agent for that target, and checks what the package holds.
 #
 #   scripts/deb.sh [TARGET]   default: armv7-unknown-linux-gnueabihf
 #
@@ -11,11 +11,11 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 target=${1:-armv7-unknown-linux-gnueabihf}
 out=${CARGO_TARGET_DIR:-$root/target}
-command -v cargo-deb >/dev/null || cargo install --locked cargo-deb --version 3.8.0
+# shellcheck source=scripts/tools.sh
+source "$root/scripts/tools.sh"
+cargo_tool cargo-deb 3.8.0
 # The version is pinned so that every SBOM of a release is made the same way.
-cyclonedx_version=0.5.9
-cargo cyclonedx --version 2>/dev/null | grep -q " $cyclonedx_version\$" ||
-  cargo install --locked cargo-cyclonedx --version "$cyclonedx_version"
+cargo_tool cargo-cyclonedx 0.5.9
 
 # The SBOM: the agent's dependency graph as it is compiled for the target (dev-dependencies and
 # build-time-only crates such as cc are not in the binary, so they are left out). cargo

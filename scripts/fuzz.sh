@@ -11,7 +11,9 @@ seconds=${1:-30}
 sanitizer=${SANITIZER:-address}
 export RUSTC_BOOTSTRAP=1
 
-command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+# shellcheck source=scripts/tools.sh
+source "$root/scripts/tools.sh"
+cargo_tool cargo-fuzz 0.13.2
 cd "$root/agent"
 fuzz=(cargo fuzz)
 "${fuzz[@]}" build --fuzz-dir fuzz -s "$sanitizer"
@@ -45,14 +47,29 @@ if command -v bsdiff >/dev/null; then
     } >"$corpus/bspatch/seed-debian"
 fi
 
+# The targets run side by side, as many at a time as there are cores: each libFuzzer process
+# uses one.
+run_target() {
+    local target=$1 log=$root/agent/fuzz/artifacts/$1.log
+    mkdir -p "$(dirname "$log")"
+    local status=0
+    "${fuzz[@]}" run --fuzz-dir fuzz -s "$sanitizer" "$target" -- \
+        -max_total_time="$seconds" -timeout=10 -print_final_stats=1 >"$log" 2>&1 || status=$?
+    echo "$status" >"$log.status"
+}
+targets=$("${fuzz[@]}" list --fuzz-dir fuzz)
+jobs=$(nproc)
+for target in $targets; do
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+    echo "== $target: ${seconds}s"
+    run_target "$target" &
+done
+wait
 status=0
 summary=()
-for target in $("${fuzz[@]}" list --fuzz-dir fuzz); do
+for target in $targets; do
     log=$root/agent/fuzz/artifacts/$target.log
-    mkdir -p "$(dirname "$log")"
-    echo "== $target: ${seconds}s"
-    if "${fuzz[@]}" run --fuzz-dir fuzz -s "$sanitizer" "$target" -- \
-        -max_total_time="$seconds" -timeout=10 -print_final_stats=1 >"$log" 2>&1; then
+    if [ "$(cat "$log.status")" = 0 ]; then
         result=ok
     else
         result=FAILED

@@ -2,7 +2,7 @@
 """The host's side of scripts/robot-vm.sh: the mock servers, the emulated machines, the proofs on
 the ARM board, the power-cut loops on both machines, and target/robot-vm/report.json.
 
-robot-vm.sh builds everything first (the armv7 .deb, the static x86 agent, the board's base
+robot-vm.sh builds everything first (the armv7 .deb, the x86 guest's agent, the board's base
 system, the x86 kernel) and passes the paths in the environment; this file only runs them.
 Standard library only: it runs on a bare CI machine.
 """
@@ -33,8 +33,10 @@ X86_AGENT = ENV["ROBOT_VM_X86_AGENT"]
 SEED = int(ENV.get("ROBOT_VM_SEED") or random.SystemRandom().randrange(1 << 31))
 X86_CUTS = int(ENV.get("ROBOT_VM_CUTS", "100"))
 ARM_CUTS = int(ENV.get("ROBOT_VM_ARM_CUTS", "10"))
-# Fsyncs to skip in turn (agent/src/fault.rs), each in a loop of its own that must catch it.
+# Fsyncs to skip in turn (agent/src/fault.rs), each in a loop of its own that must catch it
+# within TOOTH_CUTS cuts (the README says how often that count caught the staged one).
 TEETH = [p for p in ENV.get("ROBOT_VM_TEETH", "").split(",") if p]
+TOOTH_CUTS = int(ENV.get("ROBOT_VM_TOOTH_CUTS", "3"))
 ONLY = set(filter(None, ENV.get("ROBOT_VM_ONLY", "proofs,arm,x86").split(",")))
 
 GUEST_URL = "http://10.0.2.100:8080"
@@ -260,7 +262,7 @@ def x86_argv(initrd, image, server, skip=""):
     return [
         "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "512", "-smp", "1",
         "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
-        "-kernel", str(X86_KERNEL / "vmlinuz"), "-initrd", str(initrd), "-append", append,
+        "-kernel", str(X86_KERNEL / "vmlinux"), "-initrd", str(initrd), "-append", append,
         "-drive", f"file={image},format=raw,if=virtio,cache=unsafe",
         "-netdev", netdev(server), "-device", "virtio-net-pci,netdev=n0,romfile=",
     ]
@@ -391,7 +393,7 @@ def mkfs(dir, image, size):
 
 
 def x86_images(files, public_key):
-    """The fast guest: an initramfs with busybox, the kernel's modules and the static agent, and
+    """The fast guest: an initramfs with busybox, the kernel's modules and the agent, and
     a small ext4 disk with the main file at version 16 and an empty state directory."""
     root = WORK / "x86-initramfs"
     if root.exists():
@@ -400,6 +402,11 @@ def x86_images(files, public_key):
         (root / d).mkdir(parents=True)
     shutil.copy("/bin/busybox", root / "bin" / "busybox")
     shutil.copy(X86_AGENT, root / "bin" / "ota-agent")
+    # The agent's C library and loader, at the paths it was linked to find them at.
+    ldd = subprocess.run(["ldd", X86_AGENT], check=True, capture_output=True, text=True).stdout
+    for lib in re.findall(r"(/\S+) \(0x", ldd):
+        (root / lib.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(lib, root / lib.lstrip("/"))
     shutil.copy(HERE / "x86" / "init", root / "init")
     # The agent's TLS stack wants the system's CA certificates even for plain HTTP.
     (root / "etc" / "ssl" / "certs").mkdir(parents=True)
@@ -476,8 +483,10 @@ class CutLoop:
     """Rounds of one two-patch update (16 -> 17 -> 18), each on a fresh disk: a boot, a cut at a
     chosen moment of a chosen step, another boot, ... until the update ends; then the checks."""
 
-    def __init__(self, name, argv_for, pristine, server, versions, cuts, rng, est, boot_timeout):
+    def __init__(self, name, argv_for, pristine, server, versions, cuts, rng, est, boot_timeout, steps=STEPS):
         self.name, self.argv_for, self.pristine, self.server = name, argv_for, pristine, server
+        # The steps this loop cuts in: all four, or (a tooth) the one where its fault shows.
+        self.steps = steps
         self.versions = {sha256(v): i for i, v in enumerate(versions)}
         self.final = sha256(versions[-1])
         self.cuts_wanted, self.rng, self.est, self.boot_timeout = cuts, rng, est, boot_timeout
@@ -485,6 +494,9 @@ class CutLoop:
         self.cuts = 0
         self.by_step = {s: 0 for s in STEPS}
         self.violations = []
+        # Violations of the first invariant (a file that is no version): the only ones a tooth
+        # that skips an fsync may be credited with (a guest that does not boot is no catch).
+        self.broken_files = 0
         self.rounds = 0
         self.boots = 0
 
@@ -494,6 +506,7 @@ class CutLoop:
 
     def check_file(self, digest, when):
         if digest not in self.versions:
+            self.broken_files += 1
             self.violation(f"round {self.rounds}: the managed file is none of the catalog's versions {when} (sha256 {digest or 'missing'})")
             return False
         return True
@@ -509,7 +522,7 @@ class CutLoop:
         run(["cp", "--sparse=always", str(self.pristine), str(disk)])
         seen = len(self.server.callbacks())
         # The steps to cut in, in order, each at a random fraction of its expected length.
-        plan = [s for s in STEPS if self.rng.random() < 0.75] or [self.rng.choice(STEPS)]
+        plan = [s for s in self.steps if self.rng.random() < 0.75] or [self.rng.choice(self.steps)]
         plan = [(s, self.rng.random()) for s in plan][: self.cuts_wanted - self.cuts]
         final = None
         deadline = time.monotonic() + 40 * self.boot_timeout
@@ -632,19 +645,22 @@ def main():
     loops = []
     teeth = {}
     rng = random.Random(SEED)
+    # The proofs, the board's cuts and the x86 guest's run side by side, one emulator each: the
+    # board boots slowly, and two boards at once finish well before one after the other.
     if ONLY & {"proofs", "arm"}:
         proofs_img, cut_img = arm_images(files, public_key)
+        if "proofs" in ONLY:
+            threads.append(threading.Thread(target=proofs, args=(proofs_img, servers["proofs"], report)))
+        if "arm" in ONLY:
+            arm_rng = random.Random(rng.random())
 
-        def arm():
-            if "proofs" in ONLY:
-                proofs(proofs_img, servers["proofs"], report)
-            if "arm" in ONLY:
+            def arm():
                 loop = CutLoop("arm", lambda d: arm_argv(d, "cut", servers["arm"]), cut_img, servers["arm"], files["main"],
-                               ARM_CUTS, random.Random(rng.random()), {"download": 1.5, "apply": 3, "install": 0.5, "report": 0.3}, 300)
+                               ARM_CUTS, arm_rng, {"download": 1.5, "apply": 3, "install": 0.5, "report": 0.3}, 300)
                 loops.append(loop)
                 loop.run()
 
-        threads.append(threading.Thread(target=arm))
+            threads.append(threading.Thread(target=arm))
     if "x86" in ONLY or TEETH:
         initrd, data = x86_images(files, public_key)
 
@@ -654,15 +670,18 @@ def main():
             if "x86" in ONLY:
                 loops.append(loop)
                 loop.run()
-            # The teeth: the same loop with one fsync skipped must find a violation.
+            # The teeth: the same loop with one fsync skipped must find a violation. It cuts only
+            # once the agent reports (the new file is in place by then): a cut before the swap
+            # cannot lose the file that the skipped fsync leaves unwritten.
             for point in TEETH:
                 t = CutLoop(f"teeth-{point}", lambda d, p=point: x86_argv(initrd, d, servers["x86"], p), data, servers["x86"],
-                            files["main"], X86_CUTS, random.Random(rng.random()), dict(loop.est), 60)
+                            files["main"], TOOTH_CUTS, random.Random(rng.random()), dict(loop.est), 60, ["report"])
                 t.run()
-                teeth[point] = {"caught": bool(t.violations), "cuts": t.cuts, "rounds": t.rounds,
+                caught = t.broken_files > 0
+                teeth[point] = {"caught": caught, "cuts": t.cuts, "rounds": t.rounds,
                                 "violation": t.violations[0] if t.violations else None}
-                log(f"teeth {point}: " + (f"caught after {t.cuts} cut(s): {t.violations[0]}" if t.violations
-                                         else f"NOT caught in {t.cuts} cuts"))
+                log(f"teeth {point}: " + (f"caught after {t.cuts} cut(s): {t.violations[0]}" if caught
+                                         else f"NOT caught in {t.cuts} cuts" + (f" ({t.violations[0]})" if t.violations else "")))
 
         threads.append(threading.Thread(target=x86))
     for t in threads:
