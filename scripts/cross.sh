@@ -7,7 +7,8 @@
 #   scripts/cross.sh [TARGET...]   default: armv7-unknown-linux-gnueabihf aarch64-unknown-linux-gnu
 #
 # Needs what scripts/cross-build.sh needs, and qemu-user with the targets' C libraries to run
-# the binaries on the host (libc6-armhf-cross, libc6-arm64-cross; .ci/run installs them).
+# the binaries on the host (libc6-armhf-cross, libc6-arm64-cross, libgcc-s1-armhf-cross,
+# libgcc-s1-arm64-cross; .ci/run installs them).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
