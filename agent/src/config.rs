@@ -41,6 +41,26 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "config {path}: the [[package]] at line {first_line} ({first}) and the one at line {second_line} ({second}) name one file ({how}); a file can have only one owner, or each would patch what the other installed"
+    )]
+    SameFile {
+        path: PathBuf,
+        first: String,
+        first_line: usize,
+        second: String,
+        second_line: usize,
+        how: String,
+    },
+    #[error(
+        "config {path}: package `{package}` manages {file}, which is a symbolic link (to {target}); the agent installs a version by renaming a new file over the path, which would replace the link: name the file it points to as `path`"
+    )]
+    Symlink {
+        path: PathBuf,
+        package: String,
+        file: PathBuf,
+        target: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -258,6 +278,9 @@ pub struct Package {
     pub file_name: String,
     pub path: PathBuf,
     pub version: String,
+    /// The sha256 of the file at `version`: on first sight (no state, no record on the file) a
+    /// file that does not match is not taken for `version`, and is never patched.
+    pub version_sha256: Option<String>,
     /// Overrides `robot.language` for this package.
     pub language: Option<String>,
     /// Shell command run before the patches are downloaded; a non-zero exit defers the update.
@@ -276,6 +299,15 @@ impl Package {
     pub fn key(&self) -> String {
         format!("{}/{}", self.name, self.file_name)
     }
+}
+
+/// The line of the `index`-th `[[package]]` table in the config's text (0 when not found).
+fn package_line(text: &str, index: usize) -> usize {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim().starts_with("[[package]]"))
+        .nth(index)
+        .map_or(0, |(n, _)| n + 1)
 }
 
 /// The keys whose values are secrets, wherever they stand.
@@ -502,6 +534,7 @@ impl Config {
             source,
         })?;
         let config = Config::parse(&text, path)?;
+        config.check_managed_files(&text, path)?;
         let has_secrets =
             !config.server.client_secret.is_empty() || !config.server.password.is_empty();
         if has_secrets {
@@ -696,6 +729,61 @@ impl Config {
                     &key("file_name"),
                     format!("`{}` is configured twice", p.key()),
                 ));
+            }
+            if let Some(pin) = &p.version_sha256 {
+                if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(invalid(
+                        &key("version_sha256"),
+                        format!("must be a sha256 in hex (64 digits), not `{pin}`"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One file, one owner, and no symbolic link in the managed paths: checked on the file
+    /// system at start (the paths may not exist yet; a path made later is checked again when
+    /// a new version is installed).
+    fn check_managed_files(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        use std::os::unix::fs::MetadataExt;
+        for p in &self.packages {
+            if let Ok(target) = std::fs::read_link(&p.path) {
+                return Err(ConfigError::Symlink {
+                    path: path.to_owned(),
+                    package: p.key(),
+                    file: p.path.clone(),
+                    target,
+                });
+            }
+        }
+        let lexical = |p: &Path| -> PathBuf { p.components().collect() };
+        // The directory resolved, for paths whose directories are links to one another.
+        let real = |p: &Path| {
+            let dir = p.parent()?.canonicalize().ok()?;
+            Some(dir.join(p.file_name()?))
+        };
+        let inode = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+        for (i, a) in self.packages.iter().enumerate() {
+            for (j, b) in self.packages.iter().enumerate().skip(i + 1) {
+                let (x, y) = (a.path.display(), b.path.display());
+                let how = if lexical(&a.path) == lexical(&b.path) {
+                    format!("both are {x}")
+                } else if real(&a.path).is_some() && real(&a.path) == real(&b.path) {
+                    format!("{x} and {y} are one path through a symbolic link")
+                } else if inode(&a.path).is_some() && inode(&a.path) == inode(&b.path) {
+                    format!("{x} and {y} are hard links to one file")
+                } else {
+                    continue;
+                };
+                return Err(ConfigError::SameFile {
+                    path: path.to_owned(),
+                    first: a.key(),
+                    first_line: package_line(text, i),
+                    second: b.key(),
+                    second_line: package_line(text, j),
+                    how,
+                });
             }
         }
         Ok(())

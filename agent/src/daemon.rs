@@ -90,6 +90,28 @@ impl Agent {
     }
 }
 
+/// `; N file(s) unidentified ...` when the agent cannot tell some file's version, for the
+/// status line systemd shows.
+fn unidentified_note(agent: &Agent) -> String {
+    let n = agent
+        .config
+        .packages
+        .iter()
+        .filter(|p| {
+            agent
+                .state
+                .packages
+                .get(&p.key())
+                .is_some_and(|ps| ps.unidentified.is_some())
+        })
+        .count();
+    if n == 0 {
+        String::new()
+    } else {
+        format!("; {n} file(s) unidentified, not updated (see ota-agent status)")
+    }
+}
+
 /// What a pass cost the flash since `before` (see [`crate::io_stats`]).
 fn log_writes(before: (u64, u64, u64)) {
     let after = crate::io_stats::totals();
@@ -139,7 +161,10 @@ pub async fn run(
             match schedule.failures() {
                 // The wait's own STATUS= line (see `cycle::wait`) says why and until when.
                 _ if waiting => {}
-                0 => notifier.status(&format!("idle; next check at {at}")),
+                0 => notifier.status(&format!(
+                    "idle; next check at {at}{}",
+                    unidentified_note(&agent)
+                )),
                 n => notifier.status(&format!("{n} failure(s) in a row; next try at {at}")),
             }
             let stop = watched(&notifier, ping, None, async {

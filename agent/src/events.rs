@@ -117,6 +117,13 @@ pub enum Event {
         code: u8,
         queued_at_unix: u64,
     },
+    /// The package's file is no version the agent can tell (`reason`): it is neither patched
+    /// nor checked for updates until something identifies it (`ota-agent adopt`, say).
+    Unidentified {
+        package: String,
+        at_unix: u64,
+        reason: String,
+    },
     /// Nothing is under way until the next check.
     Idle {
         package: Option<String>,
@@ -212,6 +219,9 @@ impl Event {
                     printable(id)
                 )
             }
+            Event::Unidentified {
+                package, reason, ..
+            } => format!("{package}: unidentified: {}", printable(reason)),
             Event::Idle {
                 next_check_unix, ..
             } => format!("idle; next check at {}", utc(*next_check_unix)),
@@ -360,6 +370,23 @@ impl Events {
         };
         self.with(package, |inner, now| {
             inner.waiting(now, package, ids, event)
+        });
+    }
+
+    /// `package`'s file cannot be identified (`reason`); it stays so in the snapshot until a
+    /// step of the package begins again.
+    pub fn unidentified(&self, package: &str, reason: &str) {
+        let event = Event::Unidentified {
+            package: package.to_owned(),
+            at_unix: unix_now(),
+            reason: reason.to_owned(),
+        };
+        self.with(package, |inner, now| {
+            inner.send(&event);
+            let pkg = now.packages.get_mut(package).expect("with() adds it");
+            pkg.state = Some(event);
+            pkg.step = None;
+            pkg.progress = None;
         });
     }
 
@@ -696,6 +723,25 @@ mod tests {
         events.deferred(PKG, &update, "the robot is dancing", 1_800_000_600);
         let (snapshot, _) = events.subscribe().unwrap();
         assert!(snapshot.contains(r#""event":"deferred""#), "{snapshot}");
+    }
+
+    #[test]
+    fn an_unidentified_file_is_told_and_stays_in_the_snapshot() {
+        let events = Events::in_process();
+        let (_, mut rx) = events.subscribe().unwrap();
+        events.unidentified(PKG, "the state was lost\nand ESC[8m");
+        let line = rx.try_recv().unwrap();
+        let event: Event = serde_json::from_str(&line).unwrap();
+        assert!(matches!(&event, Event::Unidentified { reason, .. } if reason.contains("lost")));
+        assert_eq!(
+            event.to_text(),
+            format!("{PKG}: unidentified: the state was lost\\u{{a}}and ESC[8m")
+        );
+        let (snapshot, _) = events.subscribe().unwrap();
+        assert!(
+            snapshot.contains("\"event\":\"unidentified\""),
+            "{snapshot}"
+        );
     }
 
     #[test]

@@ -4,6 +4,13 @@
 //! `.NAME.ota-new`, the complete new version before it is renamed into place, and
 //! `.NAME.ota-prev`, a hard link to the version before the last swap. A rename is atomic, so
 //! after a power loss `NAME` is always either the old or the new version, never a mix.
+//!
+//! A file the agent installs carries its version record, the extended attribute
+//! `user.ota-agent.version` (`{"version":"18","sha256":"…"}`), written on the new file before
+//! the rename, so that the file and what it says of itself change together, and a rename and
+//! a rollback keep it. It is how the agent knows a file's version without its state (see
+//! `cycle::identify`); it counts only while the sha256 in it is the file's own. A file system
+//! without extended attributes keeps no record: the state is then the only memory.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -27,6 +34,47 @@ pub enum InstallError {
     Blocked { path: PathBuf },
     #[error("copying the new version beside {path} was stopped")]
     Stopped { path: PathBuf },
+    #[error(
+        "{path} is a symbolic link; the agent installs a file by renaming a new one over the path, which would replace the link: name the file it points to as the package's path"
+    )]
+    Symlink { path: PathBuf },
+    #[error(
+        "the new version beside {path} has sha256 {found}, not the {expected} it had when it was made; the staged file changed"
+    )]
+    Changed {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+}
+
+/// The extended attribute that carries a file's version record.
+pub const RECORD_ATTR: &str = "user.ota-agent.version";
+
+/// What a file the agent installed says of itself: the version it was installed as, and its
+/// sha256 (which must still be the file's for the record to count).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VersionRecord {
+    pub version: String,
+    pub sha256: String,
+}
+
+/// A managed file as it is now: its sha256 and the version record it carries, read through one
+/// open file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Examined {
+    pub sha256: String,
+    pub record: Option<VersionRecord>,
+}
+
+impl Examined {
+    /// The version the file's own record names, when the record is about this very file.
+    pub fn recorded_version(&self) -> Option<&str> {
+        self.record
+            .as_ref()
+            .filter(|r| r.sha256 == self.sha256)
+            .map(|r| r.version.as_str())
+    }
 }
 
 fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> InstallError + 'a {
@@ -87,14 +135,90 @@ pub async fn sha256_file_async(path: &Path) -> Result<Option<String>, InstallErr
     blocking(move || sha256_file(&path)).await
 }
 
+/// The file's sha256 and its version record; `None` when it does not exist.
+pub fn examine(path: &Path) -> Result<Option<Examined>, InstallError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err("open", path)(e)),
+    };
+    let record = read_record(&file);
+    let sha256 = sha256_of(&file).map_err(err("hash", path))?;
+    Ok(Some(Examined { sha256, record }))
+}
+
+/// [`examine`] on a blocking thread.
+pub async fn examine_async(path: &Path) -> Result<Option<Examined>, InstallError> {
+    let path = path.to_owned();
+    blocking(move || examine(&path)).await
+}
+
+/// The record on `file`, if it carries a readable one.
+fn read_record(file: &File) -> Option<VersionRecord> {
+    let mut buf = [0u8; 512];
+    let len = rustix::fs::fgetxattr(file, RECORD_ATTR, &mut buf[..]).ok()?;
+    serde_json::from_slice(&buf[..len]).ok()
+}
+
+/// Writes the record onto `file`; false when its file system keeps no extended attributes.
+fn write_record(file: &File, record: &VersionRecord) -> io::Result<bool> {
+    let value = serde_json::to_vec(record).expect("a record serialises");
+    match rustix::fs::fsetxattr(file, RECORD_ATTR, &value, rustix::fs::XattrFlags::empty()) {
+        Ok(()) => Ok(true),
+        // ENOTSUP, which is EOPNOTSUPP on Linux.
+        Err(rustix::io::Errno::NOTSUP) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Records the file as it is now as `version` (`ota-agent adopt`): its sha256, in a record on
+/// the file itself, synced. Returns the sha256 and whether the file system kept the record.
+pub fn record_as(path: &Path, version: &str) -> Result<(String, bool), InstallError> {
+    refuse_symlink(path)?;
+    let file = File::open(path).map_err(err("open", path))?;
+    let sha256 = sha256_of(&file).map_err(err("hash", path))?;
+    let record = VersionRecord {
+        version: version.to_owned(),
+        sha256: sha256.clone(),
+    };
+    let kept = write_record(&file, &record).map_err(err("record the version on", path))?;
+    file.sync_all().map_err(err("fsync", path))?;
+    Ok((sha256, kept))
+}
+
+/// What the new file must be: the version it is installed as and the sha256 it was made with.
+#[derive(Debug, Clone, Copy)]
+pub struct NewVersion<'a> {
+    pub version: &'a str,
+    pub sha256: &'a str,
+}
+
 /// [`prepare`] on a blocking thread, giving up soon after `stop` says so.
 pub async fn prepare_async(
     target: &Path,
     new: File,
+    expect: NewVersion<'_>,
     stop: impl Fn() -> bool + Send + 'static,
 ) -> Result<(), InstallError> {
     let target = target.to_owned();
-    blocking(move || prepare_until(&target, new, &stop)).await
+    let (version, sha256) = (expect.version.to_owned(), expect.sha256.to_owned());
+    blocking(move || {
+        let expect = NewVersion {
+            version: &version,
+            sha256: &sha256,
+        };
+        prepare_until(&target, new, expect, &stop)
+    })
+    .await
+}
+
+fn refuse_symlink(target: &Path) -> Result<(), InstallError> {
+    match fs::symlink_metadata(target) {
+        Ok(m) if m.file_type().is_symlink() => Err(InstallError::Symlink {
+            path: target.to_owned(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Free bytes on the managed file's filesystem, where its new version is written first.
@@ -112,18 +236,21 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
 }
 
 /// Copies the new version next to the target (same filesystem, the target's owner, group and
-/// mode) and syncs it. A setuid or setgid target is refused: the agent runs as root, and a
-/// server must not be able to hand out privileges through it.
-pub fn prepare(target: &Path, new: impl Read) -> Result<(), InstallError> {
-    prepare_until(target, new, &|| false)
+/// mode), checks that it is what was applied, gives it its version record and syncs it. A
+/// setuid or setgid target is refused: the agent runs as root, and a server must not be able
+/// to hand out privileges through it; so is a symbolic link, which the rename would replace.
+pub fn prepare(target: &Path, new: impl Read, expect: NewVersion<'_>) -> Result<(), InstallError> {
+    prepare_until(target, new, expect, &|| false)
 }
 
 fn prepare_until(
     target: &Path,
     mut new: impl Read,
+    expect: NewVersion<'_>,
     stop: &dyn Fn() -> bool,
 ) -> Result<(), InstallError> {
     use std::os::unix::fs::MetadataExt;
+    refuse_symlink(target)?;
     let tmp = new_path(target);
     let meta = match fs::metadata(target) {
         Ok(m) => Some(m),
@@ -152,6 +279,7 @@ fn prepare_until(
         .open(&tmp)
         .map_err(err("create", &tmp))?;
     let mut buf = vec![0u8; 1 << 20];
+    let mut hasher = Sha256::new();
     loop {
         if stop() {
             drop(out);
@@ -166,9 +294,30 @@ fn prepare_until(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(err("read the new version for", target)(e)),
         };
+        hasher.update(&buf[..n]);
         out.write_all(&buf[..n]).map_err(err("write", &tmp))?;
     }
     out.flush().map_err(err("write", &tmp))?;
+    let found = hex(&hasher.finalize());
+    if found != expect.sha256 {
+        drop(out);
+        let _ = fs::remove_file(&tmp);
+        return Err(InstallError::Changed {
+            path: target.to_owned(),
+            expected: expect.sha256.to_owned(),
+            found,
+        });
+    }
+    let record = VersionRecord {
+        version: expect.version.to_owned(),
+        sha256: found,
+    };
+    if !write_record(&out, &record).map_err(err("record the version on", &tmp))? {
+        log::warn!(
+            "the file system of {} keeps no extended attributes: the new file carries no record of its version, and only the agent's state remembers it",
+            target.display()
+        );
+    }
     if let Some(m) = &meta {
         // Owner and group first: chown clears setuid and setgid, and may need CAP_CHOWN.
         let (uid, gid) = (m.uid(), m.gid());
@@ -239,13 +388,27 @@ fn sync_parent(target: &Path) -> Result<(), InstallError> {
 mod tests {
     use super::*;
 
+    fn sha(bytes: &[u8]) -> String {
+        hex(&Sha256::digest(bytes))
+    }
+
+    /// Prepares `bytes` as version 2 of `target`.
+    fn prepare_v2(target: &Path, bytes: &[u8]) -> Result<(), InstallError> {
+        let sha256 = sha(bytes);
+        let expect = NewVersion {
+            version: "2",
+            sha256: &sha256,
+        };
+        prepare(target, bytes, expect)
+    }
+
     #[test]
     fn swap_and_rollback() {
         let tmp = tempfile::tempdir().unwrap();
         let target = tmp.path().join("app.apk");
         fs::write(&target, b"old").unwrap();
         fs::set_permissions(&target, fs::Permissions::from_mode(0o640)).unwrap();
-        prepare(&target, &b"new"[..]).unwrap();
+        prepare_v2(&target, b"new").unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"old");
         swap(&target).unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"new");
@@ -281,7 +444,7 @@ mod tests {
         }
         fs::set_permissions(&target, fs::Permissions::from_mode(0o640)).unwrap();
         let before = fs::metadata(&target).unwrap();
-        prepare(&target, &b"new"[..]).unwrap();
+        prepare_v2(&target, b"new").unwrap();
         swap(&target).unwrap();
         let after = fs::metadata(&target).unwrap();
         assert_eq!(after.uid(), before.uid());
@@ -294,7 +457,7 @@ mod tests {
         for mode in [0o4755, 0o2755] {
             fs::set_permissions(&target, fs::Permissions::from_mode(mode)).unwrap();
             assert!(matches!(
-                prepare(&target, &b"newer"[..]),
+                prepare_v2(&target, b"newer"),
                 Err(InstallError::Privileged { .. })
             ));
             assert!(!new_path(&target).exists());
@@ -307,8 +470,78 @@ mod tests {
         let target = tmp.path().join("app.apk");
         fs::write(&target, b"old").unwrap();
         fs::create_dir(new_path(&target)).unwrap();
-        let e = prepare(&target, &b"new"[..]).unwrap_err();
+        let e = prepare_v2(&target, b"new").unwrap_err();
         assert!(matches!(e, InstallError::Blocked { .. }), "{e}");
         assert!(e.to_string().contains(".app.apk.ota-new"), "{e}");
+    }
+
+    #[test]
+    fn a_new_file_carries_its_version_record_and_a_rollback_keeps_the_old_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("app.apk");
+        fs::write(&target, b"old").unwrap();
+        assert_eq!(examine(&target).unwrap().unwrap().record, None);
+        let new_sha = sha(b"new");
+        prepare_v2(&target, b"new").unwrap();
+        swap(&target).unwrap();
+        let found = examine(&target).unwrap().unwrap();
+        let Some(record) = &found.record else {
+            // A file system without extended attributes keeps no record; nothing more to see.
+            return;
+        };
+        assert_eq!(
+            record,
+            &VersionRecord {
+                version: "2".into(),
+                sha256: new_sha.clone()
+            }
+        );
+        assert_eq!(found.recorded_version(), Some("2"));
+        // A record about other bytes does not count.
+        prepare_v2(&target, b"newer").unwrap();
+        swap(&target).unwrap();
+        assert!(rollback(&target).unwrap());
+        assert_eq!(
+            examine(&target).unwrap().unwrap().recorded_version(),
+            Some("2")
+        );
+        fs::write(&target, b"edited by hand").unwrap();
+        let edited = examine(&target).unwrap().unwrap();
+        assert_eq!(
+            edited.record.as_ref().map(|r| r.sha256.as_str()),
+            Some(new_sha.as_str())
+        );
+        assert_eq!(edited.recorded_version(), None);
+        // Adopted by hand: the record names the file as it is now.
+        let (now, kept) = record_as(&target, "7").unwrap();
+        assert!(kept);
+        assert_eq!(
+            examine(&target).unwrap().unwrap().recorded_version(),
+            Some("7")
+        );
+        assert_eq!(now, sha(b"edited by hand"));
+        assert_eq!(examine(&tmp.path().join("missing")).unwrap(), None);
+    }
+
+    #[test]
+    fn a_staged_file_that_changed_and_a_symlinked_path_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("app.apk");
+        fs::write(&target, b"old").unwrap();
+        let applied = sha(b"what was applied");
+        let expect = NewVersion {
+            version: "2",
+            sha256: &applied,
+        };
+        let e = prepare(&target, &b"something else"[..], expect).unwrap_err();
+        assert!(matches!(e, InstallError::Changed { .. }), "{e}");
+        assert!(!new_path(&target).exists());
+        let link = tmp.path().join("current");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = prepare_v2(&link, b"new").unwrap_err();
+        assert!(matches!(e, InstallError::Symlink { .. }), "{e}");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert!(record_as(&link, "3").is_err());
+        assert_eq!(fs::read(&target).unwrap(), b"old");
     }
 }

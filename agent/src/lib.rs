@@ -11,10 +11,12 @@
 //! - [`install`]: the managed files: hashing, atomic swap and rollback.
 //! - [`hooks`]: the per-package commands run around an install.
 //! - [`status`]: what `ota-agent status` prints.
+//! - [`adopt`]: `ota-agent adopt`, which says by hand which version a managed file is.
 //! - [`notify`]: `READY`, `STATUS` and `WATCHDOG` notifications to systemd.
 //! - [`events`]: progress for the robot's own apps, on a Unix socket, and `ota-agent watch`.
 //! - [`logger`] and [`redact`]: log lines for a terminal or journald, with secrets masked.
 
+pub mod adopt;
 pub mod client;
 pub mod config;
 pub mod cycle;
@@ -35,6 +37,10 @@ pub mod window;
 use std::fmt::Write as _;
 
 use tokio::sync::watch;
+
+/// The exit status of an agent that finds a state of a newer format than it reads (a downgrade):
+/// it leaves the state as it is and stops; the unit lists it in `RestartPreventExitStatus=`.
+pub const EXIT_NEWER_STATE: u8 = 65;
 
 /// Errors that keep the agent from starting.
 #[derive(Debug, thiserror::Error)]
@@ -125,4 +131,14 @@ pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_unit_does_not_restart_into_a_newer_state() {
+        let unit = include_str!("../../systemd/ota-agent.service");
+        let line = format!("RestartPreventExitStatus={}", super::EXIT_NEWER_STATE);
+        assert!(unit.lines().any(|l| l == line), "the unit lacks {line}");
+    }
 }

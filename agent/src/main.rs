@@ -45,6 +45,14 @@ enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Record which version a managed file is now, after it was changed by hand or the agent
+    /// lost track of it (stop the agent first).
+    Adopt {
+        /// The package, as `name/file_name` (or `name` when it manages one file).
+        package: String,
+        /// The version code the file is.
+        version: String,
+    },
     /// Apply a bsdiff 4.x patch, with the reference bspatch's arguments.
     Bspatch {
         oldfile: PathBuf,
@@ -60,9 +68,27 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ota-agent: {}", error_chain(e.as_ref()));
-            ExitCode::FAILURE
+            if is_newer_state(&e) {
+                // systemd must not restart into the same refusal (RestartPreventExitStatus=).
+                ExitCode::from(ota_agent::EXIT_NEWER_STATE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+fn is_newer_state(e: &anyhow::Error) -> bool {
+    use ota_agent::store::StoreError;
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<StoreError>(),
+            Some(StoreError::NewerFormat { .. })
+        ) || matches!(
+            cause.downcast_ref::<ota_agent::Error>(),
+            Some(ota_agent::Error::Store(StoreError::NewerFormat { .. }))
+        )
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -87,6 +113,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             patchfile,
         } => {
             patch::bspatch_files(&oldfile, &newfile, &patchfile)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Adopt { package, version } => {
+            let config = Config::load(&cli.config)?;
+            let adopted = ota_agent::adopt::adopt(&config, &package, &version)?;
+            println!(
+                "{}: {} is version {} now (sha256 {}){}",
+                adopted.package,
+                config
+                    .packages
+                    .iter()
+                    .find(|p| p.key() == adopted.package)
+                    .map_or_else(String::new, |p| p.path.display().to_string()),
+                adopted.version,
+                adopted.sha256,
+                if adopted.recorded_on_file {
+                    ""
+                } else {
+                    "; its file system keeps no extended attributes, so only the agent's state records it"
+                }
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => {

@@ -4,7 +4,8 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::logger::utc;
-use crate::store::{PackageState, State, Update};
+use crate::redact::printable;
+use crate::store::{PackageState, State, Update, VersionSource};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -18,6 +19,13 @@ pub struct PackageStatus {
     pub path: String,
     pub version: String,
     pub sha256: Option<String>,
+    /// Where the version comes from (see [`crate::store::VersionSource`]).
+    pub version_source: VersionSource,
+    /// False when nothing checked the version: the config's word on first sight.
+    pub verified: bool,
+    /// Why the file cannot be identified, while it cannot: it is then neither patched nor
+    /// checked for updates.
+    pub unidentified: Option<String>,
     pub update: Option<UpdateStatus>,
     pub callbacks_waiting: Vec<WaitingCallback>,
     pub last_check: Option<LastCheckStatus>,
@@ -70,6 +78,9 @@ impl Status {
                     path: p.path.display().to_string(),
                     version: ps.version.clone(),
                     sha256: ps.sha256.clone(),
+                    version_source: ps.source,
+                    verified: ps.source.is_verified(),
+                    unidentified: ps.unidentified.as_ref().map(|u| u.reason.clone()),
                     update: ps.update.as_ref().map(update_status),
                     callbacks_waiting: state
                         .outbox
@@ -97,11 +108,24 @@ impl Status {
         for p in &self.packages {
             out += &format!("{}/{}\n", p.name, p.file_name);
             out += &format!("  path:       {}\n", p.path);
-            out += &format!(
-                "  version:    {} (sha256 {})\n",
-                p.version,
-                p.sha256.as_deref().unwrap_or("not recorded yet")
-            );
+            match (&p.unidentified, &p.sha256) {
+                (Some(reason), _) => {
+                    out += &format!("  version:    unidentified: {}\n", printable(reason));
+                }
+                (None, None) => {
+                    out += &format!(
+                        "  version:    {} (the config's; the file was not looked at yet)\n",
+                        p.version
+                    );
+                }
+                (None, Some(sha)) => {
+                    out += &format!(
+                        "  version:    {} (sha256 {sha}; {})\n",
+                        p.version,
+                        p.version_source.describe()
+                    );
+                }
+            }
             let update = match &p.update {
                 None => "none".to_owned(),
                 Some(u) => {

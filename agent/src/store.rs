@@ -33,6 +33,10 @@ pub enum StoreError {
     Locked { path: PathBuf },
     #[error("{path} is a symlink or a file, not a directory; the agent does not follow it")]
     NotADirectory { path: PathBuf },
+    #[error(
+        "state file {path} has format {found}, newer than the format {FORMAT} this agent reads: it was written by a newer ota-agent, which this one must not second-guess; it is left as it is (install the newer agent again, or move the file aside to start from what the files themselves record)"
+    )]
+    NewerFormat { path: PathBuf, found: u32 },
     #[error("{op} {path} failed")]
     Io {
         op: &'static str,
@@ -69,12 +73,85 @@ impl Default for State {
     }
 }
 
+/// What [`Store::load`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    pub state: State,
+    /// Why the state could not be read, when neither the state file nor the copy of the save
+    /// before it was usable: the agent knew its files once and has forgotten them.
+    pub lost: Option<String>,
+}
+
+/// Where the agent's knowledge of a file's version comes from (see [`PackageState::source`]).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionSource {
+    /// A state written before the agent kept where versions come from.
+    #[default]
+    State,
+    /// The agent installed this version itself, or put it back in a rollback.
+    Installed,
+    /// The file's own record (`user.ota-agent.version`), whose sha256 matches the file.
+    Record,
+    /// The config's `version`, taken on first sight with nothing to check it against.
+    Config,
+    /// The config's `version`, whose `version_sha256` the file matches.
+    Pin,
+    /// A sha256 the vendor signed for a version: a patch's base or its result.
+    Signed,
+    /// `ota-agent adopt`: a person said which version the file is.
+    Adopted,
+}
+
+impl VersionSource {
+    /// False only for the config's word on first sight: a version nothing has checked.
+    pub fn is_verified(self) -> bool {
+        self != VersionSource::Config
+    }
+
+    /// Where the version comes from, for `status` and the log.
+    pub fn describe(self) -> &'static str {
+        match self {
+            VersionSource::State => "the agent's state",
+            VersionSource::Installed => "installed by the agent",
+            VersionSource::Record => "the file's own record",
+            VersionSource::Config => {
+                "unverified: the config's version, nothing to check it against"
+            }
+            VersionSource::Pin => "the config's version, its version_sha256 matches",
+            VersionSource::Signed => "a sha256 the vendor signed",
+            VersionSource::Adopted => "adopted by hand (ota-agent adopt)",
+        }
+    }
+}
+
+/// A managed file whose version the agent cannot tell: it is neither patched nor checked for
+/// updates until something identifies it again (its record, a pin, `ota-agent adopt`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Unidentified {
+    /// The file's sha256 when it was found so (`None`: the file was missing).
+    pub sha256: Option<String>,
+    pub reason: String,
+    pub since_unix: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PackageState {
     /// The version code of the installed file.
     pub version: String,
-    /// The sha256 of the installed file as the agent last saw or wrote it.
+    /// The sha256 of the installed file as the agent last saw or wrote it; `None` before the
+    /// agent first looked at it.
     pub sha256: Option<String>,
+    /// Where `version` comes from.
+    #[serde(default)]
+    pub source: VersionSource,
+    /// Set while the agent cannot tell which version the file is.
+    #[serde(default)]
+    pub unidentified: Option<Unidentified>,
+    /// Set for a file first seen after the agent's state was lost: the config's `version`,
+    /// from before, is no knowledge of what the agent did since.
+    #[serde(default)]
+    pub after_state_loss: bool,
     /// Update ids applied and reported as success, oldest first.
     #[serde(default)]
     pub applied: Vec<String>,
@@ -104,6 +181,9 @@ impl PackageState {
         PackageState {
             version: version.to_owned(),
             sha256: None,
+            source: VersionSource::Config,
+            unidentified: None,
+            after_state_loss: false,
             applied: Vec::new(),
             failed: Vec::new(),
             update: None,
@@ -247,6 +327,9 @@ pub struct Signed {
     pub patch_sha256: String,
     pub result_size: u64,
     pub result_sha256: String,
+    /// The sha256 of the file the patch applies to (signed metadata of format 3 on).
+    #[serde(default)]
+    pub from_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -329,18 +412,25 @@ impl Store {
     }
 
     /// Loads the state. A corrupt, foreign or inconsistent file is moved aside (and logged) and
-    /// the copy kept by the save before is used instead; never fatal.
-    pub fn load(&self) -> Result<State, StoreError> {
+    /// the copy kept by the save before is used instead; when that is unusable too, the state
+    /// is lost (said in [`Loaded::lost`]). A state of a newer format is an error, and is left
+    /// untouched: it holds facts and results this agent cannot read.
+    pub fn load(&self) -> Result<Loaded, StoreError> {
         let path = self.dir.join(STATE_FILE);
+        let prev = self.dir.join(PREV_FILE);
+        // A save never leaves the copy without the file: a state file deleted by hand is lost.
+        let missing = !path.exists() && prev.exists();
         let reason = match read_state(&path)? {
-            Ok(state) => return Ok(state),
+            Ok(_) if missing => "it is missing, but the copy from the save before is there".into(),
+            Ok(state) => return Ok(Loaded { state, lost: None }),
             Err(reason) => reason,
         };
         let aside = self
             .dir
             .join(format!("{STATE_FILE}.corrupt-{}", crate::unix_now()));
-        fs::rename(&path, &aside).map_err(io_err("move aside", &path))?;
-        let prev = self.dir.join(PREV_FILE);
+        if !missing {
+            fs::rename(&path, &aside).map_err(io_err("move aside", &path))?;
+        }
         let fallback = if prev.exists() {
             read_state(&prev)?.ok()
         } else {
@@ -349,14 +439,27 @@ impl Store {
         let from = if fallback.is_some() {
             "the copy from the save before"
         } else {
-            "the config"
+            "what the managed files themselves record"
         };
-        log::error!(
-            "state file {} is unusable ({reason}); moved it to {} and starting from {from}",
-            path.display(),
-            aside.display()
-        );
-        Ok(fallback.unwrap_or_default())
+        if missing {
+            log::error!(
+                "state file {} is unusable ({reason}); starting from {from}",
+                path.display()
+            );
+        } else {
+            log::error!(
+                "state file {} is unusable ({reason}); moved it to {} and starting from {from}",
+                path.display(),
+                aside.display()
+            );
+        }
+        Ok(match fallback {
+            Some(state) => Loaded { state, lost: None },
+            None => Loaded {
+                state: State::default(),
+                lost: Some(reason),
+            },
+        })
     }
 
     /// Reads the state without taking the lock, for `status` while the daemon runs.
@@ -515,6 +618,19 @@ fn read_state(path: &Path) -> Result<Result<State, String>, StoreError> {
         }
         Err(e) => return Err(io_err("read", path)(e)),
     };
+    // The format first: a newer agent's state need not parse as this one's.
+    #[derive(Deserialize)]
+    struct Format {
+        format: u32,
+    }
+    if let Ok(Format { format }) = serde_json::from_slice::<Format>(&bytes) {
+        if format > FORMAT {
+            return Err(StoreError::NewerFormat {
+                path: path.to_owned(),
+                found: format,
+            });
+        }
+    }
     let state: State = match serde_json::from_slice(&bytes) {
         Ok(s) => s,
         Err(e) => return Ok(Err(format!("not valid: {e}"))),
@@ -676,10 +792,10 @@ mod tests {
             Store::open(tmp.path()),
             Err(StoreError::Locked { .. })
         ));
-        let mut state = store.load().unwrap();
+        let mut state = store.load().unwrap().state;
         state.packages.insert("a/b".into(), PackageState::new("6"));
         store.save(&state).unwrap();
-        assert_eq!(store.load().unwrap(), state);
+        assert_eq!(store.load().unwrap().state, state);
         assert_eq!(Store::peek(tmp.path()).unwrap(), state);
     }
 
@@ -688,7 +804,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         fs::write(tmp.path().join(STATE_FILE), b"{not json").unwrap();
         let store = Store::open(tmp.path()).unwrap();
-        assert_eq!(store.load().unwrap(), State::default());
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.state, State::default());
+        assert!(
+            loaded.lost.is_some(),
+            "without a copy to fall back on, the state is lost"
+        );
         let names: Vec<String> = fs::read_dir(tmp.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -711,7 +832,39 @@ mod tests {
         store.save(&newer).unwrap();
         let inconsistent = br#"{"format":1,"packages":{"a/b":{"version":"x","update":null,"last_check":null,"sha256":null}}}"#;
         fs::write(tmp.path().join(STATE_FILE), inconsistent).unwrap();
-        assert_eq!(store.load().unwrap(), state);
+        assert_eq!(store.load().unwrap(), Loaded { state, lost: None });
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_and_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let newer = br#"{"format": 2, "packages": {}, "a field of the future": true}"#;
+        fs::write(tmp.path().join(STATE_FILE), newer).unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let e = store.load().unwrap_err();
+        assert!(matches!(e, StoreError::NewerFormat { found: 2, .. }), "{e}");
+        assert_eq!(fs::read(tmp.path().join(STATE_FILE)).unwrap(), newer);
+        assert_eq!(
+            fs::read_dir(tmp.path()).unwrap().count(),
+            2,
+            "state.json and lock"
+        );
+        assert!(matches!(
+            Store::peek(tmp.path()),
+            Err(StoreError::NewerFormat { .. })
+        ));
+    }
+
+    #[test]
+    fn a_state_file_deleted_by_hand_falls_back_to_its_copy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let mut state = State::default();
+        state.packages.insert("a/b".into(), PackageState::new("6"));
+        store.save(&state).unwrap();
+        store.save(&state).unwrap();
+        fs::remove_file(tmp.path().join(STATE_FILE)).unwrap();
+        assert_eq!(store.load().unwrap(), Loaded { state, lost: None });
     }
 
     #[test]
@@ -751,7 +904,7 @@ mod tests {
         fs::remove_file(state_dir.join("state.json")).ok();
         std::os::unix::fs::symlink(&victim, state_dir.join("state.json")).unwrap();
         let store = Store::open(&state_dir).unwrap();
-        assert_eq!(store.load().unwrap(), State::default());
+        assert_eq!(store.load().unwrap().state, State::default());
         assert_eq!(fs::read(&victim).unwrap(), b"precious");
     }
 

@@ -13,6 +13,8 @@
 //!                               # /version/<package>/<language>/<file_name>--<robot_version>.latest.json
 //!                               # (and .sig), made when the catalog loads
 //! statement_lifetime = 86400    # optional, seconds a statement holds (default a day)
+//! metadata_format = 3           # optional, the signed metadata's format: 3 (default) names
+//!                               # the sha256 of the file each patch applies to, 2 does not
 //!
 //! [[client]]
 //! id = "mobile_1"
@@ -134,6 +136,7 @@ struct RawServer {
     cache_dir: Option<PathBuf>,
     signing_key: Option<PathBuf>,
     statement_lifetime: Option<u64>,
+    metadata_format: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -508,6 +511,13 @@ impl Loader {
             Some(file) => Some(self.signing_key(file)?),
             None => None,
         };
+        let metadata_format = raw.server.metadata_format.unwrap_or(ota_signing::FORMAT);
+        if ![ota_signing::FORMAT_2, ota_signing::FORMAT].contains(&metadata_format) {
+            return Err(self.invalid(
+                "server metadata_format",
+                format!("is {metadata_format}; the server writes format 2 or 3"),
+            ));
+        }
 
         let mut clients = HashMap::new();
         for c in raw.clients {
@@ -696,14 +706,20 @@ impl Loader {
                     })?;
                     let signed = match &signing_key {
                         Some(key) => {
+                            // Format 3 names the base: the content the patch applies to.
+                            let Some(base) = previous_content.take() else {
+                                return Err(self.invalid(
+                                    &ventry,
+                                    format!(
+                                        "the content of version {prev_code} is unknown, so the patch cannot be signed"
+                                    ),
+                                ));
+                            };
                             let result = match &data {
                                 Some(new) => new.clone(),
-                                None => self.apply(
-                                    &ventry,
-                                    prev_code,
-                                    &patch_bytes,
-                                    previous_content.as_deref(),
-                                )?,
+                                None => {
+                                    self.apply(&ventry, prev_code, &patch_bytes, Some(&base))?
+                                }
                             };
                             let expected = Expected {
                                 package: &p.name,
@@ -713,7 +729,11 @@ impl Loader {
                                 from_version: prev_code,
                                 to_version: v.code,
                             };
-                            let metadata = Metadata::describe(&expected, &patch_bytes, &result);
+                            let mut metadata =
+                                Metadata::describe(&expected, &base, &patch_bytes, &result);
+                            if metadata_format == ota_signing::FORMAT_2 {
+                                (metadata.format, metadata.from_sha256) = (metadata_format, None);
+                            }
                             let (json, signature) = metadata.sign(key);
                             previous_content = Some(result);
                             Some(SignedMetadata {

@@ -18,6 +18,7 @@ pub mod statement;
 
 pub use keys::{KeyError, PublicKey, SecretKey};
 pub use metadata::{
-    Expected, FORMAT, Metadata, VerifyError, meta_url, sig_url, verify, verify_signed,
+    Expected, FORMAT, FORMAT_1, FORMAT_2, Metadata, VerifyError, meta_url, sig_url, verify,
+    verify_signed,
 };
 pub use statement::{Statement, Target, statement_path, verify_statement};

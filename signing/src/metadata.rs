@@ -5,10 +5,14 @@ use sha2::{Digest, Sha256};
 
 use crate::keys::{self, KeyError, PublicKey, SecretKey};
 
-/// The version of the metadata layout that is written: format 2 names the language and the
-/// robot model the patch was built for. Format 1 named neither; it is still read (an agent
-/// takes it only while signatures are not required, see [`Metadata::binds_target`]).
-pub const FORMAT: u32 = 2;
+/// The version of the metadata layout that is written: format 3 also names the sha256 of the
+/// file the patch applies to, so that an agent can check its base before it applies anything
+/// (see [`Metadata::binds_base`]). Format 2 names the language and the robot model the patch
+/// was built for; format 1 named neither. Both are still read (an agent takes format 1 only
+/// while signatures are not required, see [`Metadata::binds_target`]).
+pub const FORMAT: u32 = 3;
+/// The second format: language and robot model, no base.
+pub const FORMAT_2: u32 = 2;
 /// The first format, without language and robot model.
 pub const FORMAT_1: u32 = 1;
 
@@ -26,10 +30,10 @@ pub enum VerifyError {
     UnknownKey,
     #[error("the signed metadata is not valid")]
     Parse(#[source] serde_json::Error),
-    #[error("the signed metadata has format {0}, not {FORMAT_1} or {FORMAT}")]
+    #[error("the signed metadata has format {0}, not {FORMAT_1}, {FORMAT_2} or {FORMAT}")]
     Format(u32),
-    #[error("the signed metadata of format {FORMAT} does not name its {0}")]
-    Missing(&'static str),
+    #[error("the signed metadata of format {format} does not name its {field}")]
+    Missing { format: u32, field: &'static str },
     #[error("the signed metadata is for {field} `{signed}`, not `{expected}`")]
     Mismatch {
         field: &'static str,
@@ -55,6 +59,9 @@ pub struct Metadata {
     pub robot_version: Option<String>,
     /// The version code the patch applies to.
     pub from_version: u64,
+    /// The sha256 of the file the patch applies to, from format 3 on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_sha256: Option<String>,
     /// The version code the patch leads to.
     pub to_version: u64,
     pub patch_size: u64,
@@ -75,8 +82,8 @@ pub struct Expected<'a> {
 }
 
 impl Metadata {
-    /// The metadata of `patch`, which turns a file into `result`.
-    pub fn describe(expected: &Expected<'_>, patch: &[u8], result: &[u8]) -> Metadata {
+    /// The metadata of `patch`, which turns `base` into `result`.
+    pub fn describe(expected: &Expected<'_>, base: &[u8], patch: &[u8], result: &[u8]) -> Metadata {
         Metadata {
             format: FORMAT,
             package: expected.package.to_owned(),
@@ -84,6 +91,7 @@ impl Metadata {
             language: Some(expected.language.to_owned()),
             robot_version: Some(expected.robot_version.to_owned()),
             from_version: expected.from_version,
+            from_sha256: Some(hex_sha256(base)),
             to_version: expected.to_version,
             patch_size: patch.len() as u64,
             patch_sha256: hex_sha256(patch),
@@ -104,6 +112,13 @@ impl Metadata {
     /// not, so its signature holds on any robot whose file happens to be the same version.
     pub fn binds_target(&self) -> bool {
         self.language.is_some() && self.robot_version.is_some()
+    }
+
+    /// True when the metadata names the sha256 of the file the patch applies to (format 3 on):
+    /// a patch applied to another file still makes a file, just not a version, and before
+    /// format 3 only the result's sha256 could tell, after the work was done.
+    pub fn binds_base(&self) -> bool {
+        self.from_sha256.is_some()
     }
 
     /// Refuses metadata signed for another package, file, language, robot model or version
@@ -170,19 +185,29 @@ pub fn verify_signed(
 ) -> Result<(Metadata, PublicKey), VerifyError> {
     let signer = signer_of(keys, json, signature)?;
     let meta: Metadata = serde_json::from_slice(json).map_err(VerifyError::Parse)?;
+    let missing = |field| {
+        Err(VerifyError::Missing {
+            format: meta.format,
+            field,
+        })
+    };
     match meta.format {
         FORMAT_1 => {}
-        FORMAT if meta.language.is_none() => return Err(VerifyError::Missing("language")),
-        FORMAT if meta.robot_version.is_none() => {
-            return Err(VerifyError::Missing("robot model (robot_version)"));
+        FORMAT_2 | FORMAT if meta.language.is_none() => return missing("language"),
+        FORMAT_2 | FORMAT if meta.robot_version.is_none() => {
+            return missing("robot model (robot_version)");
         }
-        FORMAT => {}
+        FORMAT if meta.from_sha256.is_none() => return missing("base (from_sha256)"),
+        FORMAT_2 | FORMAT => {}
         other => return Err(VerifyError::Format(other)),
     }
+    let base = meta.from_sha256.as_ref();
     for (field, value) in [
-        ("patch_sha256", &meta.patch_sha256),
-        ("result_sha256", &meta.result_sha256),
+        ("patch_sha256", Some(&meta.patch_sha256)),
+        ("result_sha256", Some(&meta.result_sha256)),
+        ("from_sha256", base),
     ] {
+        let Some(value) = value else { continue };
         if value.len() != 64
             || !value
                 .bytes()
@@ -249,7 +274,7 @@ mod tests {
     #[test]
     fn sign_verify_and_identity() {
         let key = SecretKey::generate().unwrap();
-        let meta = Metadata::describe(&expected(), b"patch", b"result");
+        let meta = Metadata::describe(&expected(), b"base", b"patch", b"result");
         let (json, sig) = meta.sign(&key);
         let got = verify(&[key.public()], &json, sig.as_bytes()).unwrap();
         assert_eq!(got, meta);
@@ -302,7 +327,7 @@ mod tests {
     #[test]
     fn language_and_model_are_bound() {
         let key = SecretKey::generate().unwrap();
-        let (json, sig) = Metadata::describe(&expected(), b"patch", b"result").sign(&key);
+        let (json, sig) = Metadata::describe(&expected(), b"base", b"patch", b"result").sign(&key);
         let meta = verify(&[key.public()], &json, sig.as_bytes()).unwrap();
         assert_eq!(meta.format, FORMAT);
         assert!(meta.binds_target());
@@ -338,14 +363,60 @@ mod tests {
             ..expected()
         })
         .unwrap();
-        // Format 2 without them is refused.
-        let mut half = meta.clone();
-        half.robot_version = None;
-        let (json, sig) = half.sign(&key);
+        // Formats 2 and 3 without them are refused.
+        for format in [FORMAT_2, FORMAT] {
+            let mut half = meta.clone();
+            (half.format, half.robot_version) = (format, None);
+            let (json, sig) = half.sign(&key);
+            assert!(matches!(
+                verify(&[key.public()], &json, sig.as_bytes()),
+                Err(VerifyError::Missing { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn format_3_binds_the_base_and_format_2_still_reads() {
+        let key = SecretKey::generate().unwrap();
+        let meta = Metadata::describe(&expected(), b"base", b"patch", b"result");
+        assert_eq!(meta.format, FORMAT);
+        assert_eq!(
+            meta.from_sha256.as_deref(),
+            Some(hex_sha256(b"base").as_str())
+        );
+        let (json, sig) = meta.sign(&key);
+        assert!(
+            verify(&[key.public()], &json, sig.as_bytes())
+                .unwrap()
+                .binds_base()
+        );
+        // Format 3 without its base is refused, and so is a base that is not a sha256.
+        let mut no_base = meta.clone();
+        no_base.from_sha256 = None;
+        let (json, sig) = no_base.sign(&key);
         assert!(matches!(
             verify(&[key.public()], &json, sig.as_bytes()),
-            Err(VerifyError::Missing(_))
+            Err(VerifyError::Missing {
+                format: 3,
+                field: "base (from_sha256)"
+            })
         ));
+        let mut bad = meta.clone();
+        bad.from_sha256 = Some("not hex".into());
+        let (json, sig) = bad.sign(&key);
+        assert!(matches!(
+            verify(&[key.public()], &json, sig.as_bytes()),
+            Err(VerifyError::Digest {
+                field: "from_sha256"
+            })
+        ));
+        // Format 2 names no base, and is still taken.
+        let mut older = meta.clone();
+        (older.format, older.from_sha256) = (FORMAT_2, None);
+        let (json, sig) = older.sign(&key);
+        let older = verify(&[key.public()], &json, sig.as_bytes()).unwrap();
+        assert!(older.binds_target() && !older.binds_base());
+        assert!(!json.windows(11).any(|w| w == b"from_sha256"));
     }
 
     #[test]

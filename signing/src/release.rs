@@ -123,7 +123,7 @@ pub fn sign(
             made.len()
         )));
     }
-    let meta = Metadata::describe(expected, &patch_bytes, &new_bytes);
+    let meta = Metadata::describe(expected, &old_bytes, &patch_bytes, &new_bytes);
     let (json, signature) = meta.sign(key);
     let (meta_path, sig_path) = sidecar_paths(patch);
     write_replacing(&meta_path, &json)?;

@@ -235,9 +235,51 @@ async fn a_file_changed_behind_the_agents_back_is_not_patched() {
     std::fs::write(robot.managed(), &changed).expect("change the file");
     settle(&robot, &server).await;
     assert_eq!(robot.installed(), changed);
+    // Nothing is wrong with the patches: "not updated yet", and the file is unidentified.
     let callbacks = server.callbacks(&robot.id).await;
-    assert!(callbacks.iter().all(|(_, c)| c == "2"), "{callbacks:?}");
+    assert!(callbacks.iter().all(|(_, c)| c == "3"), "{callbacks:?}");
     assert!(patch_gets(&server).await.is_empty());
+    assert!(robot.status().await["packages"][0]["unidentified"].is_string());
+}
+
+#[tokio::test]
+async fn a_lost_state_never_becomes_a_guess() {
+    let (_tmp, server, robot) = world("", "").await;
+    settle(&robot, &server).await;
+    assert_eq!(assert_invariants(&robot, &server).await, 18);
+    let state = robot.dir.join("state");
+    let results = server.callbacks(&robot.id).await.len();
+    // Wiped, then corrupt along with the copy of the save before: the file's own record says
+    // it is version 18, where the config still says 16.
+    std::fs::remove_dir_all(&state).expect("wipe the state");
+    settle(&robot, &server).await;
+    assert_eq!(assert_invariants(&robot, &server).await, 18);
+    for file in ["state.json", "state.json.prev"] {
+        std::fs::write(state.join(file), b"\0\0\0").expect("corrupt the state");
+    }
+    settle(&robot, &server).await;
+    assert_eq!(assert_invariants(&robot, &server).await, 18);
+    // Of a newer format: left alone, and the agent stops, until a person moves it aside.
+    let newer = br#"{"format": 99}"#;
+    std::fs::write(state.join("state.json"), newer).expect("a newer state");
+    assert_eq!(robot.agent(&["check"]).await.status.code(), Some(65));
+    assert_eq!(
+        std::fs::read(state.join("state.json")).expect("state"),
+        newer
+    );
+    std::fs::rename(
+        state.join("state.json"),
+        state.join("from-a-newer-agent.json"),
+    )
+    .expect("move it aside");
+    std::fs::remove_file(state.join("state.json.prev")).expect("and its copy");
+    settle(&robot, &server).await;
+    assert_eq!(assert_invariants(&robot, &server).await, 18);
+    assert_eq!(
+        server.callbacks(&robot.id).await.len(),
+        results,
+        "nothing was offered, patched or reported again"
+    );
 }
 
 #[tokio::test]

@@ -305,15 +305,26 @@ pub async fn assert_ended(robot: &Robot, server: &Server) {
     );
 }
 
-/// Never broken: the managed file is one of the catalog's versions, and the agent says which.
-/// Never lost: every id ends with a callback that matches what is installed, and no id has two
-/// different final codes (`3`, "not updated yet", is not final).
+/// Never broken: the managed file, and the copy kept for rollback beside it, are each one of
+/// the catalog's versions byte for byte, and the agent says which the file is. Never lost:
+/// every id ends with a callback that matches what is installed, and no id has two different
+/// final codes (`3`, "not updated yet", is not final).
 pub async fn assert_invariants(robot: &Robot, server: &Server) -> u32 {
     let installed = robot.installed();
     let version = VERSIONS
         .into_iter()
         .find(|v| server.version(*v) == installed)
         .expect("never broken: the managed file is none of the catalog's versions");
+    let prev = robot
+        .managed()
+        .with_file_name(".Alpha2Services.apk.ota-prev");
+    if let Ok(bytes) = std::fs::read(&prev) {
+        assert!(
+            VERSIONS.into_iter().any(|v| server.version(v) == bytes),
+            "never broken: the rollback copy {} is none of the catalog's versions",
+            prev.display()
+        );
+    }
     let status = robot.status().await;
     assert_eq!(
         status["packages"][0]["version"],

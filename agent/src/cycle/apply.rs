@@ -4,7 +4,7 @@ use std::io::{BufWriter, Write};
 
 use sha2::{Digest, Sha256};
 
-use super::{Agent, CycleError, Outcome, Step, all_codes, chain_codes, code};
+use super::{Agent, CycleError, Outcome, Step, chain_codes};
 use crate::config::Package;
 use crate::install::{hex, sha256_file_async};
 use crate::patch;
@@ -27,13 +27,7 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
         .expect("apply runs with an update");
     let ids = update.ids();
     if sha256_file_async(&pkg.path).await?.as_deref() != Some(update.from_sha256.as_str()) {
-        let reason = format!(
-            "{} changed behind the agent's back; it is not patched",
-            pkg.path.display()
-        );
-        log::error!("{key}: {reason}");
-        agent.finish(pkg, &all_codes(&ids, code::FAILED), None)?;
-        return Ok(Step::Report(Outcome::Failed { reason }));
+        return super::identify::changed(agent, pkg, &ids).await;
     }
     let usable = update.usable();
     if let Some(staged) = &update.staged {
@@ -70,8 +64,11 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
                     "update {} does not make the file the vendor signed: {new_size} bytes with sha256 {new_sha}; signed: {} bytes with sha256 {}",
                     p.id, signed.result_size, signed.result_sha256
                 );
-                log::error!("{key}: {reason}");
                 agent.store.remove_staged(&key, index)?;
+                if !base_checked(agent, &key, index, p) {
+                    return super::identify::by_signatures(agent, pkg, &update, &reason);
+                }
+                log::error!("{key}: {reason}");
                 failed = Some(Failure { index, reason });
                 break;
             }
@@ -115,6 +112,9 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
             }
             Err(ApplyError::Patch(e)) => {
                 let reason = format!("update {} does not apply: {}", p.id, crate::error_chain(&e));
+                if p.signed.is_some() && !base_checked(agent, &key, index, p) {
+                    return super::identify::by_signatures(agent, pkg, &update, &reason);
+                }
                 log::error!("{key}: {reason}");
                 failed = Some(Failure { index, reason });
                 break;
@@ -137,6 +137,16 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
         applied,
         sha256: sha,
     }))
+}
+
+/// Whether patch `index` failed on a file known to be its base, which proves the patch bad
+/// (rule 3's final `2`). A later patch's base is the result the one before made and checked; the
+/// first one's is the installed file, known when something verified its version or the
+/// vendor signed the base (format 3). Otherwise a good patch may have met the wrong file.
+fn base_checked(agent: &Agent, key: &str, index: usize, p: &crate::store::PatchState) -> bool {
+    index > 0
+        || p.signed.as_ref().is_some_and(|s| s.from_sha256.is_some())
+        || agent.state.packages[key].source.is_verified()
 }
 
 /// Whether the staging file of an earlier apply still holds what it held then (a wait may have

@@ -1,6 +1,6 @@
 //! Check: ask the server which patches the installed file needs, and accept or refuse the offer.
 
-use super::{Agent, CycleError, Outcome, Step, all_codes, code};
+use super::{Agent, CycleError, Outcome, Step, code};
 use crate::client::{CheckAnswer, CheckRequest, OfferedPatch};
 use crate::config::Package;
 use crate::install::sha256_file_async;
@@ -9,18 +9,22 @@ use crate::unix_now;
 
 pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleError> {
     let key = pkg.key();
-    if agent.pkg_state(&key).sha256.is_none() {
-        // First sight: what is there now is what later patches must apply to.
-        let sha = sha256_file_async(&pkg.path).await?;
-        match &sha {
-            Some(s) => log::info!("{key}: now managing {} (sha256 {s})", pkg.path.display()),
-            None => log::warn!(
-                "{key}: {} does not exist; no patch can apply to it",
-                pkg.path.display()
-            ),
+    let ps = agent.pkg_state(&key);
+    // Never looked at yet, or missing when it was: the unidentified that something disproved
+    // carry the sha256 that was disproved.
+    let first_sight =
+        ps.sha256.is_none() && ps.unidentified.as_ref().is_none_or(|u| u.sha256.is_none());
+    if !first_sight && ps.unidentified.is_some() {
+        if let Some(reason) = super::identify::again(agent, pkg).await? {
+            return Ok(Step::Report(Outcome::Unidentified { reason }));
         }
-        agent.pkg_state(&key).sha256 = sha;
-        agent.save()?;
+    } else if first_sight {
+        // First sight: what is there now is what later patches must apply to.
+        super::identify::first_sight(agent, pkg).await?;
+        if let Some(u) = &agent.state.packages[&key].unidentified {
+            let reason = u.reason.clone();
+            return Ok(Step::Report(Outcome::Unidentified { reason }));
+        }
     }
     let version = agent.pkg_state(&key).version.clone();
     let language = agent.config.language(pkg).to_owned();
@@ -214,13 +218,7 @@ async fn accept(
     let recorded = agent.state.packages[&key].sha256.clone();
     let current = sha256_file_async(&pkg.path).await?;
     if current.is_none() || current != recorded {
-        let reason = format!(
-            "{} is missing or was changed behind the agent's back; it is not patched",
-            pkg.path.display()
-        );
-        log::error!("{key}: {reason}");
-        agent.finish(pkg, &all_codes(&ids, code::FAILED), None)?;
-        return Ok(Step::Report(Outcome::Failed { reason }));
+        return super::identify::changed(agent, pkg, &ids).await;
     }
     log::info!(
         "{key}: updates {} lead from version {version} to {last}",

@@ -57,7 +57,12 @@ pub(super) async fn run(
             let result = if kept {
                 Ok(())
             } else {
-                install::prepare_async(&pkg.path, staged_file, move || shutdown.is_set()).await
+                let expect = install::NewVersion {
+                    version: &marker.to_version,
+                    sha256: &marker.to_sha256,
+                };
+                install::prepare_async(&pkg.path, staged_file, expect, move || shutdown.is_set())
+                    .await
             };
             match result {
                 Err(install::InstallError::Stopped { .. }) => return Err(CycleError::Stopped),
@@ -169,13 +174,8 @@ pub(super) async fn run(
                     return Ok(Step::Apply);
                 }
             } else {
-                let reason = format!(
-                    "{} is neither the old nor the new version after an interrupted install",
-                    pkg.path.display()
-                );
-                log::error!("{key}: {reason}");
-                agent.finish(pkg, &all_codes(&ids, code::FAILED), None)?;
-                return Ok(Step::Report(Outcome::Failed { reason }));
+                // Neither the old nor the new version: changed by someone else, not by a patch.
+                return super::identify::changed(agent, pkg, &ids).await;
             }
             marker
         }
@@ -212,7 +212,11 @@ pub(super) async fn run(
 
     let failed = update.failed.as_ref().map(|f| f.index);
     let codes = chain_codes(&ids, marker.applied, failed);
-    let installed = Some((marker.to_version.clone(), marker.to_sha256.clone()));
+    let installed = Some(super::Known {
+        version: marker.to_version.clone(),
+        sha256: marker.to_sha256.clone(),
+        source: crate::store::VersionSource::Installed,
+    });
     agent.finish(pkg, &codes, installed)?;
     let outcome = match &update.failed {
         None => Outcome::Updated {
@@ -262,13 +266,8 @@ pub(super) async fn roll_back(
     }
     // Record what is really there now, so that later checks patch the right base.
     let now = sha256_file_async(&pkg.path).await?;
-    let installed = if now.as_deref() == Some(update.from_sha256.as_str()) {
-        Some((update.from_version.clone(), update.from_sha256.clone()))
-    } else if now.as_deref() == Some(marker.to_sha256.as_str()) {
-        Some((marker.to_version.clone(), marker.to_sha256.clone()))
-    } else {
-        None
-    };
+    let source = agent.state.packages[&key].source;
+    let installed = super::installed_now(update, &marker, source, now.as_deref());
     let ids = update.ids();
     let still_new = now.as_deref() == Some(marker.to_sha256.as_str());
     let codes = if still_new {

@@ -35,6 +35,7 @@
 mod apply;
 mod check;
 mod download;
+mod identify;
 mod install;
 mod report;
 mod statement;
@@ -48,7 +49,9 @@ use crate::client::{Client, ClientError};
 use crate::config::{Config, Package};
 use crate::install::{InstallError, sha256_file_async};
 use crate::notify::Notifier;
-use crate::store::{Callback, PackageState, State, Store, StoreError, Update};
+use crate::store::{
+    Callback, PackageState, State, Store, StoreError, Unidentified, Update, VersionSource,
+};
 use crate::{Shutdown, unix_now};
 
 /// The result codes of `/file/callback`.
@@ -171,6 +174,8 @@ pub enum Outcome {
         reason: String,
         retry_in: std::time::Duration,
     },
+    /// The file is no version the agent can tell: it is neither patched nor checked.
+    Unidentified { reason: String },
 }
 
 impl Outcome {
@@ -195,8 +200,17 @@ impl fmt::Display for Outcome {
                 "{reason}; trying again in {}",
                 crate::schedule::human(*retry_in)
             ),
+            Outcome::Unidentified { reason } => write!(f, "not checked: {reason}"),
         }
     }
+}
+
+/// A file's version as the agent knows it, and from where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Known {
+    pub version: String,
+    pub sha256: String,
+    pub source: VersionSource,
 }
 
 /// Where a cycle goes next.
@@ -232,17 +246,17 @@ impl Agent {
         let mut client = Client::new(&config)?;
         client.stop_on(shutdown.clone());
         let store = Store::open(&config.agent.state_dir)?;
-        let state = store.load()?;
+        let loaded = store.load()?;
         let mut agent = Agent {
             config,
             client,
             store,
-            state,
+            state: loaded.state,
             shutdown,
             notifier,
             events: crate::events::Events::none(),
         };
-        agent.reconcile()?;
+        agent.reconcile(loaded.lost.is_some())?;
         agent.warn_about_trust();
         Ok(agent)
     }
@@ -250,15 +264,16 @@ impl Agent {
     /// Adds packages seen for the first time, takes up a corrected version from the config,
     /// and drops files no update needs any more. The facts of a file no longer configured are
     /// kept (not acted on), so that configuring it again cannot make the agent forget its
-    /// version and the updates it applied.
-    fn reconcile(&mut self) -> Result<(), StoreError> {
+    /// version and the updates it applied. After a lost state (`lost`), every package is seen
+    /// for the first time again, and the config's version no longer counts.
+    fn reconcile(&mut self, lost: bool) -> Result<(), StoreError> {
         for p in &self.config.packages {
             let key = p.key();
-            let ps = self
-                .state
-                .packages
-                .entry(key.clone())
-                .or_insert_with(|| PackageState::new(&p.version));
+            let ps = self.state.packages.entry(key.clone()).or_insert_with(|| {
+                let mut ps = PackageState::new(&p.version);
+                ps.after_state_loss = lost;
+                ps
+            });
             if ps.update.is_none() {
                 adopt_configured_version(&key, p, ps);
                 self.store.clear_package(&key)?;
@@ -301,6 +316,39 @@ impl Agent {
             .packages
             .get_mut(key)
             .expect("reconcile() adds every configured package")
+    }
+
+    /// Takes `known` for what the package's file is (saved by the caller).
+    pub(crate) fn identified(&mut self, key: &str, known: Known) {
+        let ps = self.pkg_state(key);
+        ps.version = known.version;
+        ps.sha256 = Some(known.sha256);
+        ps.source = known.source;
+        ps.unidentified = None;
+        ps.after_state_loss = false;
+    }
+
+    /// Holds the package's file as unidentified (saved by the caller), and says so: in the log
+    /// when the reason is new, to systemd and to the robot's apps.
+    pub(crate) fn unidentified(&mut self, key: &str, sha256: Option<String>, reason: String) {
+        let ps = self.pkg_state(key);
+        let since_unix = match &ps.unidentified {
+            Some(u) if u.reason == reason && u.sha256 == sha256 => u.since_unix,
+            Some(u) if u.sha256 == sha256 => u.since_unix,
+            _ => unix_now(),
+        };
+        if ps.unidentified.as_ref().is_none_or(|u| u.reason != reason) {
+            log::error!("{key}: unidentified: {reason}");
+        }
+        ps.unidentified = Some(Unidentified {
+            sha256,
+            reason: reason.clone(),
+            since_unix,
+        });
+        self.notifier.status(&format!(
+            "{key}: unidentified, not updated (see ota-agent status)"
+        ));
+        self.events.unidentified(key, &reason);
     }
 
     /// Runs one cycle for the package at `index` of the config, from wherever its facts say,
@@ -443,13 +491,8 @@ impl Agent {
             }
             crate::install::discard_prepared(&pkg.path);
             let now = sha256_file_async(&pkg.path).await.ok().flatten();
-            installed = if now.as_deref() == Some(update.from_sha256.as_str()) {
-                Some((update.from_version.clone(), update.from_sha256.clone()))
-            } else if now.as_deref() == Some(marker.to_sha256.as_str()) {
-                Some((marker.to_version.clone(), marker.to_sha256.clone()))
-            } else {
-                None
-            };
+            let source = self.state.packages[&key].source;
+            installed = installed_now(&update, marker, source, now.as_deref());
         }
         let codes: Vec<(String, u8)> = if no_space == Some(true) {
             all_codes(&ids, code::NOT_UPDATED)
@@ -516,15 +559,14 @@ impl Agent {
         &mut self,
         pkg: &Package,
         codes: &[(String, u8)],
-        installed: Option<(String, String)>,
+        installed: Option<Known>,
     ) -> Result<(), StoreError> {
         let key = pkg.key();
         let now = unix_now();
-        let ps = self.pkg_state(&key);
-        if let Some((version, sha)) = installed {
-            ps.version = version;
-            ps.sha256 = Some(sha);
+        if let Some(known) = installed {
+            self.identified(&key, known);
         }
+        let ps = self.pkg_state(&key);
         for (id, code) in codes {
             match *code {
                 code::SUCCESS => ps.remember_applied(id),
@@ -550,6 +592,32 @@ impl Agent {
     }
 }
 
+/// What is installed after an install that ended, when the file's sha256 is `now`: the
+/// update's base (known as before), the new version (the agent's own install), or neither
+/// (`None`: the next check finds the file changed, and identifies it).
+fn installed_now(
+    update: &Update,
+    marker: &crate::store::InstallState,
+    from_source: VersionSource,
+    now: Option<&str>,
+) -> Option<Known> {
+    if now == Some(update.from_sha256.as_str()) {
+        Some(Known {
+            version: update.from_version.clone(),
+            sha256: update.from_sha256.clone(),
+            source: from_source,
+        })
+    } else if now == Some(marker.to_sha256.as_str()) {
+        Some(Known {
+            version: marker.to_version.clone(),
+            sha256: marker.to_sha256.clone(),
+            source: VersionSource::Installed,
+        })
+    } else {
+        None
+    }
+}
+
 /// The config's `version` is what the file is when the agent first sees it; later the agent's
 /// own record wins, since the agent moves the file on. A config whose version was changed since
 /// the last start is a correction (the package's example value at first, say) and is taken up,
@@ -569,15 +637,22 @@ fn adopt_configured_version(key: &str, p: &Package, ps: &mut PackageState) {
         let current = crate::install::sha256_file(&p.path).ok().flatten();
         let replaced = current.is_some() && current != ps.sha256;
         if !moved_by_agent || replaced {
+            // A first sight again: the file's record or a pin still outrank the config.
             log::info!(
-                "{key}: the config now names version {} (it named {}); managing {} as version {}",
+                "{key}: the config now names version {} (it named {}); looking at {} afresh",
                 p.version,
                 ps.configured_version.as_deref().unwrap_or("another"),
-                p.path.display(),
-                p.version
+                p.path.display()
             );
-            ps.version = p.version.clone();
-            ps.sha256 = current;
+            let lost = ps.after_state_loss;
+            *ps = PackageState {
+                applied: std::mem::take(&mut ps.applied),
+                failed: std::mem::take(&mut ps.failed),
+                last_check: ps.last_check.take(),
+                statement: ps.statement.take(),
+                ..PackageState::new(&p.version)
+            };
+            ps.after_state_loss = lost;
         } else {
             log::info!(
                 "{key}: the config names version {}, but the agent installed version {} since; keeping {}",

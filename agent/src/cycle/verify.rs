@@ -136,9 +136,52 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
             patch_sha256: meta.patch_sha256,
             result_size: meta.result_size,
             result_sha256: meta.result_sha256,
+            from_sha256: meta.from_sha256,
         };
         record(agent, &key, index, Some(signed));
         agent.save()?;
+    }
+    check_bases(agent, pkg)
+}
+
+/// With signed bases (format 3), before a byte of a patch is fetched: the first patch must
+/// apply to the file as it is, and each next one to the result of the one before. A file that
+/// is not the first base is another version (the signatures may say which); a chain whose
+/// signed links do not meet has a bad patch where they part.
+fn check_bases(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleError> {
+    let key = pkg.key();
+    let update = agent.state.packages[&key]
+        .update
+        .clone()
+        .expect("verify runs with an update");
+    let signed = |k: usize| update.patches[k].signed.as_ref();
+    if let Some(base) = signed(0).and_then(|s| s.from_sha256.as_deref()) {
+        if base != update.from_sha256 {
+            let problem = format!(
+                "update {} is signed for a file with sha256 {base}, not {} (sha256 {})",
+                update.patches[0].id,
+                pkg.path.display(),
+                update.from_sha256
+            );
+            return super::identify::by_signatures(agent, pkg, &update, &problem);
+        }
+    }
+    for k in 1..update.usable() {
+        let (Some(before), Some(base)) = (
+            signed(k - 1),
+            signed(k).and_then(|s| s.from_sha256.as_deref()),
+        ) else {
+            continue;
+        };
+        if base != before.result_sha256 {
+            let reason = format!(
+                "update {} is refused: it is signed for a file with sha256 {base}, but update {} makes sha256 {}",
+                update.patches[k].id,
+                update.patches[k - 1].id,
+                before.result_sha256
+            );
+            return refuse(agent, pkg, k, reason);
+        }
     }
     Ok(Step::Download)
 }
@@ -200,7 +243,8 @@ fn give_up_or_retry(
 }
 
 /// Records patch `index` as failed for good. When it is the first, nothing is left to install
-/// and the update ends here; otherwise the download step stops before it.
+/// and the update ends here; otherwise the download step stops before it, once the bases of
+/// the patches before it are checked.
 fn refuse(
     agent: &mut Agent,
     pkg: &Package,
@@ -225,7 +269,8 @@ fn refuse(
         .expect("update")
         .failed = Some(Failure { index, reason });
     agent.save()?;
-    Ok(Step::Download)
+    // The patches before it are still to install: their bases are checked all the same.
+    check_bases(agent, pkg)
 }
 
 /// `allowed_download_hosts` lists `host` (any port) or `host:port`; absent, any host will do.

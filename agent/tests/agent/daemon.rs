@@ -134,11 +134,11 @@ async fn sigterm_mid_download_saves_progress() {
     assert!(w.callbacks().is_empty());
 }
 
-type Heard = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+pub(crate) type Heard = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
 /// A notification socket in the world's directory, and what the agent sends to it, as systemd
 /// would hear it.
-fn listen_as_systemd(w: &World) -> (std::path::PathBuf, Heard) {
+pub(crate) fn listen_as_systemd(w: &World) -> (std::path::PathBuf, Heard) {
     let path = w.dir().join("notify.sock");
     let socket = tokio::net::UnixDatagram::bind(&path).unwrap();
     let heard = Heard::default();

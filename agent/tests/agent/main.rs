@@ -8,6 +8,7 @@ mod cycle;
 mod daemon;
 mod events;
 mod helpers;
+mod identity;
 mod interop;
 mod liveness;
 mod props;

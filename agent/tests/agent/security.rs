@@ -279,10 +279,12 @@ async fn a_pinned_key_mismatch_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_patch_for_another_base_file_is_refused_by_the_signed_result() {
+async fn a_patch_for_another_base_file_is_refused_by_the_signed_base() {
     let w = signed_world("").await;
-    // The robot's file is not the catalog's version 16, though the agent takes it as such: a
-    // bsdiff patch applies to it all the same, to a file the vendor never made.
+    // The robot's file is not the catalog's version 16, though the config says it is: a bsdiff
+    // patch would apply to it all the same, to a file the vendor never made. The signed base
+    // (metadata format 3) says so before a byte of a patch is fetched; nothing is wrong with
+    // the patches, so they are "not updated yet", and the file is held as unidentified.
     let mut other = w.version(16);
     for i in (100..other.len()).step_by(4096) {
         other[i] ^= 0x5a;
@@ -291,9 +293,10 @@ async fn a_patch_for_another_base_file_is_refused_by_the_signed_result() {
     let out = w.agent(&["check"]).await;
     assert!(!out.status.success());
     assert_eq!(w.installed(), other, "nothing is installed");
-    assert_eq!(w.callbacks(), pairs(&[("23", "2"), ("25", "3")]));
+    assert_eq!(w.callbacks(), pairs(&[("23", "3"), ("25", "3")]));
+    assert_eq!(crate::helpers::patch_gets(&w), 0);
     assert!(
-        stderr(&out).contains("update 23 does not make the file the vendor signed"),
+        stderr(&out).contains("update 23 is signed for a file with sha256"),
         "{}",
         stderr(&out)
     );
@@ -601,8 +604,13 @@ async fn format_1_metadata_counts_only_while_signatures_are_not_required() {
         to_version: 17,
     };
     // What a vendor's older pipeline signed: no language, no robot model.
-    let mut meta = ota_signing::Metadata::describe(&expected, &patch, &new);
-    (meta.format, meta.language, meta.robot_version) = (1, None, None);
+    let mut meta = ota_signing::Metadata::describe(&expected, &old, &patch, &new);
+    (
+        meta.format,
+        meta.language,
+        meta.robot_version,
+        meta.from_sha256,
+    ) = (1, None, None, None);
     let (json, sig) = meta.sign(&key);
     for require in [true, false] {
         let server = MockServer::start().await;

@@ -129,24 +129,6 @@ async fn callbacks_survive_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changed_file_is_not_patched() {
-    let w = World::new("").await;
-    // The agent records the file on its first check...
-    w.server.inject(Fault::status(
-        Endpoint::Download,
-        200,
-        r#"{"code":"100","data":"","id":""}"#,
-    ));
-    assert!(w.agent(&["check"]).await.status.success());
-    // ...and refuses to patch it once something else changed it.
-    std::fs::write(crate::helpers::managed_path(w.dir()), b"changed by hand").unwrap();
-    let out = w.agent(&["check"]).await;
-    assert!(!out.status.success());
-    assert_eq!(w.installed(), b"changed by hand");
-    assert_eq!(w.callbacks(), pairs(&[("23", "2"), ("25", "2")]));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reoffered_id_is_reported_not_applied() {
     let w = World::new("").await;
     assert!(w.agent(&["check"]).await.status.success());
