@@ -17,7 +17,7 @@ pub enum AdoptError {
     UnknownPackage(String),
     #[error("package `{0}` manages several files; name one as name/file_name")]
     Ambiguous(String),
-    #[error("`{0}` is not a version code (an integer)")]
+    #[error("`{0}` is not a version code (an integer up to 18446744073709551615)")]
     NotAVersion(String),
     #[error(
         "the agent is running (its state directory {0} is locked); stop it first: systemctl stop ota-agent"
@@ -29,8 +29,8 @@ pub enum AdoptError {
     UpdateUnderWay(String),
     #[error(transparent)]
     Install(#[from] InstallError),
-    #[error(transparent)]
-    Store(StoreError),
+    #[error("cannot use the state directory")]
+    Store(#[source] StoreError),
 }
 
 /// What `adopt` recorded.
@@ -46,7 +46,7 @@ pub struct Adopted {
 /// Records the file of `package` as it is now as `version`.
 pub fn adopt(config: &Config, package: &str, version: &str) -> Result<Adopted, AdoptError> {
     let pkg = find(config, package)?;
-    if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
+    if version.parse::<u64>().is_err() {
         return Err(AdoptError::NotAVersion(version.to_owned()));
     }
     let dir = &config.agent.state_dir;
@@ -54,16 +54,24 @@ pub fn adopt(config: &Config, package: &str, version: &str) -> Result<Adopted, A
         StoreError::Locked { path } => AdoptError::Running(path),
         e => AdoptError::Store(e),
     })?;
-    let mut state = store.load().map_err(AdoptError::Store)?.state;
+    let loaded = store.load().map_err(AdoptError::Store)?;
+    let mut state = loaded.state;
+    // After a lost state, the other packages keep that knowledge: their config versions stay
+    // no knowledge of what the agent did before (see `Agent::reconcile`).
+    for p in &config.packages {
+        state.packages.entry(p.key()).or_insert_with(|| {
+            let mut ps = crate::store::PackageState::new(&p.version);
+            ps.after_state_loss = loaded.lost.is_some();
+            ps
+        });
+    }
     let key = pkg.key();
-    let ps = state
-        .packages
-        .entry(key.clone())
-        .or_insert_with(|| crate::store::PackageState::new(&pkg.version));
+    let ps = state.packages.get_mut(&key).expect("inserted above");
     if ps.update.is_some() {
         return Err(AdoptError::UpdateUnderWay(key));
     }
-    let (sha256, recorded_on_file) = crate::install::record_as(&pkg.path, version)?;
+    let (sha256, recorded_on_file) =
+        crate::install::record_as(&pkg.path, config.owner(pkg), version)?;
     ps.version = version.to_owned();
     ps.sha256 = Some(sha256.clone());
     ps.source = VersionSource::Adopted;

@@ -301,6 +301,36 @@ impl Package {
     }
 }
 
+/// How the paths `a` and `b` name one file, if they do: the same path, one path through a
+/// symbolic link (their directories resolved), or hard links to one inode. A path that is the
+/// other's new or rollback sibling (`.NAME.ota-new`, `.NAME.ota-prev`) counts as the same file.
+pub fn one_file(a: &Path, b: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let lexical = |p: &Path| -> PathBuf { p.components().collect() };
+    // The directory resolved, for paths whose directories are links to one another.
+    let real = |p: &Path| {
+        let dir = p.parent()?.canonicalize().ok()?;
+        Some(dir.join(p.file_name()?))
+    };
+    let inode = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let (x, y) = (a.display(), b.display());
+    let siblings =
+        |p: &Path| [crate::install::new_path(p), crate::install::prev_path(p)].map(|s| lexical(&s));
+    if lexical(a) == lexical(b) {
+        Some(format!("both are {x}"))
+    } else if siblings(a).contains(&lexical(b)) || siblings(b).contains(&lexical(a)) {
+        Some(format!(
+            "one of {x} and {y} is where the agent keeps the other's new or previous version"
+        ))
+    } else if real(a).is_some() && real(a) == real(b) {
+        Some(format!("{x} and {y} are one path through a symbolic link"))
+    } else if inode(a).is_some() && inode(a) == inode(b) {
+        Some(format!("{x} and {y} are hard links to one file"))
+    } else {
+        None
+    }
+}
+
 /// The line of the `index`-th `[[package]]` table in the config's text (0 when not found).
 fn package_line(text: &str, index: usize) -> usize {
     text.lines()
@@ -746,7 +776,6 @@ impl Config {
     /// system at start (the paths may not exist yet; a path made later is checked again when
     /// a new version is installed).
     fn check_managed_files(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
-        use std::os::unix::fs::MetadataExt;
         for p in &self.packages {
             if let Ok(target) = std::fs::read_link(&p.path) {
                 return Err(ConfigError::Symlink {
@@ -757,23 +786,9 @@ impl Config {
                 });
             }
         }
-        let lexical = |p: &Path| -> PathBuf { p.components().collect() };
-        // The directory resolved, for paths whose directories are links to one another.
-        let real = |p: &Path| {
-            let dir = p.parent()?.canonicalize().ok()?;
-            Some(dir.join(p.file_name()?))
-        };
-        let inode = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
         for (i, a) in self.packages.iter().enumerate() {
             for (j, b) in self.packages.iter().enumerate().skip(i + 1) {
-                let (x, y) = (a.path.display(), b.path.display());
-                let how = if lexical(&a.path) == lexical(&b.path) {
-                    format!("both are {x}")
-                } else if real(&a.path).is_some() && real(&a.path) == real(&b.path) {
-                    format!("{x} and {y} are one path through a symbolic link")
-                } else if inode(&a.path).is_some() && inode(&a.path) == inode(&b.path) {
-                    format!("{x} and {y} are hard links to one file")
-                } else {
+                let Some(how) = one_file(&a.path, &b.path) else {
                     continue;
                 };
                 return Err(ConfigError::SameFile {
@@ -787,6 +802,24 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Another configured package whose path names the same file as `pkg`'s, now (a directory
+    /// may have become a link since the start), and how.
+    pub fn shares_file(&self, pkg: &Package) -> Option<(String, String)> {
+        self.packages
+            .iter()
+            .filter(|p| p.key() != pkg.key())
+            .find_map(|p| one_file(&pkg.path, &p.path).map(|how| (p.key(), how)))
+    }
+
+    /// Whose version a package's file is, as the version record on it names it.
+    pub fn owner(&self, pkg: &Package) -> crate::install::Owner {
+        crate::install::Owner {
+            package: pkg.key(),
+            language: self.language(pkg).to_owned(),
+            robot_version: self.robot.version.clone(),
+        }
     }
 
     /// The robot's machine id, read from `robot.id_file` when that is how it is configured.

@@ -32,7 +32,7 @@ pub enum InstallError {
     Privileged { path: PathBuf, mode: u32 },
     #[error("{path} is in the way of the new file: it is not a regular file; remove it")]
     Blocked { path: PathBuf },
-    #[error("copying the new version beside {path} was stopped")]
+    #[error("reading or copying {path} was stopped")]
     Stopped { path: PathBuf },
     #[error(
         "{path} is a symbolic link; the agent installs a file by renaming a new one over the path, which would replace the link: name the file it points to as the package's path"
@@ -51,10 +51,22 @@ pub enum InstallError {
 /// The extended attribute that carries a file's version record.
 pub const RECORD_ATTR: &str = "user.ota-agent.version";
 
-/// What a file the agent installed says of itself: the version it was installed as, and its
-/// sha256 (which must still be the file's for the record to count).
+/// Whose version a record speaks of: the package (`name/file_name`) and the language and robot
+/// model its updates are offered for. A file copied from another robot, or from another
+/// package, carries a record about something else, which counts for nothing here.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Owner {
+    pub package: String,
+    pub language: String,
+    pub robot_version: String,
+}
+
+/// What a file the agent installed says of itself: whose it is, the version it was installed as,
+/// and its sha256 (which must still be the file's for the record to count).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VersionRecord {
+    #[serde(flatten)]
+    pub owner: Owner,
     pub version: String,
     pub sha256: String,
 }
@@ -68,11 +80,13 @@ pub struct Examined {
 }
 
 impl Examined {
-    /// The version the file's own record names, when the record is about this very file.
-    pub fn recorded_version(&self) -> Option<&str> {
+    /// The version the file's own record names, when the record is about this very file, as
+    /// `owner` has it, and names a version code.
+    pub fn recorded_version(&self, owner: &Owner) -> Option<&str> {
         self.record
             .as_ref()
-            .filter(|r| r.sha256 == self.sha256)
+            .filter(|r| r.sha256 == self.sha256 && r.owner == *owner)
+            .filter(|r| r.version.parse::<u64>().is_ok())
             .map(|r| r.version.as_str())
     }
 }
@@ -102,10 +116,20 @@ pub fn prev_path(target: &Path) -> PathBuf {
 }
 
 /// Hex sha256 of everything `reader` yields.
-pub fn sha256_of(mut reader: impl Read) -> io::Result<String> {
+pub fn sha256_of(reader: impl Read) -> io::Result<String> {
+    sha256_until(reader, &|| false).map(|sha| sha.expect("never stopped"))
+}
+
+/// Hex sha256 of everything `reader` yields, or `None` once `stop` says so: it is asked
+/// between pieces of 256 KiB, so that a stop never waits for a whole file to be read (a
+/// gigabyte takes seconds on a robot's flash).
+pub fn sha256_until(mut reader: impl Read, stop: &dyn Fn() -> bool) -> io::Result<Option<String>> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
+        if stop() {
+            return Ok(None);
+        }
         match reader.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => hasher.update(&buf[..n]),
@@ -113,7 +137,7 @@ pub fn sha256_of(mut reader: impl Read) -> io::Result<String> {
             Err(e) => return Err(e),
         }
     }
-    Ok(hex(&hasher.finalize()))
+    Ok(Some(hex(&hasher.finalize())))
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -129,28 +153,51 @@ pub fn sha256_file(path: &Path) -> Result<Option<String>, InstallError> {
     }
 }
 
-/// [`sha256_file`] on a blocking thread, so that the runtime (and the watchdog) keep going.
-pub async fn sha256_file_async(path: &Path) -> Result<Option<String>, InstallError> {
-    let path = path.to_owned();
-    blocking(move || sha256_file(&path)).await
+/// [`sha256_file`] on a blocking thread, so that the runtime (and the watchdog) keep going,
+/// given up with [`InstallError::Stopped`] soon after `stop` is set.
+pub async fn sha256_file_async(
+    path: &Path,
+    stop: &crate::Shutdown,
+) -> Result<Option<String>, InstallError> {
+    let (path, stop) = (path.to_owned(), stop.clone());
+    blocking(move || match File::open(&path) {
+        Ok(f) => match sha256_until(f, &|| stop.is_set()).map_err(err("hash", &path))? {
+            Some(sha) => Ok(Some(sha)),
+            None => Err(InstallError::Stopped { path }),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(err("open", &path)(e)),
+    })
+    .await
 }
 
 /// The file's sha256 and its version record; `None` when it does not exist.
 pub fn examine(path: &Path) -> Result<Option<Examined>, InstallError> {
+    examine_until(path, &|| false)
+}
+
+fn examine_until(path: &Path, stop: &dyn Fn() -> bool) -> Result<Option<Examined>, InstallError> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(err("open", path)(e)),
     };
     let record = read_record(&file);
-    let sha256 = sha256_of(&file).map_err(err("hash", path))?;
+    let Some(sha256) = sha256_until(&file, stop).map_err(err("hash", path))? else {
+        return Err(InstallError::Stopped {
+            path: path.to_owned(),
+        });
+    };
     Ok(Some(Examined { sha256, record }))
 }
 
-/// [`examine`] on a blocking thread.
-pub async fn examine_async(path: &Path) -> Result<Option<Examined>, InstallError> {
-    let path = path.to_owned();
-    blocking(move || examine(&path)).await
+/// [`examine`] on a blocking thread, given up soon after `stop` is set.
+pub async fn examine_async(
+    path: &Path,
+    stop: &crate::Shutdown,
+) -> Result<Option<Examined>, InstallError> {
+    let (path, stop) = (path.to_owned(), stop.clone());
+    blocking(move || examine_until(&path, &|| stop.is_set())).await
 }
 
 /// The record on `file`, if it carries a readable one.
@@ -171,13 +218,14 @@ fn write_record(file: &File, record: &VersionRecord) -> io::Result<bool> {
     }
 }
 
-/// Records the file as it is now as `version` (`ota-agent adopt`): its sha256, in a record on
-/// the file itself, synced. Returns the sha256 and whether the file system kept the record.
-pub fn record_as(path: &Path, version: &str) -> Result<(String, bool), InstallError> {
+/// Records the file as it is now as `owner`'s `version` (`ota-agent adopt`): its sha256, in a
+/// record on the file itself, synced. Returns the sha256 and whether the file system kept it.
+pub fn record_as(path: &Path, owner: Owner, version: &str) -> Result<(String, bool), InstallError> {
     refuse_symlink(path)?;
     let file = File::open(path).map_err(err("open", path))?;
     let sha256 = sha256_of(&file).map_err(err("hash", path))?;
     let record = VersionRecord {
+        owner,
         version: version.to_owned(),
         sha256: sha256.clone(),
     };
@@ -186,30 +234,24 @@ pub fn record_as(path: &Path, version: &str) -> Result<(String, bool), InstallEr
     Ok((sha256, kept))
 }
 
-/// What the new file must be: the version it is installed as and the sha256 it was made with.
-#[derive(Debug, Clone, Copy)]
-pub struct NewVersion<'a> {
-    pub version: &'a str,
-    pub sha256: &'a str,
+/// What the new file must be: whose, the version it is installed as, and the sha256 it was
+/// made with.
+#[derive(Debug, Clone)]
+pub struct NewVersion {
+    pub owner: Owner,
+    pub version: String,
+    pub sha256: String,
 }
 
 /// [`prepare`] on a blocking thread, giving up soon after `stop` says so.
 pub async fn prepare_async(
     target: &Path,
     new: File,
-    expect: NewVersion<'_>,
+    expect: NewVersion,
     stop: impl Fn() -> bool + Send + 'static,
 ) -> Result<(), InstallError> {
     let target = target.to_owned();
-    let (version, sha256) = (expect.version.to_owned(), expect.sha256.to_owned());
-    blocking(move || {
-        let expect = NewVersion {
-            version: &version,
-            sha256: &sha256,
-        };
-        prepare_until(&target, new, expect, &stop)
-    })
-    .await
+    blocking(move || prepare_until(&target, new, expect, &stop)).await
 }
 
 fn refuse_symlink(target: &Path) -> Result<(), InstallError> {
@@ -219,6 +261,13 @@ fn refuse_symlink(target: &Path) -> Result<(), InstallError> {
         }),
         _ => Ok(()),
     }
+}
+
+/// The size of the managed file's file system.
+pub fn total_space(target: &Path) -> Result<u64, InstallError> {
+    let dir = target.parent().unwrap_or(Path::new("/"));
+    let st = rustix::fs::statvfs(dir).map_err(|e| err("statvfs", dir)(e.into()))?;
+    Ok(st.f_blocks.saturating_mul(st.f_frsize))
 }
 
 /// Free bytes on the managed file's filesystem, where its new version is written first.
@@ -239,14 +288,14 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
 /// mode), checks that it is what was applied, gives it its version record and syncs it. A
 /// setuid or setgid target is refused: the agent runs as root, and a server must not be able
 /// to hand out privileges through it; so is a symbolic link, which the rename would replace.
-pub fn prepare(target: &Path, new: impl Read, expect: NewVersion<'_>) -> Result<(), InstallError> {
+pub fn prepare(target: &Path, new: impl Read, expect: NewVersion) -> Result<(), InstallError> {
     prepare_until(target, new, expect, &|| false)
 }
 
 fn prepare_until(
     target: &Path,
     mut new: impl Read,
-    expect: NewVersion<'_>,
+    expect: NewVersion,
     stop: &dyn Fn() -> bool,
 ) -> Result<(), InstallError> {
     use std::os::unix::fs::MetadataExt;
@@ -304,12 +353,13 @@ fn prepare_until(
         let _ = fs::remove_file(&tmp);
         return Err(InstallError::Changed {
             path: target.to_owned(),
-            expected: expect.sha256.to_owned(),
+            expected: expect.sha256,
             found,
         });
     }
     let record = VersionRecord {
-        version: expect.version.to_owned(),
+        owner: expect.owner,
+        version: expect.version,
         sha256: found,
     };
     if !write_record(&out, &record).map_err(err("record the version on", &tmp))? {
@@ -392,12 +442,20 @@ mod tests {
         hex(&Sha256::digest(bytes))
     }
 
+    fn owner() -> Owner {
+        Owner {
+            package: "p/f".into(),
+            language: "CN".into(),
+            robot_version: "1".into(),
+        }
+    }
+
     /// Prepares `bytes` as version 2 of `target`.
     fn prepare_v2(target: &Path, bytes: &[u8]) -> Result<(), InstallError> {
-        let sha256 = sha(bytes);
         let expect = NewVersion {
-            version: "2",
-            sha256: &sha256,
+            owner: owner(),
+            version: "2".into(),
+            sha256: sha(bytes),
         };
         prepare(target, bytes, expect)
     }
@@ -492,17 +550,21 @@ mod tests {
         assert_eq!(
             record,
             &VersionRecord {
+                owner: owner(),
                 version: "2".into(),
                 sha256: new_sha.clone()
             }
         );
-        assert_eq!(found.recorded_version(), Some("2"));
+        assert_eq!(found.recorded_version(&owner()), Some("2"));
         // A record about other bytes does not count.
         prepare_v2(&target, b"newer").unwrap();
         swap(&target).unwrap();
         assert!(rollback(&target).unwrap());
         assert_eq!(
-            examine(&target).unwrap().unwrap().recorded_version(),
+            examine(&target)
+                .unwrap()
+                .unwrap()
+                .recorded_version(&owner()),
             Some("2")
         );
         fs::write(&target, b"edited by hand").unwrap();
@@ -511,12 +573,15 @@ mod tests {
             edited.record.as_ref().map(|r| r.sha256.as_str()),
             Some(new_sha.as_str())
         );
-        assert_eq!(edited.recorded_version(), None);
+        assert_eq!(edited.recorded_version(&owner()), None);
         // Adopted by hand: the record names the file as it is now.
-        let (now, kept) = record_as(&target, "7").unwrap();
+        let (now, kept) = record_as(&target, owner(), "7").unwrap();
         assert!(kept);
         assert_eq!(
-            examine(&target).unwrap().unwrap().recorded_version(),
+            examine(&target)
+                .unwrap()
+                .unwrap()
+                .recorded_version(&owner()),
             Some("7")
         );
         assert_eq!(now, sha(b"edited by hand"));
@@ -528,10 +593,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let target = tmp.path().join("app.apk");
         fs::write(&target, b"old").unwrap();
-        let applied = sha(b"what was applied");
         let expect = NewVersion {
-            version: "2",
-            sha256: &applied,
+            owner: owner(),
+            version: "2".into(),
+            sha256: sha(b"what was applied"),
         };
         let e = prepare(&target, &b"something else"[..], expect).unwrap_err();
         assert!(matches!(e, InstallError::Changed { .. }), "{e}");
@@ -541,7 +606,7 @@ mod tests {
         let e = prepare_v2(&link, b"new").unwrap_err();
         assert!(matches!(e, InstallError::Symlink { .. }), "{e}");
         assert!(e.to_string().contains("symbolic link"), "{e}");
-        assert!(record_as(&link, "3").is_err());
+        assert!(record_as(&link, owner(), "3").is_err());
         assert_eq!(fs::read(&target).unwrap(), b"old");
     }
 }

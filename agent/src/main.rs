@@ -205,16 +205,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// SIGTERM, SIGINT and SIGHUP all stop the daemon at a safe point, with its progress saved. A
+/// SIGHUP (a closed terminal, a `systemctl kill -s HUP`, a reload by habit) would otherwise
+/// kill it mid-download, and systemd counts that death as a clean exit; the unit's
+/// `Restart=always` starts it again, with its config read anew.
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         return std::future::pending().await;
     };
     tokio::select! {
         _ = term.recv() => log::info!("SIGTERM received"),
         _ = int.recv() => log::info!("SIGINT received"),
+        _ = hup.recv() => log::info!("SIGHUP received; stopping (systemd starts the agent again)"),
     }
 }

@@ -21,6 +21,13 @@ pub const FORMAT: u32 = 1;
 const ID_MEMORY: usize = 256;
 
 const STATE_FILE: &str = "state.json";
+/// Room kept on the state directory's file system for the saves that end an update: a disk
+/// that fills (a new service's logs, say) must not stop the agent from recording that an
+/// install finished, or a restart would take it for one its hooks did not survive.
+const RESERVE_FILE: &str = "reserve";
+/// A state save writes the whole state next to the current one: 1 MiB covers the largest
+/// (64 patches with ids and URLs at their caps, 256 remembered ids of each kind, an outbox).
+const RESERVE_BYTES: u64 = 1 << 20;
 /// The state as it was before the last save, for when the current file turns out unusable.
 const PREV_FILE: &str = "state.json.prev";
 const LOCK_FILE: &str = "lock";
@@ -36,13 +43,23 @@ pub enum StoreError {
     #[error(
         "state file {path} has format {found}, newer than the format {FORMAT} this agent reads: it was written by a newer ota-agent, which this one must not second-guess; it is left as it is (install the newer agent again, or move the file aside to start from what the files themselves record)"
     )]
-    NewerFormat { path: PathBuf, found: u32 },
+    NewerFormat { path: PathBuf, found: u64 },
     #[error("{op} {path} failed")]
     Io {
         op: &'static str,
         path: PathBuf,
         source: io::Error,
     },
+}
+
+impl StoreError {
+    /// True when the file system had no room (or quota) left.
+    pub fn is_full(&self) -> bool {
+        matches!(self, StoreError::Io { source, .. }
+            if matches!(source.raw_os_error(), Some(code)
+                if code == rustix::io::Errno::NOSPC.raw_os_error()
+                    || code == rustix::io::Errno::DQUOT.raw_os_error()))
+    }
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -125,6 +142,15 @@ impl VersionSource {
     }
 }
 
+/// An update that ended with `3` for want of room: its ids, and the room it needed where.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NoRoom {
+    pub ids: Vec<String>,
+    pub needed: u64,
+    /// True beside the managed file, false in the state directory.
+    pub beside: bool,
+}
+
 /// A managed file whose version the agent cannot tell: it is neither patched nor checked for
 /// updates until something identifies it again (its record, a pin, `ota-agent adopt`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -133,6 +159,10 @@ pub struct Unidentified {
     pub sha256: Option<String>,
     pub reason: String,
     pub since_unix: u64,
+    /// The sha256 the vendor's signatures showed to be no version of theirs: a record or a pin
+    /// for those very bytes does not identify them (only `ota-agent adopt` does).
+    #[serde(default)]
+    pub disproved: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -152,6 +182,10 @@ pub struct PackageState {
     /// from before, is no knowledge of what the agent did since.
     #[serde(default)]
     pub after_state_loss: bool,
+    /// The last update that ended for want of room: the same chain is not downloaded again
+    /// until the room it needed is there.
+    #[serde(default)]
+    pub no_room: Option<NoRoom>,
     /// Update ids applied and reported as success, oldest first.
     #[serde(default)]
     pub applied: Vec<String>,
@@ -184,6 +218,7 @@ impl PackageState {
             source: VersionSource::Config,
             unidentified: None,
             after_state_loss: false,
+            no_room: None,
             applied: Vec::new(),
             failed: Vec::new(),
             update: None,
@@ -370,6 +405,8 @@ pub struct Callback {
 pub struct Store {
     dir: PathBuf,
     _lock: File,
+    /// Whether the reserve file is in place.
+    reserved: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -405,10 +442,58 @@ impl Store {
             }
             Err(e) => return Err(io_err("lock", &lock_path)(e.into())),
         }
-        Ok(Store {
+        let store = Store {
             dir: dir.to_owned(),
             _lock: lock,
-        })
+            reserved: std::sync::atomic::AtomicBool::new(false),
+        };
+        store.keep_reserve();
+        Ok(store)
+    }
+
+    /// Makes the reserve file when it is missing and the file system has room to spare (four
+    /// times the reserve): best effort, a state directory without it still works.
+    fn keep_reserve(&self) {
+        use std::sync::atomic::Ordering;
+        if self.reserved.load(Ordering::Relaxed) {
+            return;
+        }
+        let path = self.dir.join(RESERVE_FILE);
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() == RESERVE_BYTES) {
+            self.reserved.store(true, Ordering::Relaxed);
+            return;
+        }
+        if self.free_space().unwrap_or(0) < 4 * RESERVE_BYTES {
+            return;
+        }
+        let made = open_private(&path, true).and_then(|f| {
+            // Real blocks, not a sparse file: what it holds must be there to give back.
+            let zeros = vec![0u8; 64 * 1024];
+            let mut w = io::BufWriter::new(&f);
+            for _ in 0..RESERVE_BYTES / zeros.len() as u64 {
+                w.write_all(&zeros).map_err(io_err("write", &path))?;
+            }
+            w.flush().map_err(io_err("write", &path))?;
+            drop(w);
+            f.sync_all().map_err(io_err("fsync", &path))
+        });
+        match made {
+            Ok(()) => self.reserved.store(true, Ordering::Relaxed),
+            Err(e) => {
+                log::debug!(
+                    "no reserve in the state directory: {}",
+                    crate::error_chain(&e)
+                );
+                let _ = fs::remove_file(&path);
+            }
+        }
+    }
+
+    /// Gives the reserve back to the file system; false when there was none.
+    fn release_reserve(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.reserved.store(false, Ordering::Relaxed);
+        fs::remove_file(self.dir.join(RESERVE_FILE)).is_ok()
     }
 
     /// Loads the state. A corrupt, foreign or inconsistent file is moved aside (and logged) and
@@ -472,13 +557,30 @@ impl Store {
         })
     }
 
-    /// Writes the whole state atomically.
+    /// Writes the whole state atomically. On a full disk the reserve makes room for it.
     pub fn save(&self, state: &State) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec_pretty(state).expect("state serialises");
+        // Compact: every checkpoint of a download writes it whole.
+        let bytes = serde_json::to_vec(state).expect("state serialises");
+        let saved = match self.write_state(&bytes) {
+            Err(e) if e.is_full() && self.release_reserve() => {
+                log::warn!(
+                    "the state directory's file system is full; saving the state in the room kept for it"
+                );
+                self.write_state(&bytes)
+            }
+            other => other,
+        };
+        if saved.is_ok() {
+            self.keep_reserve();
+        }
+        saved
+    }
+
+    fn write_state(&self, bytes: &[u8]) -> Result<(), StoreError> {
         let path = self.dir.join(STATE_FILE);
         let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
         crate::io_stats::saved(bytes.len());
-        write_new(&tmp, &bytes)?;
+        write_new(&tmp, bytes)?;
         let prev = self.dir.join(PREV_FILE);
         remove_if_present(&prev)?;
         match fs::hard_link(&path, &prev) {
@@ -594,6 +696,13 @@ impl Store {
         Ok(())
     }
 
+    /// The size of the state directory's file system.
+    pub fn total_space(&self) -> Result<u64, StoreError> {
+        let st =
+            rustix::fs::statvfs(&self.dir).map_err(|e| io_err("statvfs", &self.dir)(e.into()))?;
+        Ok(st.f_blocks.saturating_mul(st.f_frsize))
+    }
+
     /// Free bytes on the state directory's filesystem for an unprivileged writer.
     pub fn free_space(&self) -> Result<u64, StoreError> {
         let st =
@@ -621,10 +730,10 @@ fn read_state(path: &Path) -> Result<Result<State, String>, StoreError> {
     // The format first: a newer agent's state need not parse as this one's.
     #[derive(Deserialize)]
     struct Format {
-        format: u32,
+        format: u64,
     }
     if let Ok(Format { format }) = serde_json::from_slice::<Format>(&bytes) {
-        if format > FORMAT {
+        if format > u64::from(FORMAT) {
             return Err(StoreError::NewerFormat {
                 path: path.to_owned(),
                 found: format,
@@ -844,11 +953,12 @@ mod tests {
         let e = store.load().unwrap_err();
         assert!(matches!(e, StoreError::NewerFormat { found: 2, .. }), "{e}");
         assert_eq!(fs::read(tmp.path().join(STATE_FILE)).unwrap(), newer);
-        assert_eq!(
-            fs::read_dir(tmp.path()).unwrap().count(),
-            2,
-            "state.json and lock"
-        );
+        let names: Vec<String> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != LOCK_FILE && n != RESERVE_FILE)
+            .collect();
+        assert_eq!(names, [STATE_FILE]);
         assert!(matches!(
             Store::peek(tmp.path()),
             Err(StoreError::NewerFormat { .. })

@@ -282,6 +282,14 @@ async fn a_lost_state_never_becomes_a_guess() {
     );
 }
 
+/// How many requests for a patch (of any method) the server has seen.
+async fn patch_requests(server: &Server) -> usize {
+    let requests = server.requests().await;
+    let is_patch =
+        |r: &&serde_json::Value| r["path"].as_str().is_some_and(|p| p.ends_with(".patch"));
+    requests.iter().filter(is_patch).count()
+}
+
 #[tokio::test]
 async fn a_full_disk_delays_the_update_and_loses_nothing() {
     let (_tmp, server, robot) = world("", "").await;
@@ -304,6 +312,15 @@ async fn a_full_disk_delays_the_update_and_loses_nothing() {
             !callbacks.is_empty() && callbacks.iter().all(|(_, c)| c == "3"),
             "{callbacks:?}"
         );
+        // Offered again with the disk as full: the same chain is not fetched again.
+        let before = patch_requests(&server).await;
+        let out = robot.agent(&["check"]).await;
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            log.contains("not downloaded again until there is room"),
+            "{log}"
+        );
+        assert_eq!(patch_requests(&server).await, before);
         let grown = std::process::Command::new("mount")
             .args(["-o", "remount,size=4m"])
             .arg(&state)
@@ -339,6 +356,37 @@ async fn a_full_disk_delays_the_update_and_loses_nothing() {
         let _ = std::process::Command::new("umount").arg(&state).status();
     }
     assert_eq!(version, 18);
+}
+
+#[tokio::test]
+async fn a_state_disk_that_fills_during_the_health_check_keeps_the_install() {
+    // The health check passes, and fills the state directory's file system on its way (as a
+    // new service's logs might). The save that ends the install failed, and the next start
+    // took the install marker for hooks a restart had interrupted: rolled back, `2` for both.
+    let fill = "health_check = \"dd if=/dev/zero of=\\\"$(dirname \\\"$(dirname \\\"$OTA_PATH\\\")\\\")/state/filler\\\" bs=64k 2>/dev/null; true\"";
+    let (_tmp, server, robot) = world("", fill).await;
+    let state = robot.dir.join("state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(&state)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("not played: mounting a tmpfs needs root");
+        return;
+    }
+    robot.agent(&["check"]).await;
+    assert!(state.join("filler").exists(), "the hook filled the disk");
+    assert_eq!(robot.installed(), server.version(18));
+    // Room again, and a routine restart: the install stands.
+    std::fs::remove_file(state.join("filler")).expect("room again");
+    settle(&robot, &server).await;
+    let version = assert_invariants(&robot, &server).await;
+    let _ = std::process::Command::new("umount").arg(&state).status();
+    assert_eq!(version, 18);
+    let callbacks = server.callbacks(&robot.id).await;
+    assert!(callbacks.iter().all(|(_, c)| c == "1"), "{callbacks:?}");
 }
 
 #[tokio::test]

@@ -1,7 +1,14 @@
 //! The contract's JSON answers and the checks every answer passes before the agent acts on it.
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+/// The longest update id the agent takes, in bytes: the state records every id of an update
+/// and saves it at every checkpoint, and the log names it on every progress line.
+pub const MAX_ID_LEN: usize = 256;
+/// The longest patch URL the agent takes, in bytes, for the same reason.
+pub const MAX_URL_LEN: usize = 4096;
 
 /// What `/file/download` said, once validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,8 +55,46 @@ pub struct TokenBody {
     pub token_type: Option<String>,
     #[serde(default)]
     pub refresh_token: Option<String>,
-    #[serde(default)]
+    /// Seconds; a number, or a string of digits as some servers' JSON writers send it.
+    #[serde(default, deserialize_with = "number_or_digits")]
     pub expires_in: Option<u64>,
+}
+
+fn number_or_digits<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a count of seconds"))),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a count of seconds"))),
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "{other} is not a count of seconds"
+        ))),
+    }
+}
+
+/// Parses JSON the way the server's own stack (Spring with Jackson) reads and writes it: a
+/// UTF-8 byte-order mark is skipped, and a key given twice takes its last value.
+fn from_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let text = body.strip_prefix(b"\xef\xbb\xbf").unwrap_or(body);
+    // A map keeps the last value of a key; the derived struct would refuse the duplicate.
+    let value: Value = serde_json::from_slice(text).map_err(|e| describe(&e, text))?;
+    T::deserialize(value).map_err(|e| format!("malformed JSON: {e}"))
+}
+
+/// The items of a `;`-separated list as Java's `String.split(";")` gives them: trailing empty
+/// items are dropped (an empty one elsewhere stays, and is refused by the caller).
+fn split_list(list: &str) -> Vec<&str> {
+    let mut items: Vec<&str> = list.split(';').map(str::trim).collect();
+    while items.len() > 1 && items.last().is_some_and(|i| i.is_empty()) {
+        items.pop();
+    }
+    items
 }
 
 #[derive(Deserialize)]
@@ -81,7 +126,7 @@ fn describe(e: &serde_json::Error, body: &[u8]) -> String {
 
 /// Parses and validates a `/file/download` answer (rules 1 and 2 of the contract).
 pub fn parse_check(body: &[u8]) -> Result<CheckAnswer, String> {
-    let parsed: CheckBody = serde_json::from_slice(body).map_err(|e| describe(&e, body))?;
+    let parsed: CheckBody = from_json(body)?;
     let code = code_of(&parsed.code)?;
     match code.as_str() {
         "100" | "101" => {}
@@ -98,8 +143,8 @@ pub fn parse_check(body: &[u8]) -> Result<CheckAnswer, String> {
     if data.trim().is_empty() && ids.trim().is_empty() {
         return Ok(CheckAnswer::UpToDate);
     }
-    let urls: Vec<&str> = data.split(';').map(str::trim).collect();
-    let ids: Vec<&str> = ids.split(';').map(str::trim).collect();
+    let urls = split_list(&data);
+    let ids = split_list(&ids);
     if urls.len() != ids.len() {
         return Err(format!(
             "`data` lists {} patch URLs but `id` lists {} ids",
@@ -111,6 +156,20 @@ pub fn parse_check(body: &[u8]) -> Result<CheckAnswer, String> {
     for (i, (url, id)) in urls.iter().zip(&ids).enumerate() {
         if id.is_empty() {
             return Err(format!("update id number {} is empty", i + 1));
+        }
+        if id.len() > MAX_ID_LEN {
+            return Err(format!(
+                "update id number {} is {} bytes long, more than the {MAX_ID_LEN} the agent takes",
+                i + 1,
+                id.len()
+            ));
+        }
+        if url.len() > MAX_URL_LEN {
+            return Err(format!(
+                "patch URL number {} is {} bytes long, more than the {MAX_URL_LEN} the agent takes",
+                i + 1,
+                url.len()
+            ));
         }
         if id.chars().any(char::is_control) {
             return Err(format!(
@@ -146,13 +205,13 @@ pub fn parse_check(body: &[u8]) -> Result<CheckAnswer, String> {
 
 /// The `code` of a `/file/callback` answer.
 pub fn parse_callback(body: &[u8]) -> Result<String, String> {
-    let parsed: CallbackBody = serde_json::from_slice(body).map_err(|e| describe(&e, body))?;
+    let parsed: CallbackBody = from_json(body)?;
     code_of(&parsed.code)
 }
 
 /// Parses and checks a token answer.
 pub fn parse_token(body: &[u8]) -> Result<TokenBody, String> {
-    let token: TokenBody = serde_json::from_slice(body).map_err(|e| describe(&e, body))?;
+    let token: TokenBody = from_json(body)?;
     if token.access_token.trim().is_empty() {
         return Err("`access_token` is empty".into());
     }
@@ -166,7 +225,7 @@ pub fn parse_token(body: &[u8]) -> Result<TokenBody, String> {
 
 /// `{"error": …, "error_description": …}`, as Spring Security OAuth2 answers.
 pub(super) fn parse_oauth_error(body: &[u8]) -> Option<(String, Option<String>)> {
-    let e: OAuthErrorBody = serde_json::from_slice(body).ok()?;
+    let e: OAuthErrorBody = from_json(body).ok()?;
     Some((e.error, e.error_description))
 }
 
@@ -262,6 +321,46 @@ mod tests {
             };
             assert!(err.contains(expected), "{body}: {err}");
         }
+    }
+
+    #[test]
+    fn answers_as_spring_and_jackson_send_them() {
+        // A byte-order mark, a key given twice (the last one counts), trailing separators
+        // (Java's split drops trailing empty items), and expires_in as a string.
+        let p = patches(
+            "\u{feff}{\"code\":\"500\",\"code\":\"100\",\"data\":\"http://h/a--17--f.patch;http://h/b--18--f.patch;\",\"id\":\"23;25;\"}",
+        );
+        assert_eq!(p.len(), 2);
+        assert_eq!((p[0].id.as_str(), p[1].id.as_str()), ("23", "25"));
+        let t = parse_token(br#"{"access_token":"a","expires_in":"11999","expires_in":"600"}"#)
+            .unwrap();
+        assert_eq!(t.expires_in, Some(600));
+        assert_eq!(
+            parse_callback("\u{feff}{\"code\":\"100\"}".as_bytes()),
+            Ok("100".into())
+        );
+        // An empty item elsewhere still refuses the answer.
+        let err = parse_check(
+            br#"{"code":"100","data":"http://h/a.patch;;http://h/b.patch","id":"1;;2"}"#,
+        )
+        .unwrap_err();
+        assert!(err.contains("is empty"), "{err}");
+        assert!(parse_token(br#"{"access_token":"a","expires_in":"soon"}"#).is_err());
+    }
+
+    #[test]
+    fn ids_and_urls_longer_than_their_caps_refuse_the_answer() {
+        let long_id = "7".repeat(MAX_ID_LEN + 1);
+        let body = format!(r#"{{"code":"100","data":"http://h/a--17--f.patch","id":"{long_id}"}}"#);
+        let err = parse_check(body.as_bytes()).unwrap_err();
+        assert!(err.contains("more than the 256"), "{err}");
+        let long_url = format!("http://h/{}--17--f.patch", "a".repeat(MAX_URL_LEN));
+        let body = format!(r#"{{"code":"100","data":"{long_url}","id":"23"}}"#);
+        let err = parse_check(body.as_bytes()).unwrap_err();
+        assert!(err.contains("more than the 4096"), "{err}");
+        let at_cap = "7".repeat(MAX_ID_LEN);
+        let body = format!(r#"{{"code":"100","data":"http://h/a--17--f.patch","id":"{at_cap}"}}"#);
+        assert_eq!(patches(&body)[0].id, at_cap);
     }
 
     #[test]

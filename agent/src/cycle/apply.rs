@@ -26,7 +26,11 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
         .clone()
         .expect("apply runs with an update");
     let ids = update.ids();
-    if sha256_file_async(&pkg.path).await?.as_deref() != Some(update.from_sha256.as_str()) {
+    if sha256_file_async(&pkg.path, &agent.shutdown)
+        .await?
+        .as_deref()
+        != Some(update.from_sha256.as_str())
+    {
         return super::identify::changed(agent, pkg, &ids).await;
     }
     let usable = update.usable();
@@ -47,8 +51,21 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
     let mut failed = update.failed.clone();
     let mut applied = 0;
     let mut sha = String::new();
+    // The sha256 of the file the next patch applies to: the installed file, then each result.
+    let mut base = update.from_sha256.clone();
     for index in 0..usable {
         let p = &update.patches[index];
+        if let Some(signed_base) = p.signed.as_ref().and_then(|s| s.from_sha256.as_deref()) {
+            if signed_base != base {
+                // A patch before it ran on a base nothing checked (unsigned, on the config's
+                // word), or the file is not the one the chain starts from.
+                let problem = format!(
+                    "update {} is signed for a file with sha256 {signed_base}, and would apply to one with sha256 {base}",
+                    p.id
+                );
+                return super::identify::by_signatures(agent, pkg, &update, &problem);
+            }
+        }
         let doing = format!("applying update {} (version {})", p.id, p.to_version);
         log::info!("{key}: {doing}");
         agent.notifier.status(&doing);
@@ -79,6 +96,7 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
                     p.to_version
                 );
                 applied = index + 1;
+                base.clone_from(&new_sha);
                 sha = new_sha;
                 if index > 0 {
                     agent.store.remove_staged(&key, index - 1)?;
@@ -88,18 +106,7 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
                 // The download vanished (cleaned up by hand?) or is not what was downloaded (a
                 // bad disk): fetch it again, as an attempt of its own.
                 log::warn!("{key}: update {}: {e}; downloading it again", p.id);
-                let lost = &mut agent
-                    .pkg_state(&key)
-                    .update
-                    .as_mut()
-                    .expect("update")
-                    .patches[index];
-                lost.sha256 = None;
-                lost.durable = 0;
-                lost.validator = None;
-                lost.attempts += 1;
-                agent.save()?;
-                return Ok(Step::Download);
+                return fetch_again(agent, &key, index);
             }
             Err(ApplyError::Patch(patch::PatchError::Stopped)) => return Err(CycleError::Stopped),
             Err(ApplyError::Store(e)) => return Err(e.into()),
@@ -114,6 +121,17 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
                 let reason = format!("update {} does not apply: {}", p.id, crate::error_chain(&e));
                 if p.signed.is_some() && !base_checked(agent, &key, index, p) {
                     return super::identify::by_signatures(agent, pkg, &update, &reason);
+                }
+                // No length was announced for it anywhere (no Content-Length, no HEAD, no
+                // signature): a cut connection looks like the end of the body, so a patch that
+                // does not apply proves nothing. Fetched again, as an attempt of its own; it fails
+                // for good once `download_attempts` are used up.
+                let limit = agent.config.agent.download_attempts;
+                if p.size.is_none() && p.signed.is_none() && p.attempts + 1 < limit {
+                    log::warn!(
+                        "{key}: {reason}; no length was announced for it, so it may have been cut: downloading it again"
+                    );
+                    return fetch_again(agent, &key, index);
                 }
                 log::error!("{key}: {reason}");
                 failed = Some(Failure { index, reason });
@@ -139,14 +157,35 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
     }))
 }
 
+/// Drops the download of patch `index`, to be fetched again as an attempt of its own.
+fn fetch_again(agent: &mut Agent, key: &str, index: usize) -> Result<Step, CycleError> {
+    let p = &mut agent.update_mut(key).patches[index];
+    p.sha256 = None;
+    p.durable = 0;
+    p.validator = None;
+    p.attempts += 1;
+    agent.save()?;
+    Ok(Step::Download)
+}
+
 /// Whether patch `index` failed on a file known to be its base, which proves the patch bad
 /// (rule 3's final `2`). A later patch's base is the result the one before made and checked; the
 /// first one's is the installed file, known when something verified its version or the
 /// vendor signed the base (format 3). Otherwise a good patch may have met the wrong file.
 fn base_checked(agent: &Agent, key: &str, index: usize, p: &crate::store::PatchState) -> bool {
-    index > 0
-        || p.signed.as_ref().is_some_and(|s| s.from_sha256.is_some())
-        || agent.state.packages[key].source.is_verified()
+    if p.signed.as_ref().is_some_and(|s| s.from_sha256.is_some()) {
+        return true;
+    }
+    let update = agent.state.packages[key].update.as_ref().expect("update");
+    match index {
+        0 => agent.state.packages[key].source.is_verified(),
+        // The result of the patch before, checked against its signature, or made from a base
+        // that was known (applied, without a signature, to a guess it is a guess too).
+        k => {
+            let before = &update.patches[k - 1];
+            before.signed.is_some() || base_checked(agent, key, k - 1, before)
+        }
+    }
 }
 
 /// Whether the staging file of an earlier apply still holds what it held then (a wait may have
@@ -155,8 +194,11 @@ async fn staged_is(agent: &Agent, key: &str, staged: &StagedResult) -> bool {
     let Ok(file) = agent.store.open_staged(key, staged.applied - 1) else {
         return false;
     };
-    let found = tokio::task::spawn_blocking(move || crate::install::sha256_of(file)).await;
-    matches!(found, Ok(Ok(sha)) if sha == staged.sha256)
+    let stop = agent.shutdown.clone();
+    let found =
+        tokio::task::spawn_blocking(move || crate::install::sha256_until(file, &|| stop.is_set()))
+            .await;
+    matches!(found, Ok(Ok(Some(sha))) if sha == staged.sha256)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,20 +239,35 @@ async fn apply_one(
         .ok_or(ApplyError::Missing)?;
     let recorded = p.sha256.clone().unwrap_or_default();
     let room = agent.store.free_space()?;
+    // The new version goes to the state directory's file system and then beside the managed
+    // file: it must fit in both (one that cannot be asked does not count).
+    let disk = agent
+        .store
+        .total_space()?
+        .min(crate::install::total_space(&pkg.path).map_or(u64::MAX, |beside| beside));
     let out = agent.store.create_staged(&key, index)?;
     let shutdown = agent.shutdown.clone();
     let notifier = agent.notifier.clone();
     let work = move || -> Result<(String, u64), ApplyError> {
         // The patch is read from its file in pieces, never whole: a patch may be hundreds of
         // MiB, a robot's memory is not. It is the file the download step hashed, or nothing.
-        let found = crate::install::sha256_of(&patch_file).map_err(io_err("read", "patch"))?;
+        let found = crate::install::sha256_until(&patch_file, &|| shutdown.is_set())
+            .map_err(io_err("read", "patch"))?
+            .ok_or(ApplyError::Patch(patch::PatchError::Stopped))?;
         if found != recorded {
             return Err(ApplyError::Changed { recorded, found });
         }
         let source = patch::FileSource::new(patch_file).map_err(io_err("stat", "patch"))?;
         // A result larger than the space left is a full disk (try again later), not a bad
-        // patch; and the limit keeps a hostile header from filling the disk.
+        // patch; and the limit keeps a hostile header from filling the disk. Larger than the
+        // file systems could hold even empty, it is a bad patch: no room will ever come.
         let promised = patch::header(&source)?.new_size;
+        if promised > disk {
+            return Err(ApplyError::Patch(patch::PatchError::TooLarge {
+                promised,
+                limit: disk,
+            }));
+        }
         if promised > room {
             return Err(ApplyError::NoSpace {
                 needed: promised,

@@ -12,8 +12,11 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
     let ps = agent.pkg_state(&key);
     // Never looked at yet, or missing when it was: the unidentified that something disproved
     // carry the sha256 that was disproved.
-    let first_sight =
-        ps.sha256.is_none() && ps.unidentified.as_ref().is_none_or(|u| u.sha256.is_none());
+    let first_sight = ps.sha256.is_none()
+        && ps
+            .unidentified
+            .as_ref()
+            .is_none_or(|u| u.sha256.is_none() && u.disproved.is_none());
     if !first_sight && ps.unidentified.is_some() {
         if let Some(reason) = super::identify::again(agent, pkg).await? {
             return Ok(Step::Report(Outcome::Unidentified { reason }));
@@ -94,9 +97,9 @@ fn declined(key: &str, code: &str) -> Step {
     Step::Report(Outcome::Declined { code: code.into() })
 }
 
-/// The longest chain the agent accepts in one answer. The state file holds a record per patch,
-/// saved at every checkpoint of a download, so a chain of thousands would make each save (and
-/// the flash's wear) grow with it; a robot that far behind is better reflashed.
+/// The longest chain the agent takes from one answer; a longer one is taken in pieces of this
+/// many. The state file holds a record per patch, saved at every checkpoint of a download, so a
+/// chain of thousands would make each save (and the flash's wear) grow with it.
 pub const MAX_CHAIN: usize = 64;
 
 /// Turns a valid offer into an update, or refuses it before anything is downloaded.
@@ -107,11 +110,16 @@ async fn accept(
     offered: Vec<OfferedPatch>,
 ) -> Result<Step, CycleError> {
     let key = pkg.key();
+    let mut offered = offered;
     if offered.len() > MAX_CHAIN {
-        return Err(CycleError::Refused(format!(
-            "{} patches offered in one answer, more than the {MAX_CHAIN} the agent takes",
+        // The patches apply in order: the first ones are an update of their own, and the next
+        // check, from the version they lead to, brings the rest. The ids left out get no
+        // result; the server offers them again.
+        log::warn!(
+            "{key}: {} patches offered in one answer; taking the first {MAX_CHAIN}, the rest come at the next check",
             offered.len()
-        )));
+        );
+        offered.truncate(MAX_CHAIN);
     }
     // Rule 4, and its twin for failures: an id with a final result is never tried again; its
     // result is sent again instead. Ids after a failed one cannot apply: "not updated yet".
@@ -215,8 +223,12 @@ async fn accept(
         }));
     }
     let ids: Vec<String> = patches.iter().map(|p| p.id.clone()).collect();
+    if let Some(reason) = still_no_room(agent, pkg, &ids)? {
+        log::warn!("{key}: {reason}");
+        return Ok(Step::Report(Outcome::Failed { reason }));
+    }
     let recorded = agent.state.packages[&key].sha256.clone();
-    let current = sha256_file_async(&pkg.path).await?;
+    let current = sha256_file_async(&pkg.path, &agent.shutdown).await?;
     if current.is_none() || current != recorded {
         return super::identify::changed(agent, pkg, &ids).await;
     }
@@ -241,6 +253,36 @@ async fn accept(
     });
     agent.save()?;
     Ok(Step::Verify)
+}
+
+/// Says why the chain `ids` is not downloaded again: it ended with `3` for want of room, and the
+/// free space is still less than it needed. A different chain, or the room, clears the fact.
+fn still_no_room(
+    agent: &mut Agent,
+    pkg: &Package,
+    ids: &[String],
+) -> Result<Option<String>, CycleError> {
+    let key = pkg.key();
+    let Some(room) = agent.state.packages[&key].no_room.clone() else {
+        return Ok(None);
+    };
+    if room.ids == ids {
+        let (free, place) = if room.beside {
+            (crate::install::free_space(&pkg.path)?, super::BESIDE)
+        } else {
+            (agent.store.free_space()?, "in the state directory")
+        };
+        if free < room.needed {
+            return Ok(Some(format!(
+                "updates {} are not downloaded again until there is room: they need {} bytes {place}, {free} are free",
+                ids.join(", "),
+                room.needed
+            )));
+        }
+    }
+    agent.pkg_state(&key).no_room = None;
+    agent.save()?;
+    Ok(None)
 }
 
 /// The version code in a patch file name `<Name>-<versionName>--<versionCode>--<fileName>.patch`.

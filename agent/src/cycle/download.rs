@@ -20,9 +20,14 @@ const SPACE_TRIES: u32 = 3;
 /// How often progress is logged (and at every tenth of the patch).
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// How often the partial file is made durable (an fsync and a state save) while bytes arrive,
-/// or while the connection stalls with bytes not yet synced. More often would cost a fast link
-/// more than the download itself.
+/// or while the connection stalls with bytes not yet synced, at the most. More often would cost
+/// a fast link more than the download itself.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// How many new bytes make a checkpoint worth its writes: a body that drips would otherwise cost
+/// a state save a second for a few bytes each (the flash's wear, over `update_deadline`).
+const CHECKPOINT_BYTES: u64 = 64 * 1024;
+/// The longest a few new bytes wait for their checkpoint.
+const CHECKPOINT_SLOW: Duration = Duration::from_secs(60);
 
 pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleError> {
     let key = pkg.key();
@@ -51,7 +56,7 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
                 agent.save()?;
             }
         }
-        Err(e @ CycleError::NoSpace { .. }) => {
+        Err(e @ CycleError::NoSpace { place, needed, .. }) => {
             let tries = update(agent, &key).space_failures + 1;
             update_mut(agent, &key).space_failures = tries;
             agent.save()?;
@@ -62,6 +67,7 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
             let reason = crate::error_chain(&e);
             log::error!("{key}: {reason}; giving up on this update for now");
             let ids = update(agent, &key).ids();
+            agent.note_no_room(&key, &ids, Some(super::Room::new(place, needed)));
             agent.finish(pkg, &all_codes(&ids, code::NOT_UPDATED), None)?;
             return Ok(Step::Report(Outcome::Failed { reason }));
         }
@@ -246,7 +252,7 @@ async fn check_space(agent: &mut Agent, pkg: &Package) -> Result<(), CycleError>
     let beside = crate::install::free_space(&pkg.path)?;
     if result > beside {
         return Err(CycleError::NoSpace {
-            place: "beside the managed file",
+            place: super::BESIDE,
             needed: result,
             free: beside,
         });
@@ -277,16 +283,22 @@ async fn fetch_one(
         file.set_len(0).map_err(io("truncate"))?;
     }
     if have > 0 {
-        // Hashing what is already there can take a while on a robot: off the runtime thread.
-        let work = move || -> std::io::Result<(File, Sha256)> {
+        // Hashing what is already there can take a while on a robot: off the runtime thread,
+        // and given up at a stop.
+        let stop = agent.shutdown.clone();
+        let work = move || -> std::io::Result<(File, Sha256, bool)> {
             file.seek(SeekFrom::Start(0))?;
-            hash_prefix(&mut file, have, &mut hasher)?;
-            Ok((file, hasher))
+            let done = hash_prefix(&mut file, have, &mut hasher, &|| stop.is_set())?;
+            Ok((file, hasher, done))
         };
-        (file, hasher) = match tokio::task::spawn_blocking(work).await {
+        let done;
+        (file, hasher, done) = match tokio::task::spawn_blocking(work).await {
             Ok(done) => done.map_err(io("read"))?,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         };
+        if !done {
+            return Err(CycleError::Stopped);
+        }
     }
     let mut fetch = match agent
         .client
@@ -335,6 +347,8 @@ async fn fetch_one(
             });
         }
     }
+    // The length the server announced anywhere: this answer, the HEAD before it, the signature.
+    let announced = fetch.total.or(patch.size).or(signed_size);
     let started_at = fetch.offset;
     {
         let p = &mut update_mut(agent, key).patches[index];
@@ -357,8 +371,10 @@ async fn fetch_one(
     // they would cost more than the chunk itself on a fast link.
     let stop = shutdown.wait();
     tokio::pin!(stop);
-    let mut synced = have;
-    let mut next_sync = Instant::now() + CHECKPOINT_EVERY;
+    let mut synced = (have, Instant::now());
+    // How much had arrived when the checkpoint timer last fired.
+    let mut tick = have;
+    let mut next_sync = synced.1 + CHECKPOINT_EVERY;
     let mut pace = Pace::new(
         agent.config.server.min_download_rate,
         agent.config.server.read_timeout.0,
@@ -378,9 +394,15 @@ async fn fetch_one(
                 checkpoint(agent, key, index, &mut out, have)?;
                 return Err(CycleError::Stopped);
             }
-            () = &mut stall, if have > synced => {
-                checkpoint(agent, key, index, &mut out, have)?;
-                (synced, next_sync) = (have, Instant::now() + CHECKPOINT_EVERY);
+            () = &mut stall, if have > synced.0 => {
+                // A stall (nothing new for a second) is worth a checkpoint at once; a drip
+                // (a few bytes every second) waits for enough of them.
+                if have == tick || checkpoint_due(synced, have) {
+                    checkpoint(agent, key, index, &mut out, have)?;
+                    synced = (have, Instant::now());
+                }
+                tick = have;
+                next_sync = Instant::now() + CHECKPOINT_EVERY;
                 stall.as_mut().reset(next_sync);
                 continue;
             }
@@ -402,7 +424,10 @@ async fn fetch_one(
                 reason: format!("the server sent more than the signed {signed} bytes"),
             });
         }
-        if have > max || fetch.total.is_some_and(|t| have > t) {
+        if have > max || announced.is_some_and(|t| have > t) {
+            // Not the body that was announced (republished since the HEAD?): the next attempt
+            // starts over, with no length known.
+            start_over(agent, key, index)?;
             return Err(CycleError::Interrupted {
                 id: patch.id.clone(),
                 reason: format!("the body is longer than announced ({have} bytes so far)"),
@@ -429,9 +454,10 @@ async fn fetch_one(
                 }
             }
         }
-        if Instant::now() >= next_sync {
+        if Instant::now() >= next_sync && checkpoint_due(synced, have) {
             checkpoint(agent, key, index, &mut out, have)?;
-            (synced, next_sync) = (have, Instant::now() + CHECKPOINT_EVERY);
+            synced = (have, Instant::now());
+            next_sync = synced.1 + CHECKPOINT_EVERY;
             stall.as_mut().reset(next_sync);
         }
         if let Some(rate) = pace.too_slow(have) {
@@ -445,7 +471,7 @@ async fn fetch_one(
             });
         }
     }
-    if let Some(total) = fetch.total {
+    if let Some(total) = announced {
         if have != total {
             checkpoint(agent, key, index, &mut out, have)?;
             return Err(CycleError::Interrupted {
@@ -513,10 +539,20 @@ async fn fetch_one(
     );
     let p = &mut update_mut(agent, key).patches[index];
     p.sha256 = Some(sha);
-    p.size = Some(have);
+    // `size` stays what the server announced, if it announced anything: a body with no length
+    // anywhere is judged differently when it does not apply (see the apply step).
     p.durable = have;
     agent.save()?;
     Ok(())
+}
+
+/// Whether the bytes that arrived since the last checkpoint (`synced`: length and time) are
+/// worth one: a second after it at the soonest, and with enough of them, or after a long while.
+fn checkpoint_due(synced: (u64, Instant), have: u64) -> bool {
+    let since = synced.1.elapsed();
+    have > synced.0
+        && since >= CHECKPOINT_EVERY
+        && (have - synced.0 >= CHECKPOINT_BYTES || since >= CHECKPOINT_SLOW)
 }
 
 /// True when the file starts like a bsdiff 4.x patch.
@@ -568,13 +604,22 @@ impl Pace {
     }
 }
 
-fn hash_prefix(file: &mut File, len: u64, hasher: &mut Sha256) -> std::io::Result<()> {
+/// Hashes the first `len` bytes of `file`; false when `stop` said so before the end.
+fn hash_prefix(
+    file: &mut File,
+    len: u64,
+    hasher: &mut Sha256,
+    stop: &dyn Fn() -> bool,
+) -> std::io::Result<bool> {
     let mut limited = file.take(len);
     let mut buf = vec![0u8; 256 * 1024];
     loop {
+        if stop() {
+            return Ok(false);
+        }
         let n = limited.read(&mut buf)?;
         if n == 0 {
-            return Ok(());
+            return Ok(true);
         }
         hasher.update(&buf[..n]);
     }

@@ -22,9 +22,17 @@ use crate::config::Package;
 use crate::install::{Examined, examine_async};
 use crate::store::{Update, VersionSource};
 
-/// The version the file's record or the config's pin give a file, if either does.
-fn by_record_or_pin(pkg: &Package, found: &Examined) -> Option<Known> {
-    if let Some(version) = found.recorded_version() {
+/// The version the file's record or the config's pin give a file, if either does: not for
+/// bytes the vendor's signatures showed to be none of its versions.
+fn by_record_or_pin(agent: &Agent, pkg: &Package, found: &Examined) -> Option<Known> {
+    let disproved = agent.state.packages[&pkg.key()]
+        .unidentified
+        .as_ref()
+        .and_then(|u| u.disproved.as_deref());
+    if disproved == Some(found.sha256.as_str()) {
+        return None;
+    }
+    if let Some(version) = found.recorded_version(&agent.owner(pkg)) {
         return Some(Known {
             version: version.to_owned(),
             sha256: found.sha256.clone(),
@@ -63,9 +71,18 @@ fn not_configured_version(agent: &Agent, pkg: &Package, found: &Examined) -> Opt
 /// The first look at a file: what it is, by its record, a pin, or the config's word.
 pub(super) async fn first_sight(agent: &mut Agent, pkg: &Package) -> Result<(), CycleError> {
     let key = pkg.key();
-    let outcome = match examine_async(&pkg.path).await? {
+    let found = examine_async(&pkg.path, &agent.shutdown).await?;
+    let shared = agent.config.shares_file(pkg);
+    let outcome = match found {
         None => Err((None, format!("{} does not exist", pkg.path.display()))),
-        Some(found) => match by_record_or_pin(pkg, &found) {
+        Some(found) if shared.is_some() => {
+            let (other, how) = shared.expect("checked in the guard");
+            Err((
+                Some(found.sha256),
+                format!("it is also {other}'s file ({how}); a file can have only one owner"),
+            ))
+        }
+        Some(found) => match by_record_or_pin(agent, pkg, &found) {
             Some(known) => Ok(known),
             None => match not_configured_version(agent, pkg, &found) {
                 Some(reason) => Err((Some(found.sha256), reason)),
@@ -94,7 +111,9 @@ pub(super) async fn first_sight(agent: &mut Agent, pkg: &Package) -> Result<(), 
             }
             agent.identified(&key, known);
         }
-        Err((sha256, reason)) => agent.unidentified(&key, sha256, reason),
+        Err((sha256, reason)) => {
+            agent.unidentified(&key, sha256, reason);
+        }
     }
     agent.save()?;
     Ok(())
@@ -102,7 +121,7 @@ pub(super) async fn first_sight(agent: &mut Agent, pkg: &Package) -> Result<(), 
 
 /// Another look at an unidentified file; `Some(reason)` while it stays so.
 pub(super) async fn again(agent: &mut Agent, pkg: &Package) -> Result<Option<String>, CycleError> {
-    let found = examine_async(&pkg.path).await?;
+    let found = examine_async(&pkg.path, &agent.shutdown).await?;
     let ps = &agent.state.packages[&pkg.key()];
     // Back to what the agent recorded before it lost track of it.
     let back = found
@@ -125,7 +144,11 @@ fn settle(
     known: Option<Known>,
 ) -> Result<Option<String>, CycleError> {
     let key = pkg.key();
-    let known = known.or_else(|| found.as_ref().and_then(|f| by_record_or_pin(pkg, f)));
+    let shared = agent.config.shares_file(pkg);
+    let known = match shared {
+        Some(_) => None,
+        None => known.or_else(|| found.as_ref().and_then(|f| by_record_or_pin(agent, pkg, f))),
+    };
     if let Some(known) = known {
         log::info!(
             "{key}: {} is identified: version {} ({})",
@@ -137,9 +160,12 @@ fn settle(
         agent.save()?;
         return Ok(None);
     }
-    let reason = match &found {
-        None => format!("{} does not exist", pkg.path.display()),
-        Some(f) => not_configured_version(agent, pkg, f).unwrap_or_else(|| {
+    let reason = match (&found, shared) {
+        (_, Some((other, how))) => {
+            format!("it is also {other}'s file ({how}); a file can have only one owner")
+        }
+        (None, None) => format!("{} does not exist", pkg.path.display()),
+        (Some(f), None) => not_configured_version(agent, pkg, f).unwrap_or_else(|| {
             format!(
                 "{} (sha256 {}) is none of the versions the agent knows, and carries no record of its own; run `ota-agent adopt {key} N` if it is version N",
                 pkg.path.display(),
@@ -147,8 +173,9 @@ fn settle(
             )
         }),
     };
-    agent.unidentified(&key, found.map(|f| f.sha256), reason.clone());
-    agent.save()?;
+    if agent.unidentified(&key, found.map(|f| f.sha256), reason.clone()) {
+        agent.save()?;
+    }
     Ok(Some(reason))
 }
 
@@ -161,7 +188,7 @@ pub(super) async fn changed(
     ids: &[String],
 ) -> Result<Step, CycleError> {
     let key = pkg.key();
-    let found = examine_async(&pkg.path).await?;
+    let found = examine_async(&pkg.path, &agent.shutdown).await?;
     let recorded = agent.state.packages[&key].sha256.clone();
     log::error!(
         "{key}: {} is not the file the agent recorded (sha256 {}, now {}); it is not patched",
@@ -175,6 +202,27 @@ pub(super) async fn changed(
         None => Ok(Step::Check),
         Some(reason) => Ok(Step::Report(Outcome::Unidentified { reason })),
     }
+}
+
+/// Before an install: another package's path names the file too (a directory became a link
+/// since the start): the update ends with `3` and the file is held as unidentified, or one
+/// owner's version would land in the other's file.
+pub(super) fn shared(
+    agent: &mut Agent,
+    pkg: &Package,
+    ids: &[String],
+) -> Result<Option<Step>, CycleError> {
+    let Some((other, how)) = agent.config.shares_file(pkg) else {
+        return Ok(None);
+    };
+    let key = pkg.key();
+    let reason = format!("it is also {other}'s file ({how}); a file can have only one owner");
+    log::error!("{key}: {} is not installed: {reason}", pkg.path.display());
+    agent.finish(pkg, &all_codes(ids, code::NOT_UPDATED), None)?;
+    let sha256 = agent.state.packages[&key].sha256.clone();
+    agent.unidentified(&key, sha256, reason.clone());
+    agent.save()?;
+    Ok(Some(Step::Report(Outcome::Unidentified { reason })))
 }
 
 /// The vendor's signatures say the file is not the chain's base (format 3), or the first patch
@@ -209,9 +257,12 @@ pub(super) fn by_signatures(
         log::error!("{key}: {reason}");
         agent.finish(pkg, &all_codes(&ids, code::NOT_UPDATED), None)?;
         // The recorded version of this very sha256 is what the signatures disproved: the file
-        // staying as it is must not identify it again.
+        // staying as it is must not identify it again, not by the state, a record or a pin.
         agent.pkg_state(&key).sha256 = None;
         agent.unidentified(&key, Some(sha.to_owned()), reason.clone());
+        if let Some(u) = agent.pkg_state(&key).unidentified.as_mut() {
+            u.disproved = Some(sha.to_owned());
+        }
         agent.save()?;
         return Ok(Step::Report(Outcome::Unidentified { reason }));
     };

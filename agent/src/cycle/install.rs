@@ -45,21 +45,25 @@ pub(super) async fn run(
             log::info!("{doing}");
             agent.notifier.status(&doing);
             agent.events.step(&key, crate::events::Step::Install, &ids);
+            if let Some(step) = super::identify::shared(agent, pkg, &ids)? {
+                return Ok(step);
+            }
             let staged_file = agent.store.open_staged(&key, applied - 1)?;
             let shutdown = agent.shutdown.clone();
             // Prepared in full before a deferral: writing it again at every retry would wear the
             // flash for nothing. Only the recorded fact counts, never the file alone, which a
             // stop in the middle of its preparing may have left unsynced.
             let kept = update.prepared_sha256.as_deref() == Some(marker.to_sha256.as_str())
-                && sha256_file_async(&install::new_path(&pkg.path))
+                && sha256_file_async(&install::new_path(&pkg.path), &agent.shutdown)
                     .await
                     .is_ok_and(|sha| sha.as_deref() == Some(marker.to_sha256.as_str()));
             let result = if kept {
                 Ok(())
             } else {
                 let expect = install::NewVersion {
-                    version: &marker.to_version,
-                    sha256: &marker.to_sha256,
+                    owner: agent.owner(pkg),
+                    version: marker.to_version.clone(),
+                    sha256: marker.to_sha256.clone(),
                 };
                 install::prepare_async(&pkg.path, staged_file, expect, move || shutdown.is_set())
                     .await
@@ -118,7 +122,7 @@ pub(super) async fn run(
                 .install
                 .clone()
                 .expect("resumed with an install marker");
-            let current = sha256_file_async(&pkg.path).await?;
+            let current = sha256_file_async(&pkg.path, &agent.shutdown).await?;
             let is_new = current.as_deref() == Some(marker.to_sha256.as_str());
             let is_old = current.as_deref() == Some(update.from_sha256.as_str());
             if !marker.rolling_back {
@@ -145,7 +149,15 @@ pub(super) async fn run(
                 );
                 return roll_back(agent, pkg, &update, marker, problem).await;
             }
-            if marker.rolling_back || (marker.hooks_started && is_new) {
+            let hooks = pkg.post_install.is_some() || pkg.health_check.is_some();
+            let passed_here =
+                agent.hooks_passed.as_ref() == Some(&(key.clone(), marker.to_sha256.clone()));
+            if !marker.rolling_back && is_new && passed_here {
+                // The hooks passed in this process; what failed was the save that ends the
+                // install. Ending it again is all that is left.
+                return finish_install(agent, pkg, &update, &marker);
+            }
+            if marker.rolling_back || (marker.hooks_started && is_new && hooks) {
                 let problem = if marker.rolling_back {
                     "a restart interrupted its rollback".to_owned()
                 } else {
@@ -159,7 +171,8 @@ pub(super) async fn run(
                     marker.to_version
                 );
             } else if is_old {
-                let prepared = sha256_file_async(&install::new_path(&pkg.path)).await?;
+                let prepared =
+                    sha256_file_async(&install::new_path(&pkg.path), &agent.shutdown).await?;
                 if prepared.as_deref() == Some(marker.to_sha256.as_str()) {
                     log::info!(
                         "{key}: a restart interrupted the install of version {}; swapping it in now",
@@ -182,8 +195,12 @@ pub(super) async fn run(
     };
     log::info!("{key}: version {} is in place", marker.to_version);
 
-    marker.hooks_started = true;
-    save_marker(agent, &key, &marker)?;
+    // Only hooks can hang or reboot the robot: without any, a restart from here finishes the
+    // install rather than rolling it back.
+    if pkg.post_install.is_some() || pkg.health_check.is_some() {
+        marker.hooks_started = true;
+        save_marker(agent, &key, &marker)?;
+    }
     let env = hook_env(pkg, &update.from_version, &marker.to_version);
     for (name, cmd) in [
         ("post_install", &pkg.post_install),
@@ -210,6 +227,19 @@ pub(super) async fn run(
         }
     }
 
+    agent.hooks_passed = Some((key, marker.to_sha256.clone()));
+    finish_install(agent, pkg, &update, &marker)
+}
+
+/// Ends an install whose hooks passed: the new version is installed, with rule 3's codes.
+fn finish_install(
+    agent: &mut Agent,
+    pkg: &Package,
+    update: &Update,
+    marker: &InstallState,
+) -> Result<Step, CycleError> {
+    let key = pkg.key();
+    let ids = update.ids();
     let failed = update.failed.as_ref().map(|f| f.index);
     let codes = chain_codes(&ids, marker.applied, failed);
     let installed = Some(super::Known {
@@ -220,12 +250,12 @@ pub(super) async fn run(
     agent.finish(pkg, &codes, installed)?;
     let outcome = match &update.failed {
         None => Outcome::Updated {
-            from: update.from_version,
-            to: marker.to_version,
+            from: update.from_version.clone(),
+            to: marker.to_version.clone(),
         },
         Some(f) => Outcome::Partial {
-            from: update.from_version,
-            to: marker.to_version,
+            from: update.from_version.clone(),
+            to: marker.to_version.clone(),
             failed: f.reason.clone(),
         },
     };
@@ -265,7 +295,7 @@ pub(super) async fn roll_back(
         }
     }
     // Record what is really there now, so that later checks patch the right base.
-    let now = sha256_file_async(&pkg.path).await?;
+    let now = sha256_file_async(&pkg.path, &agent.shutdown).await?;
     let source = agent.state.packages[&key].source;
     let installed = super::installed_now(update, &marker, source, now.as_deref());
     let ids = update.ids();

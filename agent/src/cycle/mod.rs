@@ -61,6 +61,25 @@ pub mod code {
     pub const NOT_UPDATED: u8 = 3;
 }
 
+/// The room a step lacked, and where: beside the managed file or in the state directory.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Room {
+    needed: u64,
+    beside: bool,
+}
+
+impl Room {
+    pub(super) fn new(place: &str, needed: u64) -> Self {
+        Room {
+            needed,
+            beside: place == BESIDE,
+        }
+    }
+}
+
+/// Where [`CycleError::NoSpace`] names the managed file's file system.
+pub(super) const BESIDE: &str = "beside the managed file";
+
 #[derive(Debug, thiserror::Error)]
 pub enum CycleError {
     #[error(transparent)]
@@ -68,7 +87,7 @@ pub enum CycleError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Install(#[from] InstallError),
+    Install(InstallError),
     #[error("the server's answer was refused: {0}")]
     Refused(String),
     #[error("not enough free space {place}: {needed} bytes needed, {free} free")]
@@ -85,6 +104,15 @@ pub enum CycleError {
     Stopped,
     #[error("the update cycle made no progress in {steps} steps")]
     NoProgress { steps: usize },
+}
+
+impl From<InstallError> for CycleError {
+    fn from(e: InstallError) -> Self {
+        match e {
+            InstallError::Stopped { .. } => CycleError::Stopped,
+            e => CycleError::Install(e),
+        }
+    }
 }
 
 impl From<ClientError> for CycleError {
@@ -231,6 +259,13 @@ pub struct Agent {
     pub client: Client,
     pub store: Store,
     pub state: State,
+    /// The state as it was last saved: a save that fails puts it back, so that no fact the
+    /// disk does not hold is acted on (a marker that says the hooks had started, say).
+    saved: State,
+    /// The install whose hooks passed in this process (package key, new sha256), for when the
+    /// save that ends it failed: the next cycle finishes it instead of taking the marker for
+    /// hooks a restart interrupted.
+    hooks_passed: Option<(String, String)>,
     pub shutdown: Shutdown,
     pub notifier: Arc<Notifier>,
     pub events: crate::events::Events,
@@ -251,6 +286,8 @@ impl Agent {
             config,
             client,
             store,
+            saved: loaded.state.clone(),
+            hooks_passed: None,
             state: loaded.state,
             shutdown,
             notifier,
@@ -274,13 +311,22 @@ impl Agent {
                 ps.after_state_loss = lost;
                 ps
             });
+            if ps.source == VersionSource::State {
+                // A state from before sources were kept: its version is the agent's own install
+                // once it applied an update, else the config's word on first sight.
+                ps.source = if ps.applied.is_empty() {
+                    VersionSource::Config
+                } else {
+                    VersionSource::Installed
+                };
+            }
             if ps.update.is_none() {
                 adopt_configured_version(&key, p, ps);
                 self.store.clear_package(&key)?;
                 crate::install::discard_prepared(&p.path);
             }
         }
-        self.store.save(&self.state)
+        self.save()
     }
 
     /// Says once, at start-up, what an attacker on the network could do with this config.
@@ -302,8 +348,18 @@ impl Agent {
         }
     }
 
-    pub fn save(&self) -> Result<(), StoreError> {
-        self.store.save(&self.state)
+    /// Saves the state; when that fails, the state in memory goes back to the last one saved.
+    pub fn save(&mut self) -> Result<(), StoreError> {
+        match self.store.save(&self.state) {
+            Ok(()) => {
+                self.saved.clone_from(&self.state);
+                Ok(())
+            }
+            Err(e) => {
+                self.state.clone_from(&self.saved);
+                Err(e)
+            }
+        }
     }
 
     /// True when a package has an update that a restart interrupted, or callbacks wait.
@@ -318,6 +374,11 @@ impl Agent {
             .expect("reconcile() adds every configured package")
     }
 
+    /// Whose version the package's file is, as its version record names it.
+    pub(crate) fn owner(&self, pkg: &Package) -> crate::install::Owner {
+        self.config.owner(pkg)
+    }
+
     /// Takes `known` for what the package's file is (saved by the caller).
     pub(crate) fn identified(&mut self, key: &str, known: Known) {
         let ps = self.pkg_state(key);
@@ -329,26 +390,34 @@ impl Agent {
     }
 
     /// Holds the package's file as unidentified (saved by the caller), and says so: in the log
-    /// when the reason is new, to systemd and to the robot's apps.
-    pub(crate) fn unidentified(&mut self, key: &str, sha256: Option<String>, reason: String) {
+    /// when the reason is new, to systemd and to the robot's apps. True when anything changed.
+    pub(crate) fn unidentified(
+        &mut self,
+        key: &str,
+        sha256: Option<String>,
+        reason: String,
+    ) -> bool {
         let ps = self.pkg_state(key);
-        let since_unix = match &ps.unidentified {
-            Some(u) if u.reason == reason && u.sha256 == sha256 => u.since_unix,
+        let before = ps.unidentified.clone();
+        let since_unix = match &before {
             Some(u) if u.sha256 == sha256 => u.since_unix,
             _ => unix_now(),
         };
-        if ps.unidentified.as_ref().is_none_or(|u| u.reason != reason) {
+        if before.as_ref().is_none_or(|u| u.reason != reason) {
             log::error!("{key}: unidentified: {reason}");
         }
         ps.unidentified = Some(Unidentified {
             sha256,
             reason: reason.clone(),
             since_unix,
+            disproved: before.as_ref().and_then(|u| u.disproved.clone()),
         });
+        let changed = ps.unidentified != before;
         self.notifier.status(&format!(
             "{key}: unidentified, not updated (see ota-agent status)"
         ));
         self.events.unidentified(key, &reason);
+        changed
     }
 
     /// Runs one cycle for the package at `index` of the config, from wherever its facts say,
@@ -415,10 +484,25 @@ impl Agent {
             "{failed} cycles in a row failed without progress (max_failed_cycles); the last: {}",
             crate::error_chain(&err)
         );
-        let no_space = matches!(err, CycleError::NoSpace { .. });
-        match self.end_stuck(&pkg, reason, Some(no_space)).await {
+        let room = match err {
+            CycleError::NoSpace { place, needed, .. } => Some(Room::new(place, needed)),
+            _ => None,
+        };
+        match self.end_stuck(&pkg, reason, room).await {
             Err(CycleError::Refused(_)) => Err(err),
             other => other,
+        }
+    }
+
+    /// Remembers the room an update that ends for want of it needed, so that the same chain is
+    /// not downloaded again until it is there (saved with the results that follow).
+    pub(super) fn note_no_room(&mut self, key: &str, ids: &[String], room: Option<Room>) {
+        if let Some(room) = room {
+            self.pkg_state(key).no_room = Some(crate::store::NoRoom {
+                ids: ids.to_vec(),
+                needed: room.needed,
+                beside: room.beside,
+            });
         }
     }
 
@@ -432,12 +516,13 @@ impl Agent {
     /// - stuck fetching the first patch: it gets `2`, the rest `3`;
     /// - stuck applying or installing: the previous file stays (or is restored) and the ids get
     ///   `2`, those after a failed patch `3`; for want of space all get `3` (not updated yet,
-    ///   so the server may offer them again once there is room).
+    ///   so the server may offer them again once there is room, and the same chain is not
+    ///   downloaded again before then).
     async fn end_stuck(
         &mut self,
         pkg: &Package,
         reason: String,
-        no_space: Option<bool>,
+        room: Option<Room>,
     ) -> Result<Outcome, CycleError> {
         let key = pkg.key();
         let update = self.pkg_state(&key).update.clone().expect("an update");
@@ -446,8 +531,9 @@ impl Agent {
         let unfetched = (0..usable).find(|&i| update.patches[i].sha256.is_none());
         if update.install.is_none() {
             match unfetched {
-                Some(_) if no_space == Some(true) => {
+                Some(_) if room.is_some() => {
                     log::error!("{key}: updates {} end: {reason}", ids.join(", "));
+                    self.note_no_room(&key, &ids, room);
                     self.finish(pkg, &all_codes(&ids, code::NOT_UPDATED), None)?;
                     report::run(self).await?;
                     return Ok(Outcome::Failed { reason });
@@ -479,7 +565,7 @@ impl Agent {
         if let Some(marker) = &update.install {
             // The new file may be in place with its install unfinished: the previous one comes
             // back as after a failed health check, post_install included.
-            let current = sha256_file_async(&pkg.path).await.ok().flatten();
+            let current = sha256_file_async(&pkg.path, &self.shutdown).await?;
             if marker.rolling_back || current.as_deref() == Some(marker.to_sha256.as_str()) {
                 let step =
                     install::roll_back(self, pkg, &update, marker.clone(), reason.clone()).await?;
@@ -490,11 +576,12 @@ impl Agent {
                 });
             }
             crate::install::discard_prepared(&pkg.path);
-            let now = sha256_file_async(&pkg.path).await.ok().flatten();
+            let now = sha256_file_async(&pkg.path, &self.shutdown).await?;
             let source = self.state.packages[&key].source;
             installed = installed_now(&update, marker, source, now.as_deref());
         }
-        let codes: Vec<(String, u8)> = if no_space == Some(true) {
+        let codes: Vec<(String, u8)> = if room.is_some() {
+            self.note_no_room(&key, &ids, room);
             all_codes(&ids, code::NOT_UPDATED)
         } else {
             let failed = update.failed.as_ref().map(|f| f.index);
@@ -576,7 +663,6 @@ impl Agent {
         }
         ps.update = None;
         for (id, code) in codes {
-            log::info!("{key}: update {id} ends with result {code}");
             self.state.outbox.push(Callback {
                 package: key.clone(),
                 id: id.clone(),
@@ -584,7 +670,12 @@ impl Agent {
                 queued_at_unix: now,
             });
         }
+        // Saved before it is said: a result is a promise, and only a saved one is kept.
         self.save()?;
+        self.hooks_passed = None;
+        for (id, code) in codes {
+            log::info!("{key}: update {id} ends with result {code}");
+        }
         self.events.results(&key, codes, now);
         self.store.clear_package(&key)?;
         crate::install::discard_prepared(&pkg.path);

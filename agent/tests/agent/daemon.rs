@@ -48,7 +48,7 @@ async fn spawn_stalled(w: &World) -> Child {
     let child = spawn(w);
     let state = w.dir().join("state").join("state.json");
     until("the first 1000 bytes to be durable", || {
-        std::fs::read_to_string(&state).is_ok_and(|s| s.contains("\"durable\": 1000"))
+        std::fs::read_to_string(&state).is_ok_and(|s| s.contains("\"durable\":1000"))
     })
     .await;
     child
@@ -132,6 +132,58 @@ async fn sigterm_mid_download_saves_progress() {
     assert_eq!(update["step"], "downloading");
     assert_eq!(update["downloaded_bytes"], 1000);
     assert!(w.callbacks().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_mid_download_stops_at_a_safe_point_and_the_unit_restarts_it() {
+    // SIGHUP's default action killed the daemon (exit 129) with its progress unsaved, and
+    // `Restart=on-failure` took that for a clean exit: nothing started it again.
+    let w = World::new("").await;
+    let child = spawn_stalled(&w).await;
+    let stopped_at = tokio::time::Instant::now();
+    signal(&child, Signal::HUP);
+    let (status, log) = stderr_of(child).await;
+    assert!(status.success(), "{status:?}");
+    assert!(log.contains("SIGHUP received"), "{log}");
+    assert!(stopped_at.elapsed() < Duration::from_secs(5));
+    let update = &w.status().await["packages"][0]["update"];
+    assert_eq!(update["downloaded_bytes"], 1000, "the progress is kept");
+    let unit = include_str!("../../../systemd/ota-agent.service");
+    assert!(unit.lines().any(|l| l == "Restart=always"), "{unit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_long_hash_stops_within_a_second() {
+    // A 16 GiB managed file (sparse: it costs no disk), hashed at first sight: seconds of work
+    // that did not look at the stop signal.
+    let w = World::new("").await;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(crate::helpers::managed_path(w.dir()))
+        .unwrap();
+    file.set_len(16 << 30).unwrap();
+    drop(file);
+    let child = spawn(&w);
+    let io = format!("/proc/{}/io", child.id().unwrap());
+    let read = || {
+        std::fs::read_to_string(&io)
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("rchar: ")?.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    until("the hash to be under way", || read() > 256 << 20).await;
+    let stopped_at = tokio::time::Instant::now();
+    signal(&child, Signal::TERM);
+    let (status, _) = stderr_of(child).await;
+    assert!(status.success());
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(1),
+        "the stop took {:?}",
+        stopped_at.elapsed()
+    );
 }
 
 pub(crate) type Heard = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
@@ -227,7 +279,7 @@ async fn a_restart_during_the_health_check_rolls_back() {
     let child = spawn(&w);
     let state = w.dir().join("state").join("state.json");
     until("the hooks to start", || {
-        std::fs::read_to_string(&state).is_ok_and(|s| s.contains("\"hooks_started\": true"))
+        std::fs::read_to_string(&state).is_ok_and(|s| s.contains("\"hooks_started\":true"))
     })
     .await;
     // The new version "hung the robot": the agent dies in its health check. (Its orphaned

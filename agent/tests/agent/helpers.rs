@@ -280,3 +280,87 @@ pub fn window_in_an_hour() -> String {
     let hm = |m: u64| format!("{:02}:{:02}", m / 60 % 24, m % 60);
     format!("{}-{}", hm(now_min + 60), hm(now_min + 61))
 }
+
+/// A request as a raw HTTP server sees it.
+#[derive(Debug, Clone)]
+pub struct RawRequest {
+    pub method: String,
+    /// The path with its query.
+    pub target: String,
+    /// Header lines, lower-cased names.
+    pub headers: Vec<(String, String)>,
+}
+
+impl RawRequest {
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+}
+
+/// An HTTP/1.1 server on 127.0.0.1:0 that answers every request with the bytes `answer` makes
+/// (status line, headers and body, exactly as they go on the wire) and then closes the
+/// connection: for answers no well-behaved server gives (no Content-Length, a body cut short).
+/// Returns its base URL and the requests it saw.
+pub async fn raw_server(
+    answer: impl Fn(&RawRequest) -> Vec<u8> + Send + Sync + 'static,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<RawRequest>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let answer = std::sync::Arc::new(answer);
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (answer, log) = (answer.clone(), log.clone());
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let mut parts = line.split_whitespace();
+                let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                let mut req = RawRequest {
+                    method: method.to_owned(),
+                    target: target.to_owned(),
+                    headers: Vec::new(),
+                };
+                loop {
+                    let mut header = String::new();
+                    if reader.read_line(&mut header).await.unwrap_or(0) == 0
+                        || header.trim().is_empty()
+                    {
+                        break;
+                    }
+                    if let Some((k, v)) = header.split_once(':') {
+                        req.headers
+                            .push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+                    }
+                }
+                let bytes = answer(&req);
+                log.lock().unwrap().push(req);
+                let mut stream = reader.into_inner();
+                let _ = stream.write_all(&bytes).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// A raw HTTP answer: `status` line, `headers` (each `Name: value`), `Connection: close`, body.
+pub fn raw_answer(status: &str, headers: &[String], body: &[u8]) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 {status}\r\n");
+    for h in headers {
+        out.push_str(h);
+        out.push_str("\r\n");
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
