@@ -10,6 +10,7 @@ use crate::cycle::{Agent, CycleError, Outcome};
 use crate::logger::utc;
 use crate::notify::Notifier;
 use crate::schedule::{Scheduler, Timing, human};
+use crate::store::StoreError;
 use crate::{Error, Shutdown, error_chain, unix_now};
 
 /// What one pass over every managed file gave, per package key.
@@ -129,11 +130,15 @@ pub async fn run(
     mut shutdown: Shutdown,
     notifier: Arc<Notifier>,
 ) -> Result<(), Error> {
-    let mut agent = Agent::open(config, shutdown.clone(), notifier.clone())?;
+    let ping = notifier.watchdog_interval();
+    let Some(mut agent) = open_when_possible(config, &mut shutdown, &notifier, ping).await? else {
+        notifier.stopping();
+        log::info!("stopping: nothing was started");
+        return Ok(());
+    };
     agent.events = crate::events::Events::serve(&agent.config.agent.events_socket);
     // The config is valid and the state reconciled: that is what systemd waits for.
     notifier.ready("started");
-    let ping = notifier.watchdog_interval();
     let stall = stall_limit(&agent.config);
     log::info!(
         "ota-agent {} started: {} file(s), state in {}",
@@ -229,6 +234,51 @@ pub async fn run(
     notifier.stopping();
     log::info!("stopping: progress is saved");
     Ok(())
+}
+
+/// Opens the agent, waiting out a state directory that cannot be written yet (full, read-only,
+/// failing): an exit there would only be restarted by systemd into the same failure, and the
+/// robot would stop updating with nothing to say why. Systemd is told the agent is up (it is,
+/// and feeds the watchdog) and why it waits. `None` for a stop while waiting.
+async fn open_when_possible(
+    config: Config,
+    shutdown: &mut Shutdown,
+    notifier: &Arc<Notifier>,
+    ping: Option<Duration>,
+) -> Result<Option<Agent>, Error> {
+    let timing = Timing::from_config(&config.agent);
+    let mut schedule = Scheduler::new(timing, fastrand::Rng::new());
+    let mut told = false;
+    loop {
+        let err = match Agent::open(config.clone(), shutdown.clone(), notifier.clone()) {
+            Ok(agent) => return Ok(Some(agent)),
+            Err(Error::Store(e @ (StoreError::Io { .. } | StoreError::CreateDir { .. }))) => e,
+            Err(e) => return Err(e),
+        };
+        let delay = schedule.after(false, None);
+        let problem = error_chain(&err);
+        log::error!(
+            "cannot start on the state directory: {problem}; trying again in {}",
+            human(delay)
+        );
+        let status = format!("cannot use the state directory: {problem}");
+        if told {
+            notifier.status(&status);
+        } else {
+            notifier.ready(&status);
+            told = true;
+        }
+        let stop = watched(notifier, ping, None, async {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => false,
+                () = shutdown.wait() => true,
+            }
+        })
+        .await;
+        if stop {
+            return Ok(None);
+        }
+    }
 }
 
 /// Makes glibc return large buffers to the system as soon as they are freed. By default it

@@ -194,8 +194,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(async {
                 let _xfsz = survive_file_size_limits();
                 let (stop, shutdown) = Shutdown::new();
+                // Registered before any work: a signal during the start-up (the state read and
+                // reconciled, the files hashed) stops at the first safe point too, instead of
+                // killing the process by the signal's default action.
+                let signals = StopSignals::register();
                 tokio::spawn(async move {
-                    wait_for_signal().await;
+                    signals.wait().await;
                     let _ = stop.send(true);
                 });
                 daemon::run(config, shutdown, Arc::new(Notifier::from_env())).await?;
@@ -209,18 +213,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// SIGHUP (a closed terminal, a `systemctl kill -s HUP`, a reload by habit) would otherwise
 /// kill it mid-download, and systemd counts that death as a clean exit; the unit's
 /// `Restart=always` starts it again, with its config read anew.
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => log::info!("SIGTERM received"),
-        _ = int.recv() => log::info!("SIGINT received"),
-        _ = hup.recv() => log::info!("SIGHUP received; stopping (systemd starts the agent again)"),
+struct StopSignals(
+    Option<(
+        tokio::signal::unix::Signal,
+        tokio::signal::unix::Signal,
+        tokio::signal::unix::Signal,
+    )>,
+);
+
+impl StopSignals {
+    /// Takes SIGTERM, SIGINT and SIGHUP from their default actions now; must run in the runtime.
+    fn register() -> StopSignals {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(int), Ok(hup)) => StopSignals(Some((term, int, hup))),
+            _ => StopSignals(None),
+        }
+    }
+
+    async fn wait(self) {
+        let Some((mut term, mut int, mut hup)) = self.0 else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => log::info!("SIGTERM received"),
+            _ = int.recv() => log::info!("SIGINT received"),
+            _ = hup.recv() => log::info!("SIGHUP received; stopping (systemd starts the agent again)"),
+        }
     }
 }

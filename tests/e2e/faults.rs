@@ -442,3 +442,49 @@ async fn a_full_disk_beside_the_managed_file_ends_in_not_updated_yet() {
     let _ = std::process::Command::new("umount").arg(&dir).status();
     assert_eq!(version, 18);
 }
+
+#[tokio::test]
+async fn a_state_disk_full_at_start_is_waited_out_not_an_exit() {
+    // Found by the adversary: a daemon that could not save its state at start exited 1, and
+    // systemd could only restart it into the same failure, once every `RestartSec`.
+    let (_tmp, server, robot) = world("", "").await;
+    let state = robot.dir.join("state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&state)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("not played: mounting a tmpfs needs root");
+        return;
+    }
+    let filler = state.join("filler");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        while f.write_all(&[0; 64 * 1024]).is_ok() {}
+        while f.write_all(&[0; 512]).is_ok() {}
+    }
+    let mut daemon = robot
+        .command(&["run"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the daemon");
+    let early = tokio::time::timeout(std::time::Duration::from_secs(3), daemon.wait()).await;
+    assert!(early.is_err(), "the daemon ended: {early:?}");
+    std::fs::remove_file(&filler).expect("room again");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while server.callbacks(&robot.id).await.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no callbacks within a minute of room"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    daemon.start_kill().expect("stop the daemon");
+    let _ = daemon.wait().await;
+    let version = assert_invariants(&robot, &server).await;
+    let _ = std::process::Command::new("umount").arg(&state).status();
+    assert_eq!(version, 18);
+}

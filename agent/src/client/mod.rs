@@ -128,13 +128,10 @@ impl ClientError {
         }
     }
 
-    /// True when repeating the same request cannot help (a 4xx other than 408 and 429).
+    /// True when repeating the same request cannot help: a 4xx other than 408 and 429, in
+    /// either of the server's error shapes (Spring's own error page has an `error` key too).
     pub fn is_permanent(&self) -> bool {
-        match self {
-            ClientError::Status { status, .. } => refusal(*status),
-            ClientError::TooLarge { .. } => true,
-            _ => false,
-        }
+        self.is_client_error() || matches!(self, ClientError::TooLarge { .. })
     }
 }
 

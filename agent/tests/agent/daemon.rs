@@ -48,7 +48,8 @@ async fn spawn_stalled(w: &World) -> Child {
     let child = spawn(w);
     let state = w.dir().join("state").join("state.json");
     until("the first 1000 bytes to be durable", || {
-        std::fs::read_to_string(&state).is_ok_and(|s| s.contains("\"durable\":1000"))
+        std::fs::read_to_string(&state)
+            .is_ok_and(|s| s.replace(' ', "").contains("\"durable\":1000"))
     })
     .await;
     child

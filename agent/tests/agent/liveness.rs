@@ -402,7 +402,7 @@ async fn a_body_without_a_length_cut_once_is_resumed_not_failed() {
     // HEAD before it had announced the length. The half body was taken for the whole patch, did
     // not apply, and got a final 2, never tried again.
     for head in [true, false] {
-        let (_url, new, tmp, config) = unannounced_patch(400, head).await;
+        let (_url, new, tmp, config) = unannounced_patch(100, head).await;
         let out = agent(&config, &["check"]).await;
         assert_eq!(
             std::fs::read(managed_path(tmp.path())).unwrap(),
@@ -794,4 +794,30 @@ async fn a_patch_promising_more_than_any_disk_is_a_bad_patch_not_a_full_disk() {
         agent(&config, &["check"]).await;
     }
     assert_eq!(gets(server.received_requests().await.unwrap()), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_gone_with_springs_error_page_fails_at_once() {
+    // Found by the adversary: Spring's 404 page has an `error` key, so it was read as an OAuth2
+    // error and taken for an interruption, and the download was tried `download_attempts`
+    // times (every check) before the patch got its `2`.
+    let server =
+        api_for(|uri| json!({"code":"100","data": format!("{uri}/v/A-1--17--f.patch"),"id":"23"}))
+            .await;
+    Mock::given(path("/v/A-1--17--f.patch"))
+        .respond_with(ResponseTemplate::new(404).set_body_raw(
+            r#"{"timestamp":"2026-12-03T00:00:00.000+00:00","status":404,"error":"Not Found","path":"/v/A-1--17--f.patch"}"#,
+            "application/json",
+        ))
+        .mount(&server)
+        .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = robot(tmp.path(), &server.uri(), "", "download_attempts = 50");
+    let out = agent(&config, &["check"]).await;
+    assert_eq!(
+        callbacks(&server).await,
+        pairs(&[("23", "2")]),
+        "{}",
+        stderr(&out)
+    );
 }
