@@ -15,8 +15,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast;
 // Tokio's clock, so that tests with paused time see the progress limit at work.
 use tokio::time::Instant;
@@ -26,14 +24,15 @@ use crate::redact::printable;
 use crate::store::Callback;
 use crate::unix_now;
 
+mod server;
+pub use server::{MAX_CLIENTS, PENALTY, PER_USER, ROOT_RESERVE, UNREAD_LIMIT};
+
 /// Events a client may fall behind before it is disconnected.
 pub const BACKLOG: usize = 256;
 /// How long a client may leave a line untaken before it is disconnected.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most often a download's progress is published (its end always is).
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
-/// Clients at once; more are turned away, so that a runaway app cannot use up the agent's files.
-const MAX_CLIENTS: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventsError {
@@ -49,6 +48,8 @@ pub enum EventsError {
     },
     #[error("cannot write the events")]
     Write(#[source] std::io::Error),
+    #[error("the agent closed the connection: {reason}")]
+    Closed { reason: String },
 }
 
 /// A step of the update cycle, as `step` events name it.
@@ -130,6 +131,9 @@ pub enum Event {
         at_unix: u64,
         next_check_unix: u64,
     },
+    /// The last line to a client the agent turns away or drops, and why (`reason`). An agent
+    /// that stops closes every connection without it.
+    Closed { at_unix: u64, reason: String },
 }
 
 impl Event {
@@ -225,6 +229,9 @@ impl Event {
             Event::Idle {
                 next_check_unix, ..
             } => format!("idle; next check at {}", utc(*next_check_unix)),
+            Event::Closed { reason, .. } => {
+                format!("the agent closed the connection: {}", printable(reason))
+            }
         }
     }
 }
@@ -279,11 +286,11 @@ impl Events {
     /// must be called within the runtime. A socket that cannot be made is logged, and the agent
     /// runs on without events.
     pub fn serve(path: &Path) -> Events {
-        match bind(path) {
+        match server::bind(path) {
             Ok(listener) => {
                 let events = Events::in_process();
                 let inner = events.0.clone().expect("in_process publishes");
-                tokio::spawn(listen(listener, inner));
+                tokio::spawn(server::listen(listener, inner));
                 log::debug!("publishing events on {}", path.display());
                 events
             }
@@ -515,76 +522,6 @@ fn line(event: &Event) -> Arc<str> {
     text.into()
 }
 
-fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    // A socket left by an agent that did not stop cleanly. No other agent is using it: the
-    // state directory's lock, taken before, says so.
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-        std::fs::remove_file(path)?;
-    }
-    let listener = UnixListener::bind(path)?;
-    // Any app may connect: the socket only speaks, and says nothing secret.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
-    Ok(listener)
-}
-
-async fn listen(listener: UnixListener, inner: Arc<Inner>) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of file descriptors, say: wait for some to be freed rather than spin.
-                log::warn!("events socket: {e}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        if inner.tx.receiver_count() >= MAX_CLIENTS {
-            log::debug!("events socket: {MAX_CLIENTS} clients already; turning one away");
-            continue;
-        }
-        let (snapshot, rx) = inner.subscribe();
-        tokio::spawn(serve_client(stream, snapshot, rx));
-    }
-}
-
-async fn serve_client(
-    stream: UnixStream,
-    snapshot: Arc<str>,
-    mut rx: broadcast::Receiver<Arc<str>>,
-) {
-    let (mut read, mut write) = stream.into_split();
-    let mut ignored = [0u8; 512];
-    // Reading tells when a client has gone, however long the agent stays quiet; a client that
-    // only closed its writing side still gets the events.
-    let mut reading = true;
-    let mut next = Ok(snapshot);
-    loop {
-        let text = match next {
-            Ok(text) => text,
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                log::debug!("events socket: a client fell {n} events behind; disconnecting it");
-                return;
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(text.as_bytes())).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) | Err(_) => return,
-        }
-        next = loop {
-            tokio::select! {
-                line = rx.recv() => break line,
-                n = read.read(&mut ignored), if reading => match n {
-                    Ok(0) => reading = false,
-                    Ok(_) => {}
-                    Err(_) => return,
-                },
-            }
-        };
-    }
-}
-
 /// `ota-agent watch`: prints the events of the socket at `path` to `out` until the agent closes
 /// it, as they come (`json`) or as a line of text each.
 pub fn watch(path: &Path, json: bool, out: &mut dyn Write) -> Result<(), EventsError> {
@@ -607,10 +544,17 @@ pub fn watch(path: &Path, json: bool, out: &mut dyn Write) -> Result<(), EventsE
             return Ok(());
         }
         let raw = line.trim_end();
-        let text = match serde_json::from_str::<Event>(raw) {
+        let event = serde_json::from_str::<Event>(raw);
+        if let Ok(Event::Closed { reason, .. }) = &event {
+            return Err(EventsError::Closed {
+                reason: printable(reason).into_owned(),
+            });
+        }
+        let text = match event {
             Ok(event) if !json => event.to_text(),
-            // A newer agent's event, or the raw lines asked for.
-            _ => raw.to_owned(),
+            // A newer agent's event, or the raw lines asked for (JSON holds no raw control
+            // character; a line that is not JSON is escaped like any outside text).
+            _ => printable(raw).into_owned(),
         };
         if !text.is_empty() {
             writeln!(out, "{text}").map_err(EventsError::Write)?;
@@ -745,6 +689,51 @@ mod tests {
     }
 
     #[test]
+    fn watch_fails_when_the_agent_turns_it_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let closed = Event::Closed {
+                at_unix: 0,
+                reason: "32 clients are connected already".into(),
+            };
+            std::io::Write::write_all(&mut stream, line(&closed).as_bytes()).unwrap();
+        });
+        let err = watch(&path, false, &mut Vec::new()).unwrap_err();
+        server.join().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "the agent closed the connection: 32 clients are connected already"
+        );
+    }
+
+    /// What `watch` prints of a socket that sends `line` and closes.
+    fn watched(line: &'static [u8], json: bool) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            std::io::Write::write_all(&mut stream, line).unwrap();
+        });
+        let mut out = Vec::new();
+        watch(&path, json, &mut out).unwrap();
+        server.join().unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn watch_escapes_a_line_that_is_no_event() {
+        for json in [false, true] {
+            let out = watched(b"not an event \x1b[8m hidden \x07\r\n", json);
+            assert!(out.contains("not an event"), "{out}");
+            assert!(!out.contains(['\u{1b}', '\u{7}']), "{out:?}");
+        }
+    }
+
+    #[test]
     fn events_read_as_one_line_each() {
         let progress = Event::Progress {
             package: PKG.into(),
@@ -801,7 +790,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o666);
-        let stream = UnixStream::connect(&path).await.unwrap();
+        let stream = tokio::net::UnixStream::connect(&path).await.unwrap();
         let mut lines = tokio::io::BufReader::new(stream);
         let mut first = String::new();
         tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut first)

@@ -48,6 +48,16 @@ pub enum InstallError {
     },
 }
 
+impl InstallError {
+    /// True when the file system had no room (or quota) left.
+    pub fn is_full(&self) -> bool {
+        matches!(self, InstallError::Io { source, .. }
+            if matches!(source.raw_os_error(), Some(code)
+                if code == rustix::io::Errno::NOSPC.raw_os_error()
+                    || code == rustix::io::Errno::DQUOT.raw_os_error()))
+    }
+}
+
 /// The extended attribute that carries a file's version record.
 pub const RECORD_ATTR: &str = "user.ota-agent.version";
 
@@ -294,11 +304,10 @@ pub fn prepare(target: &Path, new: impl Read, expect: NewVersion) -> Result<(), 
 
 fn prepare_until(
     target: &Path,
-    mut new: impl Read,
+    new: impl Read,
     expect: NewVersion,
     stop: &dyn Fn() -> bool,
 ) -> Result<(), InstallError> {
-    use std::os::unix::fs::MetadataExt;
     refuse_symlink(target)?;
     let tmp = new_path(target);
     let meta = match fs::metadata(target) {
@@ -320,13 +329,35 @@ fn prepare_until(
         Ok(_) => fs::remove_file(&tmp).map_err(err("remove", &tmp))?,
         Err(_) => {}
     }
-    let mut out = OpenOptions::new()
+    let out = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(&tmp)
         .map_err(err("create", &tmp))?;
+    let written = write_new(out, new, expect, meta.as_ref(), mode, stop, target);
+    if written.is_err() {
+        // A half-written new version (a full disk, a stop) would only take the room the next
+        // try needs.
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Writes the new version into `out` (the file beside `target`), checks it is the one
+/// expected, records its version on it, gives it the managed file's owner and mode, syncs it.
+fn write_new(
+    mut out: File,
+    mut new: impl Read,
+    expect: NewVersion,
+    meta: Option<&fs::Metadata>,
+    mode: u32,
+    stop: &dyn Fn() -> bool,
+    target: &Path,
+) -> Result<(), InstallError> {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = new_path(target);
     let mut buf = vec![0u8; 1 << 20];
     let mut hasher = Sha256::new();
     loop {
@@ -368,7 +399,7 @@ fn prepare_until(
             target.display()
         );
     }
-    if let Some(m) = &meta {
+    if let Some(m) = meta {
         // Owner and group first: chown clears setuid and setgid, and may need CAP_CHOWN.
         let (uid, gid) = (m.uid(), m.gid());
         let ours = out.metadata().map_err(err("stat", &tmp))?;

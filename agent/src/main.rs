@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use ota_agent::config::{self, Config};
 use ota_agent::cycle::Agent;
 use ota_agent::notify::Notifier;
+use ota_agent::redact::printable;
 use ota_agent::status::Status;
 use ota_agent::store::Store;
 use ota_agent::{Shutdown, daemon, error_chain, events, logger, patch};
@@ -67,7 +68,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ota-agent: {}", error_chain(e.as_ref()));
+            eprintln!("ota-agent: {}", printable(&error_chain(e.as_ref())));
             if is_newer_state(&e) {
                 // systemd must not restart into the same refusal (RestartPreventExitStatus=).
                 ExitCode::from(ota_agent::EXIT_NEWER_STATE)
@@ -166,11 +167,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     match result {
                         Ok(outcome) => {
                             ok &= outcome.is_success();
-                            println!("{key}: {outcome}");
+                            // The outcome and the error may carry the server's words.
+                            println!("{key}: {}", printable(&outcome.to_string()));
                         }
                         Err(e) => {
                             ok = false;
-                            println!("{key}: check failed: {}", error_chain(e));
+                            println!("{key}: check failed: {}", printable(&error_chain(e)));
                         }
                     }
                 }

@@ -115,13 +115,13 @@ impl Status {
                 (None, None) => {
                     out += &format!(
                         "  version:    {} (the config's; the file was not looked at yet)\n",
-                        p.version
+                        printable(&p.version)
                     );
                 }
                 (None, Some(sha)) => {
                     out += &format!(
                         "  version:    {} (sha256 {sha}; {})\n",
-                        p.version,
+                        printable(&p.version),
                         p.version_source.describe()
                     );
                 }
@@ -136,9 +136,9 @@ impl Status {
                     format!(
                         "{} {} -> {} (updates {}{bytes})",
                         u.step,
-                        u.from_version,
-                        u.to_version,
-                        crate::redact::printable(&u.ids.join(", "))
+                        printable(&u.from_version),
+                        printable(&u.to_version),
+                        printable(&u.ids.join(", "))
                     )
                 }
             };
@@ -150,14 +150,14 @@ impl Status {
             {
                 out += &format!(
                     "  waiting:    {}; next try at {}\n",
-                    crate::redact::printable(why),
+                    printable(why),
                     utc(until)
                 );
             }
             let waiting: Vec<String> = p
                 .callbacks_waiting
                 .iter()
-                .map(|c| format!("{}={}", crate::redact::printable(&c.id), c.code))
+                .map(|c| format!("{}={}", printable(&c.id), c.code))
                 .collect();
             out += &format!(
                 "  callbacks:  {}\n",
@@ -168,7 +168,7 @@ impl Status {
                 }
             );
             out += &match &p.last_check {
-                Some(c) => format!("  last check: {} ({})\n", c.at, c.result),
+                Some(c) => format!("  last check: {} ({})\n", c.at, printable(&c.result)),
                 None => "  last check: never\n".to_owned(),
             };
         }

@@ -282,6 +282,16 @@ async fn a_lost_state_never_becomes_a_guess() {
     );
 }
 
+/// Mounts a tmpfs of `size` on `dir`; false where the machine does not allow it (only root
+/// may; CI runs as root).
+fn mount_tmpfs(dir: &std::path::Path, size: &str) -> bool {
+    std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// How many requests for a patch (of any method) the server has seen.
 async fn patch_requests(server: &Server) -> usize {
     let requests = server.requests().await;
@@ -296,11 +306,7 @@ async fn a_full_disk_delays_the_update_and_loses_nothing() {
     let state = robot.dir.join("state");
     std::fs::create_dir_all(&state).expect("state dir");
     // A small tmpfs where the machine allows mounting (CI runs as root); else a file-size limit.
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=300k", "tmpfs"])
-        .arg(&state)
-        .status()
-        .is_ok_and(|s| s.success());
+    let mounted = mount_tmpfs(&state, "300k");
     if mounted {
         // Room for the patches, not for the patched file: three checks, then "not updated yet".
         for _ in 0..3 {
@@ -367,11 +373,7 @@ async fn a_state_disk_that_fills_during_the_health_check_keeps_the_install() {
     let (_tmp, server, robot) = world("", fill).await;
     let state = robot.dir.join("state");
     std::fs::create_dir_all(&state).expect("state dir");
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
-        .arg(&state)
-        .status()
-        .is_ok_and(|s| s.success());
+    let mounted = mount_tmpfs(&state, "8m");
     if !mounted {
         eprintln!("not played: mounting a tmpfs needs root");
         return;
@@ -397,17 +399,7 @@ async fn a_full_disk_beside_the_managed_file_ends_in_not_updated_yet() {
     // cannot be played and says so.
     let dir = robot.managed().parent().expect("robot dir").to_owned();
     let file = robot.installed();
-    let mounted = std::process::Command::new("mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            &format!("size={}k", file.len() / 1024 + 32),
-            "tmpfs",
-        ])
-        .arg(&dir)
-        .status()
-        .is_ok_and(|s| s.success());
+    let mounted = mount_tmpfs(&dir, &format!("{}k", file.len() / 1024 + 32));
     if !mounted {
         eprintln!("not played: mounting a tmpfs needs root");
         return;
@@ -450,11 +442,7 @@ async fn a_state_disk_full_at_start_is_waited_out_not_an_exit() {
     let (_tmp, server, robot) = world("", "").await;
     let state = robot.dir.join("state");
     std::fs::create_dir_all(&state).expect("state dir");
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(&state)
-        .status()
-        .is_ok_and(|s| s.success());
+    let mounted = mount_tmpfs(&state, "4m");
     if !mounted {
         eprintln!("not played: mounting a tmpfs needs root");
         return;

@@ -683,6 +683,16 @@ pub fn host_in(allowed: &[String], (host, host_port): &(String, String)) -> bool
 
 /// The `host` and `host:port` forms of a URL's authority, lower-case, for
 /// `allowed_download_hosts`; `None` when the URL has no host.
+/// True for a URL whose scheme, as the URL parser reads it, is plain `http`.
+pub fn is_plain_http(url: &str) -> bool {
+    reqwest::Url::parse(url).is_ok_and(|u| u.scheme() == "http")
+}
+
+/// True for a URL whose scheme, as the URL parser reads it, is `https`.
+pub fn is_https(url: &str) -> bool {
+    reqwest::Url::parse(url).is_ok_and(|u| u.scheme() == "https")
+}
+
 pub fn host_forms(url: &str) -> Option<(String, String)> {
     let parsed = reqwest::Url::parse(url).ok()?;
     let host = parsed.host_str()?.to_ascii_lowercase();

@@ -91,8 +91,11 @@ fn from_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
 /// items are dropped (an empty one elsewhere stays, and is refused by the caller).
 fn split_list(list: &str) -> Vec<&str> {
     let mut items: Vec<&str> = list.split(';').map(str::trim).collect();
-    while items.len() > 1 && items.last().is_some_and(|i| i.is_empty()) {
-        items.pop();
+    // Java's one exception: a text without a separator is one item, even an empty one.
+    if items.len() > 1 {
+        while items.last().is_some_and(|i| i.is_empty()) {
+            items.pop();
+        }
     }
     items
 }
@@ -145,6 +148,10 @@ pub fn parse_check(body: &[u8]) -> Result<CheckAnswer, String> {
     }
     let urls = split_list(&data);
     let ids = split_list(&ids);
+    if urls.is_empty() && ids.is_empty() {
+        // `";"`: Java's `split` leaves no item at all, so the original client saw no patch.
+        return Ok(CheckAnswer::UpToDate);
+    }
     if urls.len() != ids.len() {
         return Err(format!(
             "`data` lists {} patch URLs but `id` lists {} ids",
@@ -195,9 +202,11 @@ pub fn parse_check(body: &[u8]) -> Result<CheckAnswer, String> {
         if patches.iter().any(|p: &OfferedPatch| p.id == *id) {
             return Err(format!("update id {id} is listed twice"));
         }
+        // The parser's own spelling from here on (`HTTP://h`, `http:h` and `http://h` are one
+        // URL): every rule after this one reads the same scheme, host and port the download uses.
         patches.push(OfferedPatch {
             id: (*id).to_owned(),
-            url: (*url).to_owned(),
+            url: parsed.to_string(),
         });
     }
     Ok(CheckAnswer::Patches(patches))
@@ -321,6 +330,55 @@ mod tests {
             };
             assert!(err.contains(expected), "{body}: {err}");
         }
+    }
+
+    #[test]
+    fn patch_urls_are_kept_as_the_parser_spells_them() {
+        // The rules after the wire (plain http from an https server, allowed hosts) read the
+        // scheme and host of this one spelling: `HTTP://` and `http:host` are plain http too.
+        for (sent, kept) in [
+            (
+                "HTTP://127.0.0.1:8/v/a--17--f.patch",
+                "http://127.0.0.1:8/v/a--17--f.patch",
+            ),
+            (
+                "http:127.0.0.1:8/v/a--17--f.patch",
+                "http://127.0.0.1:8/v/a--17--f.patch",
+            ),
+            (
+                "hTTpS://Host.Example/v/a--17--f.patch",
+                "https://host.example/v/a--17--f.patch",
+            ),
+            (
+                "http://[::1]:8/v/a--17--f.patch",
+                "http://[::1]:8/v/a--17--f.patch",
+            ),
+            (
+                "http://%68ost/v/a--17--f.patch",
+                "http://host/v/a--17--f.patch",
+            ),
+        ] {
+            let body = format!(r#"{{"code":"100","data":"{sent}","id":"23"}}"#);
+            match parse_check(body.as_bytes()) {
+                Ok(CheckAnswer::Patches(p)) => assert_eq!(p[0].url, kept, "{sent}"),
+                other => panic!("{sent}: {other:?}"),
+            }
+            assert!(super::super::is_plain_http(kept) != kept.starts_with("https"));
+        }
+    }
+
+    #[test]
+    fn separators_alone_are_no_patches_as_java_reads_them() {
+        for body in [
+            r#"{"code":"100","data":";","id":";"}"#,
+            r#"{"code":"100","data":" ; ;","id":";;"}"#,
+        ] {
+            assert!(
+                matches!(parse_check(body.as_bytes()), Ok(CheckAnswer::UpToDate)),
+                "{body}"
+            );
+        }
+        assert!(parse_check(br#"{"code":"100","data":";","id":"23"}"#).is_err());
     }
 
     #[test]

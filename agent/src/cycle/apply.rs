@@ -238,13 +238,12 @@ async fn apply_one(
         .open_patch(&key, id)?
         .ok_or(ApplyError::Missing)?;
     let recorded = p.sha256.clone().unwrap_or_default();
-    let room = agent.store.free_space()?;
     // The new version goes to the state directory's file system and then beside the managed
-    // file: it must fit in both (one that cannot be asked does not count).
-    let disk = agent
-        .store
-        .total_space()?
-        .min(crate::install::total_space(&pkg.path).map_or(u64::MAX, |beside| beside));
+    // file. Larger than the managed file's whole file system, no robot can hold it: a bad
+    // patch. Larger than the room in the state directory (even its whole file system, which
+    // the robot's builder chose), a full disk: `3`, and the chain waits for room.
+    let disk = crate::install::total_space(&pkg.path).map_or(u64::MAX, |beside| beside);
+    let room = agent.store.free_space()?;
     let out = agent.store.create_staged(&key, index)?;
     let shutdown = agent.shutdown.clone();
     let notifier = agent.notifier.clone();
@@ -258,9 +257,7 @@ async fn apply_one(
             return Err(ApplyError::Changed { recorded, found });
         }
         let source = patch::FileSource::new(patch_file).map_err(io_err("stat", "patch"))?;
-        // A result larger than the space left is a full disk (try again later), not a bad
-        // patch; and the limit keeps a hostile header from filling the disk. Larger than the
-        // file systems could hold even empty, it is a bad patch: no room will ever come.
+        // The limits keep a hostile header from filling the disk, too.
         let promised = patch::header(&source)?.new_size;
         if promised > disk {
             return Err(ApplyError::Patch(patch::PatchError::TooLarge {

@@ -110,17 +110,6 @@ async fn accept(
     offered: Vec<OfferedPatch>,
 ) -> Result<Step, CycleError> {
     let key = pkg.key();
-    let mut offered = offered;
-    if offered.len() > MAX_CHAIN {
-        // The patches apply in order: the first ones are an update of their own, and the next
-        // check, from the version they lead to, brings the rest. The ids left out get no
-        // result; the server offers them again.
-        log::warn!(
-            "{key}: {} patches offered in one answer; taking the first {MAX_CHAIN}, the rest come at the next check",
-            offered.len()
-        );
-        offered.truncate(MAX_CHAIN);
-    }
     // Rule 4, and its twin for failures: an id with a final result is never tried again; its
     // result is sent again instead. Ids after a failed one cannot apply: "not updated yet".
     let mut fresh = Vec::new();
@@ -160,18 +149,29 @@ async fn accept(
     if !again.is_empty() {
         agent.save()?;
     }
+    if fresh.len() > MAX_CHAIN {
+        // The patches apply in order: the first ones are an update of their own, and the next
+        // check, from the version they lead to, brings the rest. The ids left out get no
+        // result; the server offers them again. (Ids after a failed one got theirs above,
+        // however many: they cannot apply.)
+        log::warn!(
+            "{key}: {} patches offered in one answer; taking the first {MAX_CHAIN}, the rest come at the next check",
+            fresh.len()
+        );
+        fresh.truncate(MAX_CHAIN);
+    }
     let mut last: u64 = version.parse().map_err(|_| {
         CycleError::Refused(format!(
             "the installed version `{version}` is not a version code"
         ))
     })?;
-    let https_server = agent.config.server.url.starts_with("https://");
+    let https_server = crate::client::is_https(&agent.config.server.url);
     let keys = !agent.config.security.public_keys.is_empty();
     let mut patches = Vec::with_capacity(fresh.len());
     for p in &fresh {
         // An https server that names a plain-http patch hands its bytes to whoever is on the
         // path: without signatures to hold them to, that is refused; with them, said.
-        if https_server && p.url.starts_with("http://") {
+        if https_server && crate::client::is_plain_http(&p.url) {
             let url = crate::redact::url(&p.url);
             if !keys {
                 return Err(CycleError::Refused(format!(

@@ -49,6 +49,7 @@ pub(super) async fn run(
                 return Ok(step);
             }
             let staged_file = agent.store.open_staged(&key, applied - 1)?;
+            let staged_len = staged_file.metadata().map_or(0, |m| m.len());
             let shutdown = agent.shutdown.clone();
             // Prepared in full before a deferral: writing it again at every retry would wear the
             // flash for nothing. Only the recorded fact counts, never the file alone, which a
@@ -57,6 +58,16 @@ pub(super) async fn run(
                 && sha256_file_async(&install::new_path(&pkg.path), &agent.shutdown)
                     .await
                     .is_ok_and(|sha| sha.as_deref() == Some(marker.to_sha256.as_str()));
+            let free = install::free_space(&pkg.path)?;
+            if !kept && free < staged_len {
+                // Checked before a byte is written: a cycle that cannot fit the new version
+                // costs the flash nothing (the check before the download could only guess).
+                return Err(CycleError::NoSpace {
+                    place: super::BESIDE,
+                    needed: staged_len,
+                    free,
+                });
+            }
             let result = if kept {
                 Ok(())
             } else {
@@ -70,6 +81,14 @@ pub(super) async fn run(
             };
             match result {
                 Err(install::InstallError::Stopped { .. }) => return Err(CycleError::Stopped),
+                Err(e) if e.is_full() => {
+                    // The room the new version needs is known now: its whole size.
+                    return Err(CycleError::NoSpace {
+                        place: super::BESIDE,
+                        needed: staged_len,
+                        free: install::free_space(&pkg.path).unwrap_or(0),
+                    });
+                }
                 Err(e @ install::InstallError::Privileged { .. }) => {
                     // Not a passing failure: no later cycle makes the file installable.
                     let reason = crate::error_chain(&e);

@@ -341,7 +341,7 @@ impl Agent {
                 "signatures are checked but not required: a patch without signed metadata is installed unauthenticated"
             );
         }
-        if self.config.server.url.starts_with("http://") {
+        if crate::client::is_plain_http(&self.config.server.url) {
             log::warn!(
                 "server.url is plain http: credentials and tokens cross the network unencrypted"
             );
@@ -484,13 +484,40 @@ impl Agent {
             "{failed} cycles in a row failed without progress (max_failed_cycles); the last: {}",
             crate::error_chain(&err)
         );
-        let room = match err {
-            CycleError::NoSpace { place, needed, .. } => Some(Room::new(place, needed)),
-            _ => None,
-        };
+        let room = self.room_lacking(&pkg, &err);
         match self.end_stuck(&pkg, reason, room).await {
             Err(CycleError::Refused(_)) => Err(err),
             other => other,
+        }
+    }
+
+    /// The file's sha256, `None` when it is missing or cannot be read; only a stop is an error.
+    async fn sha256_or_none(&self, path: &std::path::Path) -> Result<Option<String>, CycleError> {
+        match sha256_file_async(path, &self.shutdown).await {
+            Ok(sha) => Ok(sha),
+            Err(InstallError::Stopped { .. }) => Err(CycleError::Stopped),
+            Err(e) => {
+                log::warn!("cannot read {}: {}", path.display(), crate::error_chain(&e));
+                Ok(None)
+            }
+        }
+    }
+
+    /// The room `err` says the update lacked: a full disk ends it with `3`, never `2`, however
+    /// the error came (a write that found no room, as well as the check before it).
+    fn room_lacking(&self, pkg: &Package, err: &CycleError) -> Option<Room> {
+        match err {
+            CycleError::NoSpace { place, needed, .. } => Some(Room::new(place, *needed)),
+            // The size a failed write needed is not known: room is "more than there is now".
+            CycleError::Install(e) if e.is_full() => {
+                let free = crate::install::free_space(&pkg.path).unwrap_or(0);
+                Some(Room::new(BESIDE, free.saturating_add(1)))
+            }
+            CycleError::Store(e) if e.is_full() => {
+                let free = self.store.free_space().unwrap_or(0);
+                Some(Room::new("in the state directory", free.saturating_add(1)))
+            }
+            _ => None,
         }
     }
 
@@ -565,7 +592,9 @@ impl Agent {
         if let Some(marker) = &update.install {
             // The new file may be in place with its install unfinished: the previous one comes
             // back as after a failed health check, post_install included.
-            let current = sha256_file_async(&pkg.path, &self.shutdown).await?;
+            // A file that cannot be read must not keep the update from ending: it counts as
+            // not the new version.
+            let current = self.sha256_or_none(&pkg.path).await?;
             if marker.rolling_back || current.as_deref() == Some(marker.to_sha256.as_str()) {
                 let step =
                     install::roll_back(self, pkg, &update, marker.clone(), reason.clone()).await?;
@@ -576,7 +605,7 @@ impl Agent {
                 });
             }
             crate::install::discard_prepared(&pkg.path);
-            let now = sha256_file_async(&pkg.path, &self.shutdown).await?;
+            let now = self.sha256_or_none(&pkg.path).await?;
             let source = self.state.packages[&key].source;
             installed = installed_now(&update, marker, source, now.as_deref());
         }

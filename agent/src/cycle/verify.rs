@@ -315,5 +315,30 @@ mod tests {
         ));
         assert!(!host_allowed(&security, "http://user@evil/a--2--f.patch"));
         assert!(!host_allowed(&security, "not a url"));
+        // Decided on the parsed URL: a scheme's case, userinfo that reads like a host, an
+        // IPv6 literal and a percent-encoded host are what the parser says they are.
+        assert!(host_allowed(
+            &security,
+            "HTTPS://UPDATES.example.com/a--2--f.patch"
+        ));
+        assert!(host_allowed(&security, "http:10.0.0.1:8080/a--2--f.patch"));
+        assert!(!host_allowed(
+            &security,
+            "http://updates.example.com@evil/a--2--f.patch"
+        ));
+        assert!(!host_allowed(
+            &security,
+            "http://updates.example.com:443@evil:443/a--2--f.patch"
+        ));
+        assert!(host_allowed(
+            &security,
+            "https://%75pdates.example.com/a--2--f.patch"
+        ));
+        let v6 = Security {
+            allowed_download_hosts: Some(vec!["[::1]:8443".into()]),
+            ..Security::default()
+        };
+        assert!(host_allowed(&v6, "https://[::1]:8443/a--2--f.patch"));
+        assert!(!host_allowed(&v6, "https://[::2]:8443/a--2--f.patch"));
     }
 }

@@ -263,3 +263,129 @@ async fn apps_see_a_deferral_and_a_closed_window() {
     assert!(status.success());
     assert!(w.callbacks().is_empty());
 }
+
+/// 40 clients that connect and never read, and 4 that write as fast as they can and connect
+/// again when dropped, as another user than root: the robot's apps, by mistake or on purpose.
+const FLOOD: &str = r#"
+import socket, sys, threading, time
+path, seconds = sys.argv[1], float(sys.argv[2])
+end = time.time() + seconds
+idle = []
+for _ in range(40):
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path)
+        idle.append(s)
+    except OSError:
+        pass
+def write():
+    while time.time() < end:
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.connect(path)
+            while time.time() < end:
+                s.sendall(b"x" * 4096)
+        except OSError:
+            pass
+        finally:
+            s.close()
+threads = [threading.Thread(target=write) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"#;
+
+/// The daemon, quiet (a flood makes a debug line per client it drops).
+fn quiet_daemon(w: &World) -> tokio::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_ota-agent"))
+        .arg("--config")
+        .arg(&w.config)
+        .arg("run")
+        .env("OTA_AGENT_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// CPU time (user and system) of process `pid` so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Runs a whole update with the daemon (and, with `flood`, the flood on its socket from the
+/// start); returns how long it took and the daemon's CPU ticks in the 5 s after it ended.
+async fn update_under(flood: bool) -> (Duration, u64, Option<String>) {
+    let w = World::new("").await;
+    // The flood runs as nobody, who must reach the socket in the test's directory.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(w.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let started = tokio::time::Instant::now();
+    let agent = quiet_daemon(&w);
+    let socket = events_path(w.dir());
+    until("the events socket", || socket.exists()).await;
+    let flooding = flood.then(|| {
+        use std::os::unix::process::CommandExt as _;
+        std::process::Command::new("python3")
+            .args(["-c", FLOOD])
+            .arg(&socket)
+            .arg("20")
+            .uid(65534)
+            .spawn()
+            .expect("python3 for the flood")
+    });
+    until("both results", || w.callbacks().len() >= 2).await;
+    let took = started.elapsed();
+    // While the flood goes on: root's watch gets its snapshot, and the agent, idle, stays so.
+    let snapshot = if flood {
+        let mut watching = watch(&w, &["--json"]);
+        let mut lines = BufReader::new(watching.stdout.take().unwrap()).lines();
+        let first = tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await;
+        Some(format!("{first:?}"))
+    } else {
+        None
+    };
+    let pid = agent.id().unwrap();
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let ticks = cpu_ticks(pid) - before;
+    if let Some(mut f) = flooding {
+        let _ = f.kill();
+        let _ = f.wait();
+    }
+    signal(&agent, Signal::TERM);
+    let _ = agent.wait_with_output().await;
+    (took, ticks, snapshot)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_local_clients_locks_no_one_out_and_costs_no_cpu() {
+    // Before: 40 silent clients took every place (`watch` printed nothing and exited 0), and 4
+    // writing ones kept the idle agent at 98 % of a core.
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("not played: the flood runs as another user, which needs root");
+        return;
+    }
+    let (alone, _, _) = update_under(false).await;
+    let (flooded, ticks, snapshot) = update_under(true).await;
+    let snapshot = snapshot.unwrap();
+    assert!(
+        snapshot.contains(r#"\"event\":\"snapshot\""#),
+        "watch got: {snapshot}"
+    );
+    // 10 % of a core over 5 s is 50 ticks at the usual 100 a second.
+    assert!(
+        ticks < 50,
+        "the idle agent used {ticks} ticks of CPU in 5 s under the flood"
+    );
+    assert!(
+        flooded.as_secs_f64() <= alone.as_secs_f64() * 1.2 + 1.0,
+        "the update took {flooded:?} under the flood, {alone:?} without"
+    );
+    eprintln!("update alone {alone:?}, under the flood {flooded:?}; idle CPU {ticks} ticks in 5 s");
+}

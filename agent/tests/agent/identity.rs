@@ -322,16 +322,7 @@ async fn with_format_2_keys_a_wrong_base_is_no_final_failure() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_that_no_signature_names_is_held_not_failed() {
-    let w = World::serving(
-        Serve {
-            signed: true,
-            ..Serve::default()
-        },
-        "",
-        "",
-    )
-    .await;
-    w.secure(&format!("public_keys = [\"{}\"]", w.vendor_key()));
+    let w = signed_keys_not_required().await;
     std::fs::write(managed_path(w.dir()), b"a file of another origin").unwrap();
     let out = w.agent(&["check"]).await;
     assert!(!out.status.success());
@@ -618,12 +609,23 @@ async fn a_record_the_signatures_disproved_stays_disproved() {
     );
 }
 
-/// Review: The record binds no package, file, language or robot model: a file copied from another
-/// robot (another language's build of version 16, with the record that robot's agent wrote) is
-/// "known" as 16, so with format-2 signatures a good patch that cannot apply to it gets a final
-/// `2` and is never tried again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_record_copied_from_another_robot_gets_no_final_2() {
+/// A signed catalog, and the vendor's key configured without requiring signatures.
+async fn signed_keys_not_required() -> World {
+    let w = World::serving(
+        Serve {
+            signed: true,
+            ..Serve::default()
+        },
+        "",
+        "",
+    )
+    .await;
+    w.secure(&format!("public_keys = [\"{}\"]", w.vendor_key()));
+    w
+}
+
+/// Signed metadata of format 2 (no base named), signatures required.
+async fn signed_format_2() -> World {
     let w = World::edited(
         Serve {
             signed: true,
@@ -638,7 +640,12 @@ async fn a_record_copied_from_another_robot_gets_no_final_2() {
         "public_keys = [\"{}\"]\nrequire_signatures = true",
         w.vendor_key()
     ));
-    // Another build of 16 (same length, other bytes), with the record its robot wrote on it.
+    w
+}
+
+/// Another build of 16 (same length, other bytes) in place of the managed file, with the record
+/// another robot's agent (another package) wrote on it.
+fn plant_another_robots_16(w: &World) {
     let mut other_build = w.version(16);
     for b in other_build.iter_mut().step_by(97) {
         *b ^= 0x5a;
@@ -651,6 +658,16 @@ async fn a_record_copied_from_another_robot_gets_no_final_2() {
         "16",
         &sha256_hex(&other_build),
     );
+}
+
+/// Review: The record binds no package, file, language or robot model: a file copied from another
+/// robot (another language's build of version 16, with the record that robot's agent wrote) is
+/// "known" as 16, so with format-2 signatures a good patch that cannot apply to it gets a final
+/// `2` and is never tried again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_copied_from_another_robot_gets_no_final_2() {
+    let w = signed_format_2().await;
+    plant_another_robots_16(&w);
     let _ = w.agent(&["check"]).await;
     assert!(
         !w.callbacks().iter().any(|(_, code)| code == "2"),
@@ -659,27 +676,15 @@ async fn a_record_copied_from_another_robot_gets_no_final_2() {
     );
 }
 
-/// Review: The same copied file without keys: the chain applies to the wrong bytes, the result is
-/// no version, and both ids are reported `1` (the documented gap is for the config's unverified
-/// word only, not for a file "identified by its own record").
+/// Review: The same copied file without keys: the copied record was taken as the agent's own
+/// knowledge, so the chain applied to the wrong bytes and both ids were reported `1`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_copied_from_another_robot_is_not_taken() {
     // Without keys or a pin, such a file is the documented gap: the config's word, unverified,
     // and `status` says so. What the review found was worse: the copied record was taken as
     // the agent's own knowledge.
     let w = World::new("").await;
-    let mut other_build = w.version(16);
-    for b in other_build.iter_mut().step_by(97) {
-        *b ^= 0x5a;
-    }
-    let path = managed_path(w.dir());
-    std::fs::write(&path, &other_build).unwrap();
-    set_record(
-        &path,
-        "com.ubtechinc.alpha2services/service6mic",
-        "16",
-        &sha256_hex(&other_build),
-    );
+    plant_another_robots_16(&w);
     let out = w.agent(&["check"]).await;
     assert!(
         stderr(&out).contains("as version 16 (sha256") && stderr(&out).contains("unverified"),
@@ -690,20 +695,7 @@ async fn a_record_copied_from_another_robot_is_not_taken() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_previous_agents_first_sight_guess_stays_unverified() {
-    let w = World::edited(
-        Serve {
-            signed: true,
-            ..Serve::default()
-        },
-        |_, text| text.replacen("[server]\n", "[server]\nmetadata_format = 2\n", 1),
-        "",
-        "",
-    )
-    .await;
-    w.secure(&format!(
-        "public_keys = [\"{}\"]\nrequire_signatures = true",
-        w.vendor_key()
-    ));
+    let w = signed_format_2().await;
     // Flashed with 18, config says 16; the previous agent's first sight recorded 16 and this
     // sha256 (its check.rs: `sha256 = sha256_file(path)`, version from the config).
     std::fs::write(managed_path(w.dir()), w.version(18)).unwrap();
@@ -808,16 +800,7 @@ async fn a_directory_linked_after_start_gives_no_file_two_owners() {
 /// reported `1` as version 17.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsigned_first_patch_on_a_guessed_base_fails_no_good_signed_patch() {
-    let w = World::serving(
-        Serve {
-            signed: true,
-            ..Serve::default()
-        },
-        "",
-        "",
-    )
-    .await;
-    w.secure(&format!("public_keys = [\"{}\"]", w.vendor_key()));
+    let w = signed_keys_not_required().await;
     std::fs::write(managed_path(w.dir()), w.version(18)).unwrap();
     w.server.inject(
         Fault::status(Endpoint::Metadata, 404, "")

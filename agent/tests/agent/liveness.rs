@@ -302,6 +302,16 @@ async fn a_chain_longer_than_the_cap_is_taken_in_pieces() {
     assert_eq!(results[0], ("100".to_owned(), "2".to_owned()));
     assert!(results[1..].iter().all(|(_, c)| c == "3"), "{results:?}");
     assert!(!results.iter().any(|(id, _)| id == "164" || id == "165"));
+    // Offered again, after its first patch failed for good: none of the 65 after it can apply,
+    // and every one of them, the two past the cap included, is told so.
+    agent(&config, &["check"]).await;
+    let results = callbacks(&server).await;
+    for id in ["164", "165"] {
+        assert!(
+            results.iter().any(|(i, c)| i == id && c == "3"),
+            "{id}: {results:?}"
+        );
+    }
 }
 
 /// A check answer offering `n` patches on `host` (17, 18, …), ids 100, 101, ….
@@ -820,4 +830,119 @@ async fn a_patch_gone_with_springs_error_page_fails_at_once() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Mounts a tmpfs of `size` on `dir`; false where the machine does not allow it (only root may;
+/// CI runs as root).
+fn tmpfs(dir: &Path, size: &str) -> bool {
+    std::fs::create_dir_all(dir).unwrap();
+    std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Unmounts `dir` when dropped.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A good patch from `version 16` to `size` zero bytes, offered as update 23, and how many
+/// times it was fetched.
+async fn growing_update(size: usize) -> MockServer {
+    let patch = handmade_patch(&[(0, size as u64, 0)], b"", &vec![0; size], size as u64);
+    let server =
+        api_for(|uri| json!({"code":"100","data": format!("{uri}/v/A-1--17--f.patch"),"id":"23"}))
+            .await;
+    serve_patch(&server, "A-1--17--f.patch", patch).await;
+    server
+}
+
+async fn patch_fetches(server: &MockServer) -> usize {
+    let requests = server.received_requests().await.unwrap();
+    requests
+        .iter()
+        .filter(|r| r.method.as_str() == "GET" && r.url.path().ends_with(".patch"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_larger_than_the_state_disk_is_a_full_disk_not_a_bad_patch() {
+    // Found in review: the limit for a patch's promised size was the smaller of the two file
+    // systems, so a good patch whose result outgrew the state directory's got a final `2`.
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    if !tmpfs(&state, "8m") {
+        eprintln!("not played: mounting a tmpfs needs root");
+        return;
+    }
+    let _unmount = Unmount(state);
+    let server = growing_update(12 << 20).await;
+    let config = robot(tmp.path(), &server.uri(), "", "max_failed_cycles = 2");
+    check_until(&config, 4, || async {
+        !callbacks(&server).await.is_empty()
+    })
+    .await;
+    assert_eq!(callbacks(&server).await, pairs(&[("23", "3")]));
+    assert_eq!(
+        std::fs::read(managed_path(tmp.path())).unwrap(),
+        b"version 16"
+    );
+    let fetched = patch_fetches(&server).await;
+    let out = agent(&config, &["check"]).await;
+    assert!(
+        stderr(&out).contains("until there is room"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(patch_fetches(&server).await, fetched);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_that_does_not_fit_beside_the_file_ends_in_3_and_leaves_nothing() {
+    // Found in review: the check before the download can only guess the new version's size
+    // (the old file's); the write beside the file then failed with ENOSPC, left its half-written
+    // file to fill the disk, and after `max_failed_cycles` the update ended with a final `2`.
+    let tmp = tempfile::tempdir().unwrap();
+    let files = tmp.path().join("robot");
+    if !tmpfs(&files, "8m") {
+        eprintln!("not played: mounting a tmpfs needs root");
+        return;
+    }
+    let _unmount = Unmount(files.clone());
+    // The robot's own files take half of it: a 6 MiB version would fit the file system, not
+    // the room left.
+    std::fs::write(files.join("app-data"), vec![1u8; 4 << 20]).unwrap();
+    let server = growing_update(6 << 20).await;
+    let config = robot(tmp.path(), &server.uri(), "", "max_failed_cycles = 2");
+    check_until(&config, 4, || async {
+        !callbacks(&server).await.is_empty()
+    })
+    .await;
+    assert_eq!(callbacks(&server).await, pairs(&[("23", "3")]));
+    assert_eq!(
+        std::fs::read(managed_path(tmp.path())).unwrap(),
+        b"version 16"
+    );
+    let mut left: Vec<_> = std::fs::read_dir(&files)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["Alpha2Services.apk", "app-data"],
+        "left beside the file"
+    );
+    let fetched = patch_fetches(&server).await;
+    agent(&config, &["check"]).await;
+    assert_eq!(patch_fetches(&server).await, fetched);
 }

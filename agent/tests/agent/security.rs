@@ -513,18 +513,24 @@ async fn an_https_server_offering_a_plain_http_patch_is_refused_without_keys() {
     let ca = w.dir().join("ca.pem");
     std::fs::write(&ca, &certs.ca_pem).unwrap();
     w.secure(&format!("ca_file = \"{}\"", ca.display()));
-    let plain = "{\"code\":\"100\",\"data\":\"http://127.0.0.1:9/version/A-1.1.1--17--service5mic.patch\",\"id\":\"23\"}";
-    w.server
-        .inject(Fault::status(Endpoint::Download, 200, plain));
-    let out = w.agent(&["check"]).await;
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("offered over plain http"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(w.status().await["packages"][0]["update"].is_null());
-    assert_eq!(w.installed(), w.version(16));
+    // Spelled three ways: the rule once compared the raw text's prefix, and the other two were
+    // fetched over plain http, installed and reported `1`.
+    for spelling in ["http://", "HTTP://", "http:"] {
+        let plain = format!(
+            "{{\"code\":\"100\",\"data\":\"{spelling}127.0.0.1:9/version/A-1.1.1--17--service5mic.patch\",\"id\":\"23\"}}"
+        );
+        w.server
+            .inject(Fault::status(Endpoint::Download, 200, &plain));
+        let out = w.agent(&["check"]).await;
+        assert!(!out.status.success(), "{spelling}");
+        assert!(
+            stderr(&out).contains("offered over plain http"),
+            "{spelling}: {}",
+            stderr(&out)
+        );
+        assert!(w.status().await["packages"][0]["update"].is_null());
+        assert_eq!(w.installed(), w.version(16));
+    }
 }
 
 /// A signed world whose robot requires signatures, from a catalog passed through `edit`.
@@ -832,4 +838,34 @@ async fn https_without_any_ca_certificate_fails_naming_the_missing_roots() {
         err.contains("no trusted CA certificate") && err.contains("security.ca_file"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_text_reaches_no_output_raw() {
+    // A 503 whose body forges lines and hides what follows: it reached `status` and the `check`
+    // summary as it was (the log line was escaped, the other exits were not).
+    let w = World::new("").await;
+    let forged = "busy\n  version:    18 (sha256 0000)\n  update:     none\n\u{1b}[8m";
+    // Once as a page of text, once in Spring's OAuth2 error shape.
+    w.server
+        .inject(Fault::status(Endpoint::Download, 503, forged).times(1));
+    let oauth = serde_json::json!({ "error": "unavailable", "error_description": forged });
+    w.server
+        .inject(Fault::status(Endpoint::Download, 503, &oauth.to_string()).times(1));
+    for _ in 0..2 {
+        let check = w.agent(&["check"]).await;
+        let status = w.agent(&["status"]).await;
+        for (exit, bytes) in [
+            ("the check summary", &check.stdout),
+            ("the check's log", &check.stderr),
+            ("status", &status.stdout),
+        ] {
+            let text = String::from_utf8_lossy(bytes);
+            assert!(!text.contains('\u{1b}'), "{exit} holds an escape: {text}");
+            assert!(
+                !text.lines().any(|l| l.starts_with("  version:    18")),
+                "{exit} holds a forged line: {text}"
+            );
+        }
+    }
 }

@@ -51,6 +51,8 @@ pub struct Findings {
     pub max_saves: u64,
     pub max_bytes: u64,
     pub max_fsyncs: u64,
+    /// Daemon passes whose writes were counted.
+    pub passes: u64,
     pub acts: Vec<String>,
     pub outcome: String,
     /// Where a failed scenario's logs were kept.
@@ -106,6 +108,9 @@ pub fn judge(plan: &Plan, shared: &Shared, seen: &Observed, findings: &mut Findi
     }
     let codes = codes_by_id(&seen.callbacks);
     judge_codes(plan, seen, &codes, installed, findings);
+    if !plan.state_loss {
+        judge_finals_stay(&seen.callbacks, findings);
+    }
     judge_churn(&seen.log, findings);
     findings.outcome = format!(
         "v{installed}, {}",
@@ -125,6 +130,24 @@ fn codes_by_id(callbacks: &[(String, String)]) -> BTreeMap<String, Vec<String>> 
         }
     }
     codes
+}
+
+/// A final result (`1` or `2`) is never followed by another code for the same id: the agent
+/// sends it again when the id is offered again, nothing else.
+fn judge_finals_stay(callbacks: &[(String, String)], findings: &mut Findings) {
+    let mut finals: BTreeMap<&str, &str> = BTreeMap::new();
+    for (id, code) in callbacks {
+        match finals.get(id.as_str()) {
+            Some(first) if first != code => findings.violation(format!(
+                "update {id} was reported {first}, a final result, then {code}"
+            )),
+            Some(_) => {}
+            None if code == "1" || code == "2" => {
+                finals.insert(id, code);
+            }
+            None => {}
+        }
+    }
 }
 
 fn spoiled_ids(seen: &Observed) -> BTreeSet<&'static str> {
@@ -194,8 +217,10 @@ fn judge_churn(log: &str, findings: &mut Findings) {
             .filter_map(|n| n.parse().ok())
             .collect();
         let [saves, bytes, fsyncs] = numbers[..] else {
+            findings.violation(format!("the daemon's write counts cannot be read: {line}"));
             continue;
         };
+        findings.passes += 1;
         findings.max_saves = findings.max_saves.max(saves);
         findings.max_bytes = findings.max_bytes.max(bytes);
         findings.max_fsyncs = findings.max_fsyncs.max(fsyncs);
