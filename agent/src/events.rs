@@ -150,7 +150,7 @@ impl Event {
                 package,
                 step: Step::Check,
                 ..
-            } => format!("{package}: checking for updates"),
+            } => format!("{}: checking for updates", printable(package)),
             Event::Step {
                 package,
                 step,
@@ -168,7 +168,7 @@ impl Event {
                     (Step::Install, None) => "installing".to_owned(),
                     (Step::Report | Step::Check, _) => "sending the results".to_owned(),
                 };
-                format!("{package}: update {}: {doing}", updates(ids))
+                format!("{}: update {}: {doing}", printable(package), updates(ids))
             }
             Event::Progress {
                 package,
@@ -179,11 +179,13 @@ impl Event {
                 ..
             } => match (total, percent) {
                 (Some(total), Some(percent)) => format!(
-                    "{package}: update {}: downloading {percent}% ({bytes} of {total} bytes)",
+                    "{}: update {}: downloading {percent}% ({bytes} of {total} bytes)",
+                    printable(package),
                     printable(id)
                 ),
                 _ => format!(
-                    "{package}: update {}: downloading ({bytes} bytes so far)",
+                    "{}: update {}: downloading ({bytes} bytes so far)",
+                    printable(package),
                     printable(id)
                 ),
             },
@@ -194,7 +196,8 @@ impl Event {
                 until_unix,
                 ..
             } => format!(
-                "{package}: update {}: deferred until {}: {}",
+                "{}: update {}: deferred until {}: {}",
+                printable(package),
                 updates(ids),
                 utc(*until_unix),
                 printable(reason)
@@ -205,7 +208,8 @@ impl Event {
                 until_unix,
                 ..
             } => format!(
-                "{package}: update {}: waiting for the update window, which opens at {}",
+                "{}: update {}: waiting for the update window, which opens at {}",
+                printable(package),
                 updates(ids),
                 utc(*until_unix)
             ),
@@ -219,13 +223,18 @@ impl Event {
                     _ => "unknown",
                 };
                 format!(
-                    "{package}: update {}: result {code} ({meaning})",
+                    "{}: update {}: result {code} ({meaning})",
+                    printable(package),
                     printable(id)
                 )
             }
             Event::Unidentified {
                 package, reason, ..
-            } => format!("{package}: unidentified: {}", printable(reason)),
+            } => format!(
+                "{}: unidentified: {}",
+                printable(package),
+                printable(reason)
+            ),
             Event::Idle {
                 next_check_unix, ..
             } => format!("idle; next check at {}", utc(*next_check_unix)),
@@ -517,7 +526,8 @@ impl Inner {
 }
 
 fn line(event: &Event) -> Arc<str> {
-    let mut text = serde_json::to_string(event).expect("an event is plain data");
+    let text = serde_json::to_string(event).expect("an event is plain data");
+    let mut text = crate::redact::json_printable(text);
     text.push('\n');
     text.into()
 }

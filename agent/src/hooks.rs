@@ -42,7 +42,14 @@ pub enum HookError {
     Stopped { hook: &'static str },
 }
 
-/// Runs `command` with `/bin/sh -c`; its output goes to the agent's stderr (the journal).
+/// Lines of a hook's output passed to the log, per stream; the rest is counted, not logged.
+const MAX_LINES: usize = 200;
+/// The longest piece of a hook's output logged as one line; a longer line is logged in pieces.
+const MAX_LINE: u64 = 1024;
+
+/// Runs `command` with `/bin/sh -c`; its output goes to the agent's log a line at a time,
+/// escaped like every log line (a hook's text cannot forge a line of the journal, nor reach a
+/// terminal raw).
 pub async fn run(
     hook: &'static str,
     command: &str,
@@ -56,12 +63,20 @@ pub async fn run(
         .arg(command)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|source| HookError::Spawn { hook, source })?;
+    // Relayed by tasks of their own: a background process of the hook may hold the pipes open
+    // long after the hook has ended, and nothing waits for that.
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(relay(hook, out));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(relay(hook, err));
+    }
     let group = child
         .id()
         .and_then(|id| Pid::from_raw(id as i32))
@@ -94,6 +109,34 @@ pub async fn run(
         return Err(HookError::Stopped { hook });
     }
     Err(HookError::Failed { hook, status })
+}
+
+/// Passes what a hook prints to the log, a line at a time, at most [`MAX_LINES`] lines of at
+/// most [`MAX_LINE`] bytes.
+async fn relay(hook: &'static str, from: impl tokio::io::AsyncRead + Unpin) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut reader = tokio::io::BufReader::new(from);
+    let mut line = Vec::new();
+    let mut lines = 0;
+    loop {
+        line.clear();
+        match (&mut reader)
+            .take(MAX_LINE)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        lines += 1;
+        if lines <= MAX_LINES {
+            let text = String::from_utf8_lossy(&line);
+            log::info!("{hook} hook: {}", text.trim_end_matches(['\n', '\r']));
+        }
+    }
+    if lines > MAX_LINES {
+        log::warn!("{hook} hook printed {lines} lines; the first {MAX_LINES} are logged");
+    }
 }
 
 /// SIGTERM to the hook's process group, then SIGKILL once [`GRACE`] is over.

@@ -142,7 +142,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let state = Store::peek(&config.agent.state_dir)?;
             let status = Status::new(&config, &state);
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                let json = serde_json::to_string_pretty(&status)?;
+                println!("{}", ota_agent::redact::json_printable(json));
             } else {
                 print!("{}", status.to_text());
             }

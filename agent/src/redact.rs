@@ -24,6 +24,24 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// JSON text with DEL and the C1 control characters written as `\u00XX`. serde_json escapes
+/// only C0 ones, and some terminals act on C1 (U+009B is a CSI). JSON's own syntax is ASCII, so
+/// they can only be inside strings, where the escape means the same character.
+pub fn json_printable(json: String) -> String {
+    if !json.chars().any(|c| ('\u{7f}'..='\u{9f}').contains(&c)) {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 8);
+    for c in json.chars() {
+        if ('\u{7f}'..='\u{9f}').contains(&c) {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 pub fn url(url: &str) -> String {
     let Some((base, rest)) = url.split_once('?') else {
         return url.to_owned();
@@ -59,6 +77,15 @@ pub fn text(text: &str, secrets: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_keeps_no_c1_control_raw() {
+        let json = serde_json::to_string(&serde_json::json!({"m": "a\u{9b}31mb\u{7f}"})).unwrap();
+        let out = json_printable(json);
+        assert!(!out.contains(['\u{9b}', '\u{7f}']), "{out}");
+        let back: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(back["m"], "a\u{9b}31mb\u{7f}");
+    }
 
     #[test]
     fn masks_secret_parameters_only() {

@@ -4,10 +4,11 @@
 //! a line for longer than [`super::WRITE_TIMEOUT`]. One user (by `SO_PEERCRED`) has at most
 //! [`PER_USER`] clients at once, and the last [`ROOT_RESERVE`] of the [`MAX_CLIENTS`] places
 //! are root's, so that an administrator's `ota-agent watch` gets in whatever the apps do. A
-//! user whose client was dropped for writing or not reading waits [`PENALTY`] before it is
-//! served again, and every turned-away client costs the listener a pause, so that a loop of
-//! them cannot keep the agent's one runtime thread busy. A client turned away or dropped is
-//! told why, in a `closed` event, when it still reads.
+//! user whose client was dropped waits [`PENALTY`] before it is served again, and refusals
+//! are paced ([`REFUSE_BURST`] in a row, then a pause), so that a loop of them can neither keep
+//! the agent's one runtime thread busy nor keep root waiting behind them for long. A client turned away or dropped is
+//! told why, in a `closed` event, when it still reads. A client that closed is noticed within
+//! seconds even while the agent is quiet, so a closed `watch` holds no place.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
@@ -35,8 +36,11 @@ pub const UNREAD_LIMIT: Duration = Duration::from_secs(30);
 pub const PENALTY: Duration = Duration::from_secs(10);
 /// How often a client's unread bytes are looked at.
 const UNREAD_EVERY: Duration = Duration::from_secs(5);
-/// The listener's pause after turning a client away.
+/// The listener's pause after [`REFUSE_BURST`] clients turned away in a row: at most 3,200
+/// refusals a second, so a loop of connections costs little CPU, and a queue of them drains in
+/// about a second, so root's `watch` behind them gets in.
 const REFUSE_PAUSE: Duration = Duration::from_millis(20);
+const REFUSE_BURST: u32 = 64;
 
 /// Who holds the places, and who is turned away until when.
 #[derive(Debug, Default)]
@@ -70,14 +74,6 @@ impl std::ops::Drop for Place {
     }
 }
 
-/// Why a client's connection ended early.
-enum Ending {
-    /// It did what a client must not (wrote, or read nothing): its user waits [`PENALTY`].
-    Misbehaved(String),
-    /// It could not keep up.
-    Slow(String),
-}
-
 pub(super) fn bind(path: &Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     // A socket left by an agent that did not stop cleanly. No other agent is using it: the
@@ -94,6 +90,7 @@ pub(super) fn bind(path: &Path) -> std::io::Result<UnixListener> {
 
 pub(super) async fn listen(listener: UnixListener, inner: Arc<Inner>) {
     let places = Shared::default();
+    let mut refused_in_a_row = 0;
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -107,6 +104,7 @@ pub(super) async fn listen(listener: UnixListener, inner: Arc<Inner>) {
         let uid = stream.peer_cred().map_or(u32::MAX, |c| c.uid());
         match admit(&places, uid) {
             Ok(place) => {
+                refused_in_a_row = 0;
                 let (snapshot, rx) = inner.subscribe();
                 tokio::spawn(serve_client(stream, snapshot, rx, place));
             }
@@ -114,7 +112,10 @@ pub(super) async fn listen(listener: UnixListener, inner: Arc<Inner>) {
                 log::debug!("events socket: turning a client of uid {uid} away: {reason}");
                 say_closed(&stream, &reason);
                 drop(stream);
-                tokio::time::sleep(REFUSE_PAUSE).await;
+                refused_in_a_row += 1;
+                if refused_in_a_row % REFUSE_BURST == 0 {
+                    tokio::time::sleep(REFUSE_PAUSE).await;
+                }
             }
         }
     }
@@ -166,17 +167,13 @@ async fn serve_client(
     place: Place,
 ) {
     let fd = stream.as_raw_fd();
-    let Some(why) = serve(&mut stream, fd, snapshot, rx).await else {
+    let Some(reason) = serve(&mut stream, fd, snapshot, rx).await else {
         return;
     };
-    let reason = match why {
-        Ending::Misbehaved(reason) => {
-            let until = Instant::now() + PENALTY;
-            lock(&place.places).penalty.insert(place.uid, until);
-            reason
-        }
-        Ending::Slow(reason) => reason,
-    };
+    // Whatever the reason (it wrote, it read nothing, it could not keep up), its user waits
+    // before it is served again: a loop of such clients costs the agent nothing.
+    let until = Instant::now() + PENALTY;
+    lock(&place.places).penalty.insert(place.uid, until);
     log::debug!(
         "events socket: dropping a client of uid {}: {reason}",
         place.uid
@@ -199,7 +196,7 @@ async fn serve(
     fd: RawFd,
     snapshot: Arc<str>,
     mut rx: broadcast::Receiver<Arc<str>>,
-) -> Option<Ending> {
+) -> Option<String> {
     let (mut read, mut write) = stream.split();
     let mut byte = [0u8; 1];
     // Reading tells when a client has gone, however long the agent stays quiet; a client that
@@ -212,36 +209,54 @@ async fn serve(
         let text = match next {
             Ok(text) => text,
             Err(RecvError::Lagged(n)) => {
-                return Some(Ending::Slow(format!("it fell {n} events behind")));
+                return Some(format!("it fell {n} events behind"));
             }
             Err(RecvError::Closed) => return None,
         };
         match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(text.as_bytes())).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return None,
-            Err(_) => return Some(Ending::Slow("it took no event for 10 s".into())),
+            Err(_) => return Some("it took no event for 10 s".into()),
         }
         next = loop {
             tokio::select! {
                 line = rx.recv() => break line,
                 n = read.read(&mut byte), if reading => match n {
                     Ok(0) => reading = false,
-                    Ok(_) => return Some(Ending::Misbehaved("a client has nothing to say, and it wrote".into())),
+                    Ok(_) => return Some("a client has nothing to say, and it wrote".into()),
                     Err(_) => return None,
                 },
                 _ = ticker.tick() => {
+                    // A client gone while the agent is quiet shows only here: its end of the
+                    // socket hung up (a client that only closed its writing side has not).
+                    if hung_up(fd) {
+                        return None;
+                    }
                     if unread_bytes(fd) == 0 {
                         unread_since = None;
                     } else if unread_since.get_or_insert_with(Instant::now).elapsed() >= UNREAD_LIMIT {
-                        return Some(Ending::Misbehaved(format!(
+                        return Some(format!(
                             "it left what it was sent unread for {} s",
                             UNREAD_LIMIT.as_secs()
-                        )));
+                        ));
                     }
                 }
             }
         };
     }
+}
+
+/// True once the client closed its end of the socket `fd` (both directions).
+#[allow(unsafe_code)]
+fn hung_up(fd: RawFd) -> bool {
+    let mut poll = libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one pollfd, alive for the call, and a zero timeout: poll only reads and writes it.
+    let rc = unsafe { libc::poll(&mut poll, 1, 0) };
+    rc > 0 && poll.revents & libc::POLLHUP != 0
 }
 
 /// Bytes this end sent on the socket `fd` that the client has not read yet.
@@ -315,6 +330,25 @@ mod tests {
         assert!(closed.contains(r#""event":"closed""#), "{closed}");
         assert!(closed.contains("nothing to say"), "{closed}");
         assert_eq!(next_line(&mut reader).await, "", "then the connection ends");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_closed_gives_its_place_back_while_the_agent_is_quiet() {
+        // A `watch` ended with Ctrl-C held its place until the agent next had something to
+        // say (up to a poll interval): enough of them locked everyone out, root included.
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("events.sock");
+        let _events = Events::serve(&path);
+        for _ in 0..MAX_CLIENTS {
+            let stream = UnixStream::connect(&path).await.unwrap();
+            let mut reader = tokio::io::BufReader::new(stream);
+            assert!(next_line(&mut reader).await.contains("snapshot"));
+        }
+        tokio::time::sleep(UNREAD_EVERY * 2).await;
+        let stream = UnixStream::connect(&path).await.unwrap();
+        let mut reader = tokio::io::BufReader::new(stream);
+        let first = next_line(&mut reader).await;
+        assert!(first.contains("snapshot"), "{first}");
     }
 
     #[tokio::test(start_paused = true)]

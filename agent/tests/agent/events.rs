@@ -264,8 +264,9 @@ async fn apps_see_a_deferral_and_a_closed_window() {
     assert!(w.callbacks().is_empty());
 }
 
-/// 40 clients that connect and never read, and 4 that write as fast as they can and connect
-/// again when dropped, as another user than root: the robot's apps, by mistake or on purpose.
+/// 40 clients that connect and never read, 4 that write as fast as they can and connect again
+/// when dropped, and one that keeps the listen queue full of connections (up to 900), as
+/// another user than root: the robot's apps, by mistake or on purpose.
 const FLOOD: &str = r#"
 import socket, sys, threading, time
 path, seconds = sys.argv[1], float(sys.argv[2])
@@ -278,6 +279,20 @@ for _ in range(40):
         idle.append(s)
     except OSError:
         pass
+def queue():
+    held = []
+    while time.time() < end:
+        s = socket.socket(socket.AF_UNIX)
+        s.setblocking(False)
+        try:
+            s.connect(path)
+            held.append(s)
+        except OSError:
+            s.close()
+            time.sleep(0.001)
+        if len(held) > 900:
+            held.pop(0).close()
+threading.Thread(target=queue, daemon=True).start()
 def write():
     while time.time() < end:
         s = socket.socket(socket.AF_UNIX)

@@ -869,3 +869,26 @@ async fn server_text_reaches_no_output_raw() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hook_text_reaches_no_output_raw() {
+    // A hook's output went straight to the agent's stdout and stderr: an escape sequence
+    // reached the terminal, and a `<0>` line would be read by journald as an emergency.
+    let hook = r"printf 'hook says \033[31mRED\033[0m\n<0>forged emergency line\n'";
+    let w = World::new(&format!("post_install = '''{hook}'''")).await;
+    let out = w.agent(&["check"]).await;
+    assert!(w.installed() == w.version(18), "{}", stderr(&out));
+    for (exit, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+        let text = String::from_utf8_lossy(bytes);
+        assert!(!text.contains('\u{1b}'), "{exit} holds an escape: {text}");
+        assert!(
+            !text.lines().any(|l| l.starts_with("<0>")),
+            "{exit} holds a forged line: {text}"
+        );
+    }
+    assert!(
+        stderr(&out).contains("post_install hook: hook says"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -50,7 +50,7 @@ fn options() -> Result<Options, String> {
         minutes: None,
         seeds: Vec::new(),
         first_seed: None,
-        jobs: 2,
+        jobs: 4,
         corpus: None,
         agent: None,
     };
