@@ -51,10 +51,7 @@ pub enum InstallError {
 impl InstallError {
     /// True when the file system had no room (or quota) left.
     pub fn is_full(&self) -> bool {
-        matches!(self, InstallError::Io { source, .. }
-            if matches!(source.raw_os_error(), Some(code)
-                if code == rustix::io::Errno::NOSPC.raw_os_error()
-                    || code == rustix::io::Errno::DQUOT.raw_os_error()))
+        matches!(self, InstallError::Io { source, .. } if crate::no_room(source))
     }
 }
 

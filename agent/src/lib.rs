@@ -126,6 +126,14 @@ pub mod io_stats {
     }
 }
 
+/// True when an I/O error says the file system had no room (or quota) left: a full disk, which
+/// ends an update with `3`, never `2` (see ARCHITECTURE.md).
+pub fn no_room(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(code)
+        if code == rustix::io::Errno::NOSPC.raw_os_error()
+            || code == rustix::io::Errno::DQUOT.raw_os_error())
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()

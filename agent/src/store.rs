@@ -55,10 +55,7 @@ pub enum StoreError {
 impl StoreError {
     /// True when the file system had no room (or quota) left.
     pub fn is_full(&self) -> bool {
-        matches!(self, StoreError::Io { source, .. }
-            if matches!(source.raw_os_error(), Some(code)
-                if code == rustix::io::Errno::NOSPC.raw_os_error()
-                    || code == rustix::io::Errno::DQUOT.raw_os_error()))
+        matches!(self, StoreError::Io { source, .. } if crate::no_room(source))
     }
 }
 

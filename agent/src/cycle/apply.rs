@@ -112,7 +112,7 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
             Err(ApplyError::Store(e)) => return Err(e.into()),
             Err(ApplyError::NoSpace { needed, free }) => {
                 return Err(CycleError::NoSpace {
-                    place: "in the state directory",
+                    place: super::IN_STATE_DIR,
                     needed,
                     free,
                 });

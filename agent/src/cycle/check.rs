@@ -270,7 +270,7 @@ fn still_no_room(
         let (free, place) = if room.beside {
             (crate::install::free_space(&pkg.path)?, super::BESIDE)
         } else {
-            (agent.store.free_space()?, "in the state directory")
+            (agent.store.free_space()?, super::IN_STATE_DIR)
         };
         if free < room.needed {
             return Ok(Some(format!(

@@ -236,7 +236,7 @@ async fn check_space(agent: &mut Agent, pkg: &Package) -> Result<(), CycleError>
     let free = agent.store.free_space()?;
     if needed > free {
         return Err(CycleError::NoSpace {
-            place: "in the state directory",
+            place: super::IN_STATE_DIR,
             needed,
             free,
         });

@@ -79,6 +79,8 @@ impl Room {
 
 /// Where [`CycleError::NoSpace`] names the managed file's file system.
 pub(super) const BESIDE: &str = "beside the managed file";
+/// Where [`CycleError::NoSpace`] names the state directory's file system.
+pub(super) const IN_STATE_DIR: &str = "in the state directory";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CycleError {
@@ -515,7 +517,7 @@ impl Agent {
             }
             CycleError::Store(e) if e.is_full() => {
                 let free = self.store.free_space().unwrap_or(0);
-                Some(Room::new("in the state directory", free.saturating_add(1)))
+                Some(Room::new(IN_STATE_DIR, free.saturating_add(1)))
             }
             _ => None,
         }

@@ -117,16 +117,7 @@ async fn a_state_of_a_newer_format_is_left_alone_and_stops_the_agent() {
         stderr(&out)
     );
     assert_eq!(std::fs::read_to_string(&path).unwrap(), newer, "untouched");
-    let aside = std::fs::read_dir(state_dir(&w))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .contains("corrupt")
-        })
-        .count();
+    let aside = moved_aside(&w);
     assert_eq!(aside, 0, "nothing was moved aside");
     assert_eq!(w.installed(), w.version(18));
     assert_eq!(w.callbacks().len(), 2);
@@ -247,6 +238,20 @@ async fn signed_and_flashed_with_18(catalog_extra: &'static str) -> World {
         w.vendor_key()
     ));
     w
+}
+
+/// How many state files were moved aside as corrupt.
+fn moved_aside(w: &World) -> usize {
+    std::fs::read_dir(state_dir(w))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("corrupt")
+        })
+        .count()
 }
 
 /// Pins the config's version 16 to its sha256, as a fleet's config would; returns the pin.
@@ -507,16 +512,7 @@ async fn a_record_naming_no_version_code_costs_no_queued_result() {
     w.server.clear_faults();
     let _ = w.agent(&["check"]).await;
     let _ = w.agent(&["check"]).await;
-    let corrupt = std::fs::read_dir(state_dir(&w))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .contains("corrupt")
-        })
-        .count();
+    let corrupt = moved_aside(&w);
     let got = w.callbacks();
     assert!(
         got.contains(&("23".into(), "1".into())) && got.contains(&("25".into(), "1".into())),
