@@ -4,7 +4,7 @@
 # How each figure is measured is explained in BENCHMARKS.md.
 #
 #   scripts/bench.sh [--size BYTES] [--runs N] [--idle-seconds S] [--wrk-seconds S]
-#                    [--latency-seconds S] [--only LIST] [--data DIR]
+#                    [--latency-seconds S] [--only LIST] [--data DIR] [--hpatchz PATH]
 #
 #   --size          size of the firmware-like test file (default 67108864 = 64 MiB); also the
 #                   size of the file the download benchmark fetches
@@ -13,9 +13,12 @@
 #   --wrk-seconds   duration of each wrk run against the mock server (default 10)
 #   --latency-seconds  how long the foreground task is watched in each run and setting
 #                   (default 10)
-#   --only          a comma-separated subset of apply,download,update,footprint,server,latency
+#   --only          a comma-separated subset of apply,download,update,footprint,server,latency,
+#                   patchers,memory,cgroup (the last three are in scripts/bench-memory.sh)
 #   --data          where the test data and the Debian patches are kept between runs
 #                   (default $CARGO_TARGET_DIR/bench-data/SIZE, or target/bench-data/SIZE)
+#   --hpatchz       HDiffPatch's hpatchz, to compare the patch apply with (without it, its
+#                   columns say n/a: not measured)
 #
 # Figures are not asserted: the script exits non-zero only when a measurement could not be
 # taken, never because a goal was missed.
@@ -27,7 +30,8 @@ idle_seconds=60
 wrk_seconds=10
 latency_seconds=10
 data=
-only=apply,download,update,footprint,server,latency
+only=apply,download,update,footprint,server,latency,patchers,memory,cgroup
+hpatchz=
 while [ $# -gt 0 ]; do
   case "$1" in
     --size) size=$2; shift 2 ;;
@@ -37,7 +41,8 @@ while [ $# -gt 0 ]; do
     --latency-seconds) latency_seconds=$2; shift 2 ;;
     --data) data=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --hpatchz) hpatchz=$(realpath "$2"); shift 2 ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -45,6 +50,8 @@ done
 root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/lib.sh
 source "$root/scripts/lib.sh"
+# shellcheck source=scripts/bench-memory.sh
+source "$root/scripts/bench-memory.sh"
 cd "$root"
 target=${CARGO_TARGET_DIR:-$root/target}
 data=${data:-$target/bench-data/$size}
@@ -57,6 +64,8 @@ log() { printf '== %s\n' "$*" >&2; }
 # Tools and binaries
 missing=()
 command -v bsdiff >/dev/null || missing+=(bsdiff)
+command -v bzip2 >/dev/null || missing+=(bzip2)
+command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
 [ -x /usr/bin/time ] || missing+=(time)
 command -v wrk >/dev/null || missing+=(wrk)
@@ -149,7 +158,7 @@ for pair in "16 17" "17 18"; do
   set -- $pair
   patch=$data/debian-$1-$2.patch
   # Only the patch apply needs Debian's patches, and each takes minutes to make.
-  if [ ! -s "$patch" ] && [[ ",$only," == *,apply,* ]]; then
+  if [ ! -s "$patch" ] && [[ ",$only," == *,apply,* || ",$only," == *,patchers,* ]]; then
     log "making $patch with Debian's bsdiff"
     (
       t=$(now)
@@ -559,6 +568,9 @@ section bench_update
 section bench_footprint
 section bench_server
 section bench_latency
+section bench_patchers
+section bench_memory
+section bench_cgroup
 
 # ---------------------------------------------------------------------------------------------
 # The table
@@ -618,6 +630,7 @@ sz_mib=$(awk -v s="$size" 'BEGIN { printf "%g", s / 1048576 }')
   echo "| … at the unit's priority and pinned to one of the two cores (taskset -c 1, as CPUAffinity=1 in a drop-in would), p99 against 1.5 × p99 alone + 1 ms | $(lat_ms "$(get lat_pinned)") | $(sec_ms "$bound") | ${r}× | | |"
   echo "| … updates done in the windows, at the unit's priority / pinned / normal priority | $(get lat_low_rounds) / $(get lat_pinned_rounds) / $(get lat_normal_rounds) | | | | |"
   echo "| … load average (1 min) before / after the latency runs | $(get lat_load_before) / $(get lat_load_after) | | | | |"
+  memory_tables
   echo
   if [ ${#failed[@]} -gt 0 ]; then
     echo "Could not be measured: ${failed[*]}"

@@ -35,6 +35,16 @@ if [ ${#low[@]} -gt 0 ]; then
   exit 1
 fi
 echo "priority: Nice=$(setting Nice) CPUWeight=$(setting CPUWeight) IOSchedulingClass=idle IOWeight=$(setting IOWeight)"
+# The agent's memory is capped (the unit's comment says how the values were chosen): MemoryHigh=
+# below MemoryMax=, both set.
+bytes() { awk -v v="$1" 'BEGIN { n = v + 0; u = substr(v, length(v)); if (u == "K") n *= 1024; if (u == "M") n *= 1048576; if (u == "G") n *= 1073741824; print n }'; }
+high=$(setting MemoryHigh)
+max=$(setting MemoryMax)
+if [ -z "$high" ] || [ -z "$max" ] || [ "$(bytes "$high")" -ge "$(bytes "$max")" ] || [ "$(bytes "$high")" -lt $((32 << 20)) ]; then
+  echo "the unit must cap the agent's memory with MemoryHigh= (at least 32M) below MemoryMax=; it has MemoryHigh=${high:-none} MemoryMax=${max:-none}" >&2
+  exit 1
+fi
+echo "memory: MemoryHigh=$high MemoryMax=$max"
 # Ordered after time-sync.target, so that a robot without a clock battery checks once its clock
 # is set; not pulled in, since the target is passive (systemd.special(7)): only a time sync
 # service may pull it in, and without one the agent must start at once.

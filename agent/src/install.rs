@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::settle::Settling;
+
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     #[error("{op} {path} failed")]
@@ -345,7 +347,7 @@ fn prepare_until(
 /// Writes the new version into `out` (the file beside `target`), checks it is the one
 /// expected, records its version on it, gives it the managed file's owner and mode, syncs it.
 fn write_new(
-    mut out: File,
+    out: File,
     mut new: impl Read,
     expect: NewVersion,
     meta: Option<&fs::Metadata>,
@@ -355,6 +357,7 @@ fn write_new(
 ) -> Result<(), InstallError> {
     use std::os::unix::fs::MetadataExt;
     let tmp = new_path(target);
+    let mut out = Settling::new(out, !crate::fault::skip_fsync("staged"));
     let mut buf = vec![0u8; 1 << 20];
     let mut hasher = Sha256::new();
     loop {
@@ -375,6 +378,7 @@ fn write_new(
         out.write_all(&buf[..n]).map_err(err("write", &tmp))?;
     }
     out.flush().map_err(err("write", &tmp))?;
+    let out = out.into_inner();
     let found = hex(&hasher.finalize());
     if found != expect.sha256 {
         drop(out);

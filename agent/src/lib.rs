@@ -7,8 +7,10 @@
 //! - [`cycle`]: the update cycle as an explicit state machine, one file per step.
 //! - [`daemon`]: start-up, the poll loop, back-off and signals around the cycle.
 //! - [`schedule`]: the pure timing rules (poll jitter, back-off) the daemon follows.
-//! - [`patch`]: bsdiff 4.x patches, applied with the old file mapped and the new one streamed.
+//! - [`patch`]: bsdiff 4.x patches, applied with both files read in bounded pieces and the new
+//!   one streamed.
 //! - [`install`]: the managed files: hashing, atomic swap and rollback.
+//! - [`settle`]: large files written back as they are written, not left in the page cache.
 //! - [`hooks`]: the per-package commands run around an install.
 //! - [`status`]: what `ota-agent status` prints.
 //! - [`adopt`]: `ota-agent adopt`, which says by hand which version a managed file is.
@@ -30,6 +32,7 @@ pub mod notify;
 pub mod patch;
 pub mod redact;
 pub mod schedule;
+pub mod settle;
 pub mod status;
 pub mod store;
 pub mod window;

@@ -1,9 +1,11 @@
 //! Classic bsdiff 4.x patches (`BSDIFF40` and three bzip2 streams): header checks and applying.
 //!
-//! The old file is mapped, not read, the patch is read in bounded pieces from wherever it lies
-//! (a [`Source`]: a file or bytes in memory), and the new one streams out through a writer that
-//! refuses to grow past the size the header promised, so a hostile patch can neither exhaust
-//! memory nor fill the disk; the produced size is compared with the promise at the end. Every
+//! The old file and the patch are both read in bounded pieces from wherever they lie (a
+//! [`Source`]: a file or bytes in memory), the old one through a few windows of its bytes, and
+//! the new one streams out through a writer that refuses to grow past the size the header
+//! promised: memory stays a few MiB whatever the files' sizes, so a large update does not take
+//! a robot's memory, nor a hostile patch exhaust it or fill the disk; the produced size is
+//! compared with the promise at the end. Every
 //! control must move the output forward (bar a small allowance), so a patch of empty controls
 //! cannot keep a core busy for hours, and the caller can stop an application at any control.
 
@@ -23,6 +25,9 @@ pub enum PatchError {
     TooLarge { promised: u64, limit: u64 },
     #[error("patch is corrupt or does not fit the old file")]
     Corrupt(#[source] io::Error),
+    /// The file to patch could not be read, or changed while it was: not the patch's fault.
+    #[error("reading the file to patch failed")]
+    OldFile(#[source] io::Error),
     #[error("cannot start the threads that decompress the patch")]
     Threads(#[source] io::Error),
     #[error("patch produced {produced} bytes but its header promised {promised}")]
@@ -184,8 +189,8 @@ pub fn header<S: Source + ?Sized>(patch: &S) -> Result<Header, PatchError> {
 }
 
 /// Applies `patch` to `old`, writing the new file to `out`; returns the new file's size.
-pub fn apply<S: Source + ?Sized, W: Write>(
-    old: &[u8],
+pub fn apply<O: Source + ?Sized, S: Source + ?Sized, W: Write>(
+    old: &O,
     patch: &S,
     out: W,
     max_size: u64,
@@ -199,8 +204,8 @@ pub fn apply<S: Source + ?Sized, W: Write>(
 /// The diff and extra streams are decompressed on two threads of their own while this one adds
 /// and writes: bzip2 is most of the work, and a robot's board has more than one core. The
 /// threads hand over bounded chunks, so memory stays a few MiB whatever the patch's size.
-pub fn apply_until<S: Source + ?Sized, W: Write>(
-    old: &[u8],
+pub fn apply_until<O: Source + ?Sized, S: Source + ?Sized, W: Write>(
+    old: &O,
     patch: &S,
     out: W,
     max_size: u64,
@@ -227,8 +232,13 @@ pub fn apply_until<S: Source + ?Sized, W: Write>(
     };
     let produced = std::thread::scope(|scope| {
         let mut run = Run {
-            old,
-            ctrl: bzip2::read::BzDecoder::new(section(HEADER_LEN as u64, ctrl_end)),
+            old: OldFile::new(old),
+            // Read 24 bytes at a time, the controls are decompressed in larger pieces: a call
+            // into bzip2 for each control cost more than decoding it.
+            ctrl: io::BufReader::with_capacity(
+                CONTROLS_AHEAD,
+                bzip2::read::BzDecoder::new(section(HEADER_LEN as u64, ctrl_end)),
+            ),
             diff: Stream::spawn(scope, section(ctrl_end, diff_end)).map_err(PatchError::Threads)?,
             extra: Stream::spawn(scope, section(diff_end, patch.size()))
                 .map_err(PatchError::Threads)?,
@@ -249,22 +259,32 @@ pub fn apply_until<S: Source + ?Sized, W: Write>(
     Ok(produced)
 }
 
+/// How much of the new file is written at a time.
+pub const WRITE_BUFFER: usize = 256 * 1024;
+
+/// How many bytes of controls are decompressed at a time.
+const CONTROLS_AHEAD: usize = 16 * 1024;
+
 /// How much a decompression thread hands over at a time, and how many chunks may wait.
-pub(crate) const CHUNK: usize = 256 * 1024;
-const CHUNKS_AHEAD: usize = 4;
+pub(crate) const CHUNK: usize = 64 * 1024;
+const CHUNKS_AHEAD: usize = 16;
 /// Controls beyond one per output byte that a patch may have: bsdiff's own output has one
 /// per matched region, each producing bytes, and now and then an empty one.
 const IDLE_CONTROLS: u64 = 4096;
 /// How many controls pass between two looks at the stop signal.
 const STOP_EVERY: u64 = 1024;
 
-fn corrupt(what: &str) -> io::Error {
+fn corrupt(what: &str) -> PatchError {
+    PatchError::Corrupt(invalid(what))
+}
+
+fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
 }
 
 /// The state of one application: bsdiff's loop of (add, copy, seek) controls.
-struct Run<'a, R, W> {
-    old: &'a [u8],
+struct Run<'a, O: ?Sized, R, W> {
+    old: OldFile<'a, O>,
     ctrl: R,
     diff: Stream,
     extra: Stream,
@@ -273,7 +293,7 @@ struct Run<'a, R, W> {
     stop: &'a (dyn Fn() -> bool + Sync),
 }
 
-impl<R: io::Read, W: Write> Run<'_, R, W> {
+impl<O: Source + ?Sized, R: io::Read, W: Write> Run<'_, O, R, W> {
     fn apply(&mut self, new_size: u64) -> Result<u64, PatchError> {
         let mut new_pos: u64 = 0;
         let mut old_pos: i64 = 0;
@@ -292,17 +312,9 @@ impl<R: io::Read, W: Write> Run<'_, R, W> {
             match fill(&mut self.ctrl, &mut control).map_err(PatchError::Corrupt)? {
                 0 => break,
                 24 => {}
-                _ => {
-                    return Err(PatchError::Corrupt(corrupt(
-                        "the control block ends inside a control",
-                    )));
-                }
+                _ => return Err(corrupt("the control block ends inside a control")),
             }
-            self.control(&control, new_size, &mut new_pos, &mut old_pos)
-                .map_err(|e| match e.kind() {
-                    io::ErrorKind::Interrupted => PatchError::Stopped,
-                    _ => PatchError::Corrupt(e),
-                })?;
+            self.control(&control, new_size, &mut new_pos, &mut old_pos)?;
         }
         Ok(new_pos)
     }
@@ -314,72 +326,183 @@ impl<R: io::Read, W: Write> Run<'_, R, W> {
         new_size: u64,
         new_pos: &mut u64,
         old_pos: &mut i64,
-    ) -> io::Result<()> {
-        {
-            let (add, copy, seek) = (
-                offtin(&control[0..]),
-                offtin(&control[8..]),
-                offtin(&control[16..]),
-            );
-            let (Ok(add), Ok(copy)) = (u64::try_from(add), u64::try_from(copy)) else {
-                return Err(corrupt("a control with a negative length"));
-            };
-            let fits = |pos: u64, len: u64| pos.checked_add(len).is_some_and(|end| end <= new_size);
-            if !fits(*new_pos, add) || !fits(*new_pos + add, copy) {
-                return Err(corrupt("a control writes past the promised size"));
-            }
-            self.add(*old_pos, add)?;
-            self.copy(copy)?;
-            *new_pos += add + copy;
-            *old_pos = (old_pos.checked_add(add as i64))
-                .and_then(|p| p.checked_add(seek))
-                .ok_or_else(|| corrupt("a control seeks outside any file"))?;
+    ) -> Result<(), PatchError> {
+        let (add, copy, seek) = (
+            offtin(&control[0..]),
+            offtin(&control[8..]),
+            offtin(&control[16..]),
+        );
+        let (Ok(add), Ok(copy)) = (u64::try_from(add), u64::try_from(copy)) else {
+            return Err(corrupt("a control with a negative length"));
+        };
+        let fits = |pos: u64, len: u64| pos.checked_add(len).is_some_and(|end| end <= new_size);
+        if !fits(*new_pos, add) || !fits(*new_pos + add, copy) {
+            return Err(corrupt("a control writes past the promised size"));
         }
+        self.add(*old_pos, add)?;
+        self.copy(copy)?;
+        *new_pos += add + copy;
+        *old_pos = (old_pos.checked_add(add as i64))
+            .and_then(|p| p.checked_add(seek))
+            .ok_or_else(|| corrupt("a control seeks outside any file"))?;
         Ok(())
     }
 
-    /// An `Interrupted` error once the stop signal is set, between two chunks of output.
-    fn check_stop(&self) -> io::Result<()> {
+    /// [`PatchError::Stopped`] once the stop signal is set, between two chunks of output.
+    fn check_stop(&self) -> Result<(), PatchError> {
         if (self.stop)() {
-            return Err(io::Error::from(io::ErrorKind::Interrupted));
+            return Err(PatchError::Stopped);
         }
         Ok(())
     }
 
     /// Writes `len` bytes of the old file from `at`, each plus its diff byte.
-    fn add(&mut self, at: i64, len: u64) -> io::Result<()> {
+    fn add(&mut self, at: i64, len: u64) -> Result<(), PatchError> {
         let start =
-            usize::try_from(at).map_err(|_| corrupt("a control reads before the old file"))?;
+            u64::try_from(at).map_err(|_| corrupt("a control reads before the old file"))?;
         let end = start
-            .checked_add(usize::try_from(len).unwrap_or(usize::MAX))
-            .filter(|&end| end <= self.old.len())
+            .checked_add(len)
+            .filter(|&end| end <= self.old.len)
             .ok_or_else(|| corrupt("a control reads past the end of the old file"))?;
         let mut pos = start;
         while pos < end {
-            let diff = self.diff.take(end - pos)?;
+            let want = usize::try_from(end - pos).unwrap_or(usize::MAX);
+            let old = self.old.read(pos, want).map_err(PatchError::OldFile)?;
+            let diff = self.diff.take(old.len()).map_err(PatchError::Corrupt)?;
             let n = diff.len();
             let out = &mut self.scratch[..n];
-            for ((o, d), b) in out.iter_mut().zip(diff).zip(&self.old[pos..pos + n]) {
-                *o = d.wrapping_add(*b);
-            }
-            self.out.write_all(out)?;
-            pos += n;
+            add_bytes(out, diff, &old[..n]);
+            self.out.write_all(out).map_err(PatchError::Corrupt)?;
+            pos += n as u64;
             self.check_stop()?;
         }
         Ok(())
     }
 
-    fn copy(&mut self, len: u64) -> io::Result<()> {
+    fn copy(&mut self, len: u64) -> Result<(), PatchError> {
         let mut left = len;
         while left > 0 {
             let extra = self
                 .extra
-                .take(usize::try_from(left).unwrap_or(usize::MAX))?;
+                .take(usize::try_from(left).unwrap_or(usize::MAX))
+                .map_err(PatchError::Corrupt)?;
             left -= extra.len() as u64;
-            self.out.write_all(extra)?;
+            self.out.write_all(extra).map_err(PatchError::Corrupt)?;
             self.check_stop()?;
         }
         Ok(())
+    }
+}
+
+/// `out[i] = diff[i] + old[i]` (mod 256) for slices of one length, eight bytes at a time with
+/// no carry from one byte into the next: the release build is optimised for size, which leaves
+/// a loop of single bytes unvectorised, and this one runs for every byte of every update.
+fn add_bytes(out: &mut [u8], diff: &[u8], old: &[u8]) {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let word = |b: &[u8]| u64::from_ne_bytes(b.try_into().expect("chunks of eight"));
+    let mut outs = out.chunks_exact_mut(8);
+    let (diffs, olds) = (diff.chunks_exact(8), old.chunks_exact(8));
+    let (diff_rest, old_rest) = (diffs.remainder(), olds.remainder());
+    for ((o, d), b) in (&mut outs).zip(diffs).zip(olds) {
+        let (x, y) = (word(d), word(b));
+        let sum = ((x & !HIGH) + (y & !HIGH)) ^ ((x ^ y) & HIGH);
+        o.copy_from_slice(&sum.to_ne_bytes());
+    }
+    let rest = outs.into_remainder().iter_mut();
+    for ((o, d), b) in rest.zip(diff_rest).zip(old_rest) {
+        *o = d.wrapping_add(*b);
+    }
+}
+
+/// The old file is read through [`WINDOWS`] windows of up to [`WINDOW`] bytes each. bsdiff's
+/// adds walk the old file forward in long runs, with short adds far away in between: a long
+/// run is read a whole window at a time, a short add only the pages it needs, so that the
+/// runs' windows stay and a short add costs one small read.
+const WINDOW: usize = 64 * 1024;
+const WINDOWS: usize = 8;
+const PAGE: u64 = 4096;
+
+/// The old file, read through windows of its bytes, the least recently used one read again on
+/// a miss: memory stays at their size whatever the file's.
+struct OldFile<'a, O: ?Sized> {
+    source: &'a O,
+    /// The size when the application started; a file that shrinks after is an error to read.
+    len: u64,
+    windows: Vec<Window>,
+    /// The window of the last read, looked at first.
+    last: usize,
+    clock: u64,
+}
+
+#[derive(Default)]
+struct Window {
+    start: u64,
+    bytes: Vec<u8>,
+    used: u64,
+}
+
+impl Window {
+    fn holds(&self, pos: u64) -> bool {
+        pos >= self.start && pos - self.start < self.bytes.len() as u64
+    }
+}
+
+impl<'a, O: Source + ?Sized> OldFile<'a, O> {
+    fn new(source: &'a O) -> Self {
+        OldFile {
+            source,
+            len: source.size(),
+            windows: (0..WINDOWS).map(|_| Window::default()).collect(),
+            last: 0,
+            clock: 0,
+        }
+    }
+
+    /// Up to `want` (at least one) bytes from `pos`, which is inside the file.
+    fn read(&mut self, pos: u64, want: usize) -> io::Result<&[u8]> {
+        let i = if self.windows[self.last].holds(pos) {
+            self.last
+        } else {
+            match self.windows.iter().position(|w| w.holds(pos)) {
+                Some(i) => i,
+                None => self.load(pos, want)?,
+            }
+        };
+        self.clock += 1;
+        self.last = i;
+        let window = &mut self.windows[i];
+        window.used = self.clock;
+        let at = (pos - window.start) as usize;
+        let n = want.min(window.bytes.len() - at);
+        Ok(&window.bytes[at..at + n])
+    }
+
+    /// Reads the pages that hold `want` bytes from `pos` (up to a window's worth) into the
+    /// least recently used window; returns its index.
+    fn load(&mut self, pos: u64, want: usize) -> io::Result<usize> {
+        let (i, window) = (self.windows.iter_mut().enumerate())
+            .min_by_key(|(_, w)| w.used)
+            .expect("there are windows");
+        let start = pos - pos % PAGE;
+        let end = (pos.saturating_add(want as u64))
+            .div_ceil(PAGE)
+            .saturating_mul(PAGE)
+            .min(start + WINDOW as u64)
+            .min(self.len);
+        let n = (end - start) as usize;
+        window.bytes.resize(n, 0);
+        let got = self.source.read_at(&mut window.bytes, start)?;
+        if got < n {
+            window.bytes.clear();
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the file shrank while it was patched: {got} bytes at {start}, {n} expected"
+                ),
+            ));
+        }
+        window.start = start;
+        Ok(i)
     }
 }
 
@@ -433,7 +556,7 @@ impl Stream {
                 Ok(Ok(chunk)) if !chunk.is_empty() => chunk,
                 Ok(Err(e)) => return Err(e),
                 Ok(Ok(_)) | Err(_) => {
-                    return Err(corrupt("a control reads past the end of a data block"));
+                    return Err(invalid("a control reads past the end of a data block"));
                 }
             };
             let _ = self.spent.send(std::mem::replace(&mut self.current, next));
@@ -460,36 +583,6 @@ fn fill(reader: &mut impl io::Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Maps a file read-only; an empty file maps to an empty slice.
-pub fn map(file: &File) -> io::Result<Mapped> {
-    if file.metadata()?.len() == 0 {
-        return Ok(Mapped::Empty);
-    }
-    // SAFETY: the map is read-only and private to this process. The agent maps only files it
-    // owns (staging files) or the managed file, which it hashed just before; a truncation by
-    // another process while mapped would fault, which is the price of not reading a whole
-    // firmware file into a robot's memory.
-    #[allow(unsafe_code)]
-    let map = unsafe { memmap2::Mmap::map(file)? };
-    Ok(Mapped::Map(map))
-}
-
-#[derive(Debug)]
-pub enum Mapped {
-    Empty,
-    Map(memmap2::Mmap),
-}
-
-impl std::ops::Deref for Mapped {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Mapped::Empty => &[],
-            Mapped::Map(m) => m,
-        }
-    }
-}
-
 /// `bspatch OLDFILE NEWFILE PATCHFILE`, as the reference tool does it, with the agent's code.
 pub fn bspatch_files(old: &Path, new: &Path, patch: &Path) -> Result<u64, PatchError> {
     let io = |op, p: &Path| {
@@ -499,11 +592,12 @@ pub fn bspatch_files(old: &Path, new: &Path, patch: &Path) -> Result<u64, PatchE
     let source = File::open(patch)
         .and_then(FileSource::new)
         .map_err(io("open", patch))?;
-    let old_file = File::open(old).map_err(io("open", old))?;
-    let old_map = map(&old_file).map_err(io("map", old))?;
+    let old_file = File::open(old)
+        .and_then(FileSource::new)
+        .map_err(io("open", old))?;
     let out = File::create(new).map_err(io("create", new))?;
-    let mut writer = BufWriter::with_capacity(1 << 20, out);
-    let size = apply(&old_map, &source, &mut writer, u64::MAX >> 1)?;
+    let mut writer = BufWriter::with_capacity(WRITE_BUFFER, out);
+    let size = apply(&old_file, &source, &mut writer, u64::MAX >> 1)?;
     writer.flush().map_err(io("write", new))?;
     Ok(size)
 }
@@ -638,7 +732,7 @@ mod tests {
         controls.push((4, 0, 0));
         let patch = patch_of(&controls, 4, b"", 4);
         assert!(patch.len() < 100_000, "{} bytes", patch.len());
-        let e = apply(b"abcd", &patch, Vec::new(), 1 << 30).unwrap_err();
+        let e = apply(&b"abcd"[..], &patch, Vec::new(), 1 << 30).unwrap_err();
         assert!(
             matches!(e, PatchError::NoProgress { controls, new_size: 4 } if controls == 4 + IDLE_CONTROLS + 1),
             "{e}"
@@ -646,7 +740,7 @@ mod tests {
         // bsdiff's own few empty controls pass.
         let few = [vec![(0, 0, 0); 100], vec![(4, 0, 0)]].concat();
         let mut out = Vec::new();
-        apply(b"abcd", &patch_of(&few, 4, b"", 4), &mut out, 1 << 30).unwrap();
+        apply(&b"abcd"[..], &patch_of(&few, 4, b"", 4), &mut out, 1 << 30).unwrap();
         assert_eq!(out, b"abcd");
     }
 
@@ -654,11 +748,91 @@ mod tests {
     fn a_stop_ends_an_application() {
         let controls = vec![(1, 0, -1); 100_000];
         let patch = patch_of(&controls, 100_000, b"", 100_000);
-        let e = apply_until(b"x", &patch, Vec::new(), 1 << 30, &|| true).unwrap_err();
+        let e = apply_until(&b"x"[..], &patch, Vec::new(), 1 << 30, &|| true).unwrap_err();
         assert!(matches!(e, PatchError::Stopped), "{e}");
         let mut out = Vec::new();
-        assert_eq!(apply(b"x", &patch, &mut out, 1 << 30).unwrap(), 100_000);
+        assert_eq!(
+            apply(&b"x"[..], &patch, &mut out, 1 << 30).unwrap(),
+            100_000
+        );
         assert!(out.iter().all(|&b| b == b'x'));
+    }
+
+    #[test]
+    fn reads_that_jump_around_a_large_old_file_are_right() {
+        // Twelve windows' worth of old file, read in runs that start anywhere.
+        let old: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let mut rng = fastrand::Rng::with_seed(5);
+        let runs: Vec<(i64, i64)> = (0..300)
+            .map(|_| {
+                let len = rng.i64(1..70_000);
+                (rng.i64(0..old.len() as i64 - len), len)
+            })
+            .collect();
+        let mut controls = vec![(0, 0, runs[0].0)];
+        for (i, &(at, len)) in runs.iter().enumerate() {
+            let next = runs.get(i + 1).map_or(at + len, |r| r.0);
+            controls.push((len, 0, next - (at + len)));
+        }
+        let expected: Vec<u8> = (runs.iter())
+            .flat_map(|&(at, len)| old[at as usize..(at + len) as usize].iter().copied())
+            .collect();
+        let patch = patch_of(&controls, expected.len(), b"", expected.len() as u64);
+        let mut out = Vec::new();
+        apply(&old, &patch, &mut out, u64::MAX).unwrap();
+        assert!(out == expected, "another file");
+    }
+
+    /// An old file that says it has `len` bytes and then has only `left`.
+    struct Shrinking {
+        len: u64,
+        left: u64,
+    }
+
+    impl Source for Shrinking {
+        fn size(&self) -> u64 {
+            self.len
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+            let n = (self.left.saturating_sub(offset) as usize).min(buf.len());
+            buf[..n].fill(7);
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn bytes_add_without_carries_at_any_length() {
+        let mut rng = fastrand::Rng::with_seed(9);
+        for len in [0, 1, 7, 8, 9, 63, 64, 1000] {
+            let diff: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+            let old: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+            let mut out = vec![0; len];
+            add_bytes(&mut out, &diff, &old);
+            let want: Vec<u8> = (diff.iter().zip(&old))
+                .map(|(d, b)| d.wrapping_add(*b))
+                .collect();
+            assert_eq!(out, want, "length {len}");
+        }
+        let mut out = [0; 9];
+        add_bytes(&mut out, &[0xff; 9], &[0x81; 9]);
+        assert_eq!(out, [0x80; 9]);
+    }
+
+    #[test]
+    fn an_old_file_that_shrinks_is_not_the_patchs_fault() {
+        let len = 4 * WINDOW as u64;
+        let patch = patch_of(&[(len as i64, 0, 0)], len as usize, b"", len);
+        let old = Shrinking { len, left: len };
+        let mut out = Vec::new();
+        assert_eq!(apply(&old, &patch, &mut out, u64::MAX).unwrap(), len);
+        let shrunk = Shrinking {
+            len,
+            left: len - 10,
+        };
+        let e = apply(&shrunk, &patch, Vec::new(), u64::MAX).unwrap_err();
+        assert!(matches!(e, PatchError::OldFile(_)), "{e}");
     }
 
     #[test]

@@ -458,7 +458,7 @@ def proofs(image, server, report):
             log("board:", i.group(1))
     expected = ["missing_directory_starts", "ready", "low_priority", "status_during_download", "stop_mid_download_resumes",
                 "signed_two_patch_update", "post_install_restarts_service", "health_check_passes",
-                "failing_health_check_rolls_back", "watchdog_quiet_64mib", "journal_progress", "journal_no_secret"]
+                "failing_health_check_rolls_back", "watchdog_quiet_64mib", "memory_capped_64mib", "journal_progress", "journal_no_secret"]
     for name in expected:
         results.setdefault(name, False)
     if not done:

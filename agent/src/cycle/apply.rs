@@ -26,11 +26,7 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
         .clone()
         .expect("apply runs with an update");
     let ids = update.ids();
-    if sha256_file_async(&pkg.path, &agent.shutdown)
-        .await?
-        .as_deref()
-        != Some(update.from_sha256.as_str())
-    {
+    if !still_the_base(agent, pkg, &update.from_sha256).await? {
         return super::identify::changed(agent, pkg, &ids).await;
     }
     let usable = update.usable();
@@ -76,6 +72,10 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
                     .as_ref()
                     .is_some_and(|s| s.result_sha256 != new_sha || s.result_size != new_size) =>
             {
+                if index == 0 && !still_the_base(agent, pkg, &update.from_sha256).await? {
+                    agent.store.remove_staged(&key, index)?;
+                    return super::identify::changed(agent, pkg, &ids).await;
+                }
                 let signed = p.signed.as_ref().expect("checked in the guard");
                 let reason = format!(
                     "update {} does not make the file the vendor signed: {new_size} bytes with sha256 {new_sha}; signed: {} bytes with sha256 {}",
@@ -118,6 +118,9 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
                 });
             }
             Err(ApplyError::Patch(e)) => {
+                if index == 0 && !still_the_base(agent, pkg, &update.from_sha256).await? {
+                    return super::identify::changed(agent, pkg, &ids).await;
+                }
                 let reason = format!("update {} does not apply: {}", p.id, crate::error_chain(&e));
                 if p.signed.is_some() && !base_checked(agent, &key, index, p) {
                     return super::identify::by_signatures(agent, pkg, &update, &reason);
@@ -155,6 +158,14 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
         applied,
         sha256: sha,
     }))
+}
+
+/// Whether the installed file is still the one the chain starts from. Asked before the first
+/// patch is applied, and again before what it did becomes a verdict on it: a file that changed
+/// while it was read proves nothing about the patch.
+async fn still_the_base(agent: &Agent, pkg: &Package, from: &str) -> Result<bool, CycleError> {
+    let found = sha256_file_async(&pkg.path, &agent.shutdown).await?;
+    Ok(found.as_deref() == Some(from))
 }
 
 /// Drops the download of patch `index`, to be fetched again as an attempt of its own.
@@ -271,9 +282,9 @@ async fn apply_one(
                 free: room,
             });
         }
-        let old_map = patch::map(&old).map_err(io_err("map", "the file to patch"))?;
+        let old = patch::FileSource::new(old).map_err(io_err("stat", "the file to patch"))?;
         let mut writer = HashingWriter {
-            inner: BufWriter::with_capacity(1 << 20, out),
+            inner: BufWriter::with_capacity(patch::WRITE_BUFFER, out),
             hasher: Sha256::new(),
             written: 0,
             failed: None,
@@ -284,13 +295,18 @@ async fn apply_one(
             notifier.alive();
             shutdown.is_set()
         };
-        if let Err(e) = patch::apply_until(&old_map, &source, &mut writer, room, &stop) {
+        if let Err(e) = patch::apply_until(&old, &source, &mut writer, room, &stop) {
             // A write that failed (ENOSPC, EFBIG) is the disk's fault, not the patch's.
             return Err(match (writer.failed.take(), e) {
                 (Some(source), _) => ApplyError::Store(io_err("write", "staging file")(source)),
                 // The machine's fault, not the patch's: tried again at the next cycle.
                 (None, patch::PatchError::Threads(source)) => {
                     ApplyError::Store(io_err("start threads for", "the patch")(source))
+                }
+                // A file that cannot be read, or changes while it is, proves nothing about the
+                // patch: tried again at the next cycle, after the file's hash is checked again.
+                (None, patch::PatchError::OldFile(source)) => {
+                    ApplyError::Store(io_err("read", "the file to patch")(source))
                 }
                 (None, e) => e.into(),
             });

@@ -543,9 +543,56 @@ async fn a_large_patch_is_applied_in_bounded_memory() {
     );
     std::fs::write(&old, b"").unwrap();
     std::fs::write(&file, &patch).unwrap();
+    let peak_kib = bspatch_peak_rss_kib(&old, &out, &file);
+    assert!(
+        std::fs::read(&out).unwrap() == new,
+        "bspatch made another file"
+    );
+    assert!(
+        peak_kib < 16 * 1024,
+        "peak RSS {peak_kib} KiB while applying a {} KiB patch",
+        patch.len() / 1024
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_old_file_is_read_in_bounded_memory() {
+    // A 64 MiB old file whose 1 MiB blocks the patch puts in reverse order: every byte of it is
+    // read, and no two reads in a row are near each other. The old code mapped the file whole.
+    let (block, blocks) = (1u64 << 20, 64u64);
+    let mut old = vec![0u8; (block * blocks) as usize];
+    fastrand::Rng::with_seed(12).fill(&mut old);
+    let back = |n: u64| (1 << 63) | n;
+    let mut controls = vec![(0, 0, block * (blocks - 1))];
+    controls.extend((0..blocks).map(|_| (block, 0, back(2 * block))));
+    let patch = handmade_patch(&controls, &vec![0; old.len()], b"", old.len() as u64);
+    let tmp = tempfile::tempdir().unwrap();
+    let (old_path, out, file) = (
+        tmp.path().join("old"),
+        tmp.path().join("new"),
+        tmp.path().join("p"),
+    );
+    std::fs::write(&old_path, &old).unwrap();
+    std::fs::write(&file, &patch).unwrap();
+    let peak_kib = bspatch_peak_rss_kib(&old_path, &out, &file);
+    let made = std::fs::read(&out).unwrap();
+    assert!(
+        made.chunks(block as usize)
+            .eq(old.chunks(block as usize).rev()),
+        "bspatch made another file"
+    );
+    assert!(
+        peak_kib < 16 * 1024,
+        "peak RSS {peak_kib} KiB while patching a {} KiB file",
+        old.len() / 1024
+    );
+}
+
+/// Runs `ota-agent bspatch OLD NEW PATCH`, which must succeed; returns its peak RSS in KiB.
+fn bspatch_peak_rss_kib(old: &Path, new: &Path, patch: &Path) -> u64 {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ota-agent"))
         .arg("bspatch")
-        .args([&old, &out, &file])
+        .args([old, new, patch])
         .spawn()
         .unwrap();
     // VmHWM only grows: its last reading before the exit is the peak, near enough.
@@ -562,19 +609,10 @@ async fn a_large_patch_is_applied_in_bounded_memory() {
         }
         if let Some(status) = child.try_wait().unwrap() {
             assert!(status.success());
-            break;
+            return peak_kib;
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    assert!(
-        std::fs::read(&out).unwrap() == new,
-        "bspatch made another file"
-    );
-    assert!(
-        peak_kib < 16 * 1024,
-        "peak RSS {peak_kib} KiB while applying a {} KiB patch",
-        patch.len() / 1024
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
