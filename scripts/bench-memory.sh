@@ -206,8 +206,7 @@ bench_memory() {
 
 # The unit's MemoryMax= and MemoryHigh=, in bytes.
 unit_memory() {
-  sed -n "s/^$1=//p" "$root/systemd/ota-agent.service" | tail -n 1 |
-    awk '{ n = $1 + 0; u = substr($1, length($1)); if (u == "K") n *= 1024; if (u == "M") n *= 1048576; if (u == "G") n *= 1073741824; print n }'
+  size_bytes "$(sed -n "s/^$1=//p" "$root/systemd/ota-agent.service" | tail -n 1)"
 }
 
 # g. The update of the 256 MiB file inside a memory cgroup capped at the unit's MemoryMax=

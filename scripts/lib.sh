@@ -1,5 +1,6 @@
-# Shell functions shared by demo.sh and bench.sh. The caller sets $work (a scratch directory)
-# and $server_bin (the ota-mock-server binary), and declares the array `pids`.
+# Shell functions shared by demo.sh, bench.sh and unit-check.sh. The callers of start_server
+# set $work (a scratch directory) and $server_bin (the ota-mock-server binary), and declare the
+# array `pids`.
 
 # Starts a mock server with the given arguments; sets $url and appends its pid to $pids.
 start_server() {
@@ -50,4 +51,9 @@ TOML
     printf '\n[security]\n%s\n' "$7" >>"$1"
   fi
   chmod 600 "$1"
+}
+
+# A systemd size ("64M", "1G", "4096") in bytes.
+size_bytes() {
+  awk -v v="$1" 'BEGIN { n = v + 0; u = substr(v, length(v)); if (u == "K") n *= 1024; if (u == "M") n *= 1048576; if (u == "G") n *= 1073741824; print n }'
 }

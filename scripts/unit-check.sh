@@ -3,6 +3,8 @@
 # build, since the unit names the installed path) and the offline security exposure score.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+source "$root/scripts/lib.sh"
 unit=$root/systemd/ota-agent.service
 bin=${CARGO_TARGET_DIR:-$root/target}/debug/ota-agent
 [ -x "$bin" ] || cargo build --quiet -p ota-agent
@@ -37,10 +39,9 @@ fi
 echo "priority: Nice=$(setting Nice) CPUWeight=$(setting CPUWeight) IOSchedulingClass=idle IOWeight=$(setting IOWeight)"
 # The agent's memory is capped (the unit's comment says how the values were chosen): MemoryHigh=
 # below MemoryMax=, both set.
-bytes() { awk -v v="$1" 'BEGIN { n = v + 0; u = substr(v, length(v)); if (u == "K") n *= 1024; if (u == "M") n *= 1048576; if (u == "G") n *= 1073741824; print n }'; }
 high=$(setting MemoryHigh)
 max=$(setting MemoryMax)
-if [ -z "$high" ] || [ -z "$max" ] || [ "$(bytes "$high")" -ge "$(bytes "$max")" ] || [ "$(bytes "$high")" -lt $((32 << 20)) ]; then
+if [ -z "$high" ] || [ -z "$max" ] || [ "$(size_bytes "$high")" -ge "$(size_bytes "$max")" ] || [ "$(size_bytes "$high")" -lt $((32 << 20)) ]; then
   echo "the unit must cap the agent's memory with MemoryHigh= (at least 32M) below MemoryMax=; it has MemoryHigh=${high:-none} MemoryMax=${max:-none}" >&2
   exit 1
 fi

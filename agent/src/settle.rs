@@ -43,10 +43,6 @@ impl Settling {
         }
     }
 
-    pub fn get_ref(&self) -> &File {
-        &self.file
-    }
-
     pub fn into_inner(self) -> File {
         self.file
     }

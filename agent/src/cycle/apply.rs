@@ -73,7 +73,6 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
                     .is_some_and(|s| s.result_sha256 != new_sha || s.result_size != new_size) =>
             {
                 if index == 0 && !still_the_base(agent, pkg, &update.from_sha256).await? {
-                    agent.store.remove_staged(&key, index)?;
                     return super::identify::changed(agent, pkg, &ids).await;
                 }
                 let signed = p.signed.as_ref().expect("checked in the guard");
