@@ -6,7 +6,7 @@
 //! must be stopped: its lock on the state directory keeps two writers apart.
 
 use crate::config::{Config, Package};
-use crate::install::InstallError;
+use crate::managed::InstallError;
 use crate::store::{Store, StoreError, VersionSource};
 
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +71,7 @@ pub fn adopt(config: &Config, package: &str, version: &str) -> Result<Adopted, A
         return Err(AdoptError::UpdateUnderWay(key));
     }
     let (sha256, recorded_on_file) =
-        crate::install::record_as(&pkg.path, config.owner(pkg), version)?;
+        crate::managed::record_as(&pkg.path, config.owner(pkg), version)?;
     ps.version = version.to_owned();
     ps.sha256 = Some(sha256.clone());
     ps.source = VersionSource::Adopted;

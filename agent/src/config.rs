@@ -69,7 +69,7 @@ pub struct Config {
     pub server: Server,
     pub robot: Robot,
     #[serde(default)]
-    pub agent: Agent,
+    pub agent: Settings,
     #[serde(default)]
     pub security: Security,
     #[serde(rename = "package", default)]
@@ -133,9 +133,10 @@ pub struct Robot {
     pub language: String,
 }
 
+/// The `[agent]` table: where the agent keeps its state, and how it paces and bounds its work.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Agent {
+pub struct Settings {
     #[serde(default = "defaults::state_dir")]
     pub state_dir: PathBuf,
     #[serde(default = "defaults::poll_interval")]
@@ -180,9 +181,9 @@ pub struct Agent {
     pub events_socket: PathBuf,
 }
 
-impl Default for Agent {
+impl Default for Settings {
     fn default() -> Self {
-        Agent {
+        Settings {
             state_dir: defaults::state_dir(),
             poll_interval: defaults::poll_interval(),
             poll_jitter: None,
@@ -202,7 +203,7 @@ impl Default for Agent {
     }
 }
 
-impl Agent {
+impl Settings {
     pub fn poll_jitter(&self) -> Duration {
         self.poll_jitter
             .map(|s| s.0)
@@ -237,6 +238,14 @@ pub struct Security {
 impl Security {
     pub fn keys(&self) -> Vec<ota_signing::PublicKey> {
         self.public_keys.iter().map(|k| k.0).collect()
+    }
+
+    /// Whether a patch this policy is asked about again still gets through: signed by a key
+    /// it lists (`signer`, the key as text), or `unsigned` where signatures are not required.
+    /// Facts recorded under a key since dropped, or a policy since tightened, no longer count.
+    pub fn lets_through(&self, signer: Option<&str>, unsigned: bool) -> bool {
+        let listed = signer.is_some_and(|s| self.public_keys.iter().any(|k| k.0.to_text() == s));
+        listed || (unsigned && !self.require_signatures)
     }
 }
 
@@ -315,7 +324,7 @@ pub fn one_file(a: &Path, b: &Path) -> Option<String> {
     let inode = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
     let (x, y) = (a.display(), b.display());
     let siblings =
-        |p: &Path| [crate::install::new_path(p), crate::install::prev_path(p)].map(|s| lexical(&s));
+        |p: &Path| [crate::managed::new_path(p), crate::managed::prev_path(p)].map(|s| lexical(&s));
     if lexical(a) == lexical(b) {
         Some(format!("both are {x}"))
     } else if siblings(a).contains(&lexical(b)) || siblings(b).contains(&lexical(a)) {
@@ -590,12 +599,22 @@ impl Config {
         Ok(config)
     }
 
+    /// Checks what the types cannot: each key's value on its own, and the keys that must agree.
+    /// The first problem found is the one reported.
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: &str, reason: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            key: key.to_owned(),
-            reason,
-        };
+        self.check_server_and_robot()
+            .and_then(|()| self.check_limits())
+            .and_then(|()| self.check_security())
+            .and_then(|()| self.check_packages())
+            .map_err(|Invalid { key, reason }| ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                reason,
+            })
+    }
+
+    /// The server to ask and the robot to ask for.
+    fn check_server_and_robot(&self) -> Result<(), Invalid> {
         let url = self.server.url.trim_end_matches('/');
         if !(url.starts_with("http://") || url.starts_with("https://"))
             || url.len() <= "https://".len()
@@ -633,6 +652,11 @@ impl Config {
             }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// The agent's pace and bounds: polls, retries, deadlines, rates and timeouts.
+    fn check_limits(&self) -> Result<(), Invalid> {
         if self.agent.poll_interval.0 < Duration::from_secs(1) {
             return Err(invalid("agent.poll_interval", "must be at least 1s".into()));
         }
@@ -688,6 +712,11 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// What the robot trusts.
+    fn check_security(&self) -> Result<(), Invalid> {
         if self.security.require_signatures && self.security.public_keys.is_empty() {
             return Err(invalid(
                 "security.require_signatures",
@@ -727,6 +756,11 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// The managed files: each named, versioned, at an absolute path, once.
+    fn check_packages(&self) -> Result<(), Invalid> {
         if self.packages.is_empty() {
             return Err(invalid("package", "no [[package]] is configured".into()));
         }
@@ -814,8 +848,8 @@ impl Config {
     }
 
     /// Whose version a package's file is, as the version record on it names it.
-    pub fn owner(&self, pkg: &Package) -> crate::install::Owner {
-        crate::install::Owner {
+    pub fn owner(&self, pkg: &Package) -> crate::managed::Owner {
+        crate::managed::Owner {
             package: pkg.key(),
             language: self.language(pkg).to_owned(),
             robot_version: self.robot.version.clone(),
@@ -860,6 +894,20 @@ impl Config {
             .filter(|s| !s.is_empty())
             .cloned()
             .collect()
+    }
+}
+
+/// A key whose value the config may not have, and why.
+#[derive(Debug)]
+struct Invalid {
+    key: String,
+    reason: String,
+}
+
+fn invalid(key: &str, reason: String) -> Invalid {
+    Invalid {
+        key: key.to_owned(),
+        reason,
     }
 }
 

@@ -20,15 +20,19 @@ impl Agent {
     /// One cycle for every managed file, in config order.
     pub async fn cycle_all(&mut self) -> PassResult {
         let io = crate::io_stats::totals();
-        let results = self.cycle_each().await;
+        let results = self.cycle_packages(|_, _| true).await;
         log_writes(io);
         results
     }
 
-    async fn cycle_each(&mut self) -> PassResult {
+    /// One cycle for each managed file that `wanted` picks, in config order, until a stop.
+    async fn cycle_packages(&mut self, wanted: impl Fn(&Self, &str) -> bool) -> PassResult {
         let mut results = Vec::new();
         for index in 0..self.config.packages.len() {
             let key = self.config.packages[index].key();
+            if !wanted(self, &key) {
+                continue;
+            }
             let result = self.cycle(index).await;
             if let Err(e) = &result {
                 log::error!("{key}: {}", error_chain(e));
@@ -51,23 +55,19 @@ impl Agent {
     }
 
     async fn resume_each(&mut self) -> PassResult {
-        let mut results = Vec::new();
-        for index in 0..self.config.packages.len() {
-            let key = self.config.packages[index].key();
-            if self
-                .state
-                .packages
-                .get(&key)
-                .is_some_and(|p| p.update.is_some())
-            {
-                log::info!("{key}: resuming the update a restart interrupted");
-                let result = self.cycle(index).await;
-                if let Err(e) = &result {
-                    log::error!("{key}: {}", error_chain(e));
+        let mut results = self
+            .cycle_packages(|agent, key| {
+                let resumed = agent
+                    .state
+                    .packages
+                    .get(key)
+                    .is_some_and(|p| p.update.is_some());
+                if resumed {
+                    log::info!("{key}: resuming the update a restart interrupted");
                 }
-                results.push((key, result));
-            }
-        }
+                resumed
+            })
+            .await;
         if !self.state.outbox.is_empty() {
             log::info!(
                 "sending {} result(s) that wait in the outbox",

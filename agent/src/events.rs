@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use crate::logger::utc;
 use crate::redact::printable;
-use crate::store::Callback;
+use crate::store::{Callback, ResultCode};
 use crate::unix_now;
 
 mod server;
@@ -115,7 +115,7 @@ pub enum Event {
         package: String,
         at_unix: u64,
         id: String,
-        code: u8,
+        code: ResultCode,
         queued_at_unix: u64,
     },
     /// The package's file is no version the agent can tell (`reason`): it is neither patched
@@ -216,12 +216,7 @@ impl Event {
             Event::Result {
                 package, id, code, ..
             } => {
-                let meaning = match *code {
-                    crate::cycle::code::SUCCESS => "installed",
-                    crate::cycle::code::FAILED => "failed",
-                    crate::cycle::code::NOT_UPDATED => "not updated yet",
-                    _ => "unknown",
-                };
+                let meaning = code.meaning();
                 format!(
                     "{}: update {}: result {code} ({meaning})",
                     printable(package),
@@ -407,7 +402,7 @@ impl Events {
     }
 
     /// The results `codes` (id, code) of `package`'s update were queued at `queued_at_unix`.
-    pub fn results(&self, package: &str, codes: &[(String, u8)], queued_at_unix: u64) {
+    pub fn results(&self, package: &str, codes: &[(String, ResultCode)], queued_at_unix: u64) {
         self.with(package, |inner, _| {
             for (id, code) in codes {
                 inner.send(&Event::Result {
@@ -634,7 +629,14 @@ mod tests {
         let (_, mut rx) = events.subscribe().unwrap();
         events.step(PKG, Step::Apply, &update);
         events.hook(PKG, "post_install");
-        events.results(PKG, &[("23".into(), 1), ("25".into(), 1)], 7);
+        events.results(
+            PKG,
+            &[
+                ("23".into(), ResultCode::Success),
+                ("25".into(), ResultCode::Success),
+            ],
+            7,
+        );
         events.idle(1_800_000_000);
         let live = received(&mut rx);
         assert!(
@@ -642,7 +644,7 @@ mod tests {
             "{live:?}"
         );
         assert!(
-            matches!(&live[1], Event::Result { id, code: 1, queued_at_unix: 7, .. } if id == "23")
+            matches!(&live[1], Event::Result { id, code: ResultCode::Success, queued_at_unix: 7, .. } if id == "23")
         );
         assert_eq!(live.len(), 4, "{live:?}");
 
@@ -781,7 +783,7 @@ mod tests {
             package: PKG.into(),
             at_unix: 0,
             id: "23\nfake".into(),
-            code: 2,
+            code: ResultCode::Failed,
             queued_at_unix: 0,
         };
         assert!(!result.to_text().contains('\n'));
@@ -807,7 +809,9 @@ mod tests {
             .await
             .unwrap();
         assert!(first.starts_with(r#"{"event":"snapshot""#), "{first}");
-        let codes: Vec<(String, u8)> = (0..BACKLOG * 4).map(|i| (i.to_string(), 1)).collect();
+        let codes: Vec<(String, ResultCode)> = (0..BACKLOG * 4)
+            .map(|i| (i.to_string(), ResultCode::Success))
+            .collect();
         events.results(PKG, &codes, 0);
         let mut rest = String::new();
         tokio::io::AsyncReadExt::read_to_string(&mut lines, &mut rest)

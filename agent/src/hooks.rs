@@ -47,6 +47,27 @@ const MAX_LINES: usize = 200;
 /// The longest piece of a hook's output logged as one line; a longer line is logged in pieces.
 const MAX_LINE: u64 = 1024;
 
+/// What a package's hook is told in its environment: which file, and from which version to
+/// which.
+#[derive(Debug, Clone)]
+pub struct HookEnv(Vec<(&'static str, String)>);
+
+impl HookEnv {
+    pub fn new(pkg: &crate::config::Package, from: &str, to: &str) -> HookEnv {
+        HookEnv(vec![
+            ("OTA_PACKAGE", pkg.name.clone()),
+            ("OTA_FILE_NAME", pkg.file_name.clone()),
+            ("OTA_PATH", pkg.path.display().to_string()),
+            ("OTA_PREVIOUS_VERSION", from.to_owned()),
+            ("OTA_VERSION", to.to_owned()),
+        ])
+    }
+
+    pub fn as_pairs(&self) -> Vec<(&str, &str)> {
+        self.0.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+}
+
 /// Runs `command` with `/bin/sh -c`; its output goes to the agent's log a line at a time,
 /// escaped like every log line (a hook's text cannot forge a line of the journal, nor reach a
 /// terminal raw).

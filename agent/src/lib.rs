@@ -9,7 +9,7 @@
 //! - [`schedule`]: the pure timing rules (poll jitter, back-off) the daemon follows.
 //! - [`patch`]: bsdiff 4.x patches, applied with both files read in bounded pieces and the new
 //!   one streamed.
-//! - [`install`]: the managed files: hashing, atomic swap and rollback.
+//! - [`managed`]: the managed files: hashing, atomic swap and rollback.
 //! - [`settle`]: large files written back as they are written, not left in the page cache.
 //! - [`hooks`]: the per-package commands run around an install.
 //! - [`status`]: what `ota-agent status` prints.
@@ -26,8 +26,8 @@ pub mod daemon;
 pub mod events;
 mod fault;
 pub mod hooks;
-pub mod install;
 pub mod logger;
+pub mod managed;
 pub mod notify;
 pub mod patch;
 pub mod redact;
@@ -97,6 +97,12 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     out
+}
+
+/// Makes a rename or a new file in `dir` survive a power loss: the directory's own fsync.
+pub(crate) fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    io_stats::fsynced();
+    std::fs::File::open(dir).and_then(|d| d.sync_all())
 }
 
 /// What the agent writes to its flash, counted so that a cycle's cost can be logged and a

@@ -22,7 +22,7 @@ pub struct Timing {
 }
 
 impl Timing {
-    pub fn from_config(agent: &crate::config::Agent) -> Timing {
+    pub fn from_config(agent: &crate::config::Settings) -> Timing {
         Timing {
             interval: agent.poll_interval.0,
             jitter: agent.poll_jitter(),

@@ -5,7 +5,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::logger::utc;
 use crate::redact::printable;
-use crate::store::{PackageState, State, Update, VersionSource};
+use crate::store::{PackageState, ResultCode, State, Update, VersionSource};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -49,7 +49,7 @@ pub struct UpdateStatus {
 #[derive(Debug, Serialize)]
 pub struct WaitingCallback {
     pub id: String,
-    pub code: u8,
+    pub code: ResultCode,
 }
 
 #[derive(Debug, Serialize)]

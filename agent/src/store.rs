@@ -389,11 +389,69 @@ pub struct InstallState {
     pub hook_stops: u32,
 }
 
+/// The result of one update id, as `/file/callback` takes it. `0` ("no status") is the
+/// server's, never the agent's: every update the agent ends has one of these three.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "u8", into = "u8")]
+pub enum ResultCode {
+    /// `1`: the file is this version.
+    Success,
+    /// `2`: the patch is proven bad against the right file.
+    Failed,
+    /// `3`: not updated yet; the server may offer the id again.
+    NotUpdated,
+}
+
+impl ResultCode {
+    /// The number the server and the state file know.
+    pub fn number(self) -> u8 {
+        match self {
+            ResultCode::Success => 1,
+            ResultCode::Failed => 2,
+            ResultCode::NotUpdated => 3,
+        }
+    }
+
+    /// What the result means to the robot's apps.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            ResultCode::Success => "installed",
+            ResultCode::Failed => "failed",
+            ResultCode::NotUpdated => "not updated yet",
+        }
+    }
+}
+
+impl From<ResultCode> for u8 {
+    fn from(code: ResultCode) -> u8 {
+        code.number()
+    }
+}
+
+impl TryFrom<u8> for ResultCode {
+    type Error = String;
+
+    fn try_from(number: u8) -> Result<Self, String> {
+        match number {
+            1 => Ok(ResultCode::Success),
+            2 => Ok(ResultCode::Failed),
+            3 => Ok(ResultCode::NotUpdated),
+            n => Err(format!("{n} is no result the agent sends (1, 2 or 3)")),
+        }
+    }
+}
+
+impl std::fmt::Display for ResultCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.number())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Callback {
     pub package: String,
     pub id: String,
-    pub code: u8,
+    pub code: ResultCode,
     pub queued_at_unix: u64,
 }
 
@@ -605,7 +663,7 @@ impl Store {
             .collect();
         // The hash keeps keys apart that read the same once sanitised (`a_b/c` and `a/b_c`).
         let digest =
-            crate::install::hex(&<sha2::Sha256 as sha2::Digest>::digest(key.as_bytes())[..6]);
+            crate::managed::hex(&<sha2::Sha256 as sha2::Digest>::digest(key.as_bytes())[..6]);
         let packages = self.dir.join("packages");
         let dir = packages.join(format!("{readable}-{digest}"));
         real_dir(&packages)?;
@@ -628,7 +686,7 @@ impl Store {
             })
             .collect();
         let digest =
-            crate::install::hex(&<sha2::Sha256 as sha2::Digest>::digest(id.as_bytes())[..8]);
+            crate::managed::hex(&<sha2::Sha256 as sha2::Digest>::digest(id.as_bytes())[..8]);
         format!("{safe}-{digest}.{ext}")
     }
 
@@ -880,10 +938,7 @@ fn remove_if_present(path: &Path) -> Result<(), StoreError> {
 
 /// Makes a rename or a new file in `dir` survive a power loss.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    crate::io_stats::fsynced();
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync", dir))
+    crate::sync_dir(dir).map_err(io_err("fsync", dir))
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use reqwest::header::{
 use crate::Shutdown;
 use crate::config::Config;
 use crate::redact;
+use crate::store::ResultCode;
 pub use wire::{CheckAnswer, OfferedPatch, TokenBody, parse_callback, parse_check, parse_token};
 
 use token::TokenCache;
@@ -342,7 +343,7 @@ impl Client {
     }
 
     /// Reports the result of one update id.
-    pub async fn callback(&self, id: &str, code: u8) -> Result<Ack, ClientError> {
+    pub async fn callback(&self, id: &str, code: ResultCode) -> Result<Ack, ClientError> {
         let what = "callback";
         let code = code.to_string();
         let body = self

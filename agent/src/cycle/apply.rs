@@ -4,27 +4,15 @@ use std::io::{BufWriter, Write};
 
 use sha2::{Digest, Sha256};
 
-use super::{Agent, CycleError, Outcome, Step, chain_codes};
+use super::{Agent, CycleError, Outcome, Staged, Transition, chain_codes};
 use crate::config::Package;
-use crate::install::{hex, sha256_file_async};
+use crate::managed::{hex, sha256_file_async};
 use crate::patch;
-use crate::store::{Failure, StagedResult, StoreError};
+use crate::store::{Failure, StagedResult, StoreError, Update};
 
-/// What the install step takes over.
-#[derive(Debug)]
-pub(super) enum Staged {
-    /// The first `applied` patches are applied; the result is staging file `applied - 1`.
-    Fresh { applied: usize, sha256: String },
-    /// A restart found the install marker; the facts say where the install stood.
-    Resumed,
-}
-
-pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleError> {
+pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Transition, CycleError> {
     let key = pkg.key();
-    let update = agent.state.packages[&key]
-        .update
-        .clone()
-        .expect("apply runs with an update");
+    let update = agent.update(&key).clone();
     let ids = update.ids();
     if !still_the_base(agent, pkg, &update.from_sha256).await? {
         return super::identify::changed(agent, pkg, &ids).await;
@@ -36,7 +24,7 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
                 "{key}: version {} is still staged; not applying again",
                 update.patches[staged.applied - 1].to_version
             );
-            return Ok(Step::Install(Staged::Fresh {
+            return Ok(Transition::Install(Staged::Fresh {
                 applied: staged.applied,
                 sha256: staged.sha256.clone(),
             }));
@@ -66,85 +54,23 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
         log::info!("{key}: {doing}");
         agent.notifier.status(&doing);
         agent.events.step(&key, crate::events::Step::Apply, &ids);
-        match apply_one(agent, pkg, index).await {
-            Ok((new_sha, new_size))
-                if p.signed
-                    .as_ref()
-                    .is_some_and(|s| s.result_sha256 != new_sha || s.result_size != new_size) =>
-            {
-                if index == 0 && !still_the_base(agent, pkg, &update.from_sha256).await? {
-                    return super::identify::changed(agent, pkg, &ids).await;
-                }
-                let signed = p.signed.as_ref().expect("checked in the guard");
-                let reason = format!(
-                    "update {} does not make the file the vendor signed: {new_size} bytes with sha256 {new_sha}; signed: {} bytes with sha256 {}",
-                    p.id, signed.result_size, signed.result_sha256
-                );
-                agent.store.remove_staged(&key, index)?;
-                if !base_checked(agent, &key, index, p) {
-                    return super::identify::by_signatures(agent, pkg, &update, &reason);
-                }
-                log::error!("{key}: {reason}");
-                failed = Some(Failure { index, reason });
-                break;
-            }
-            Ok((new_sha, _)) => {
-                log::info!(
-                    "{key}: update {} applied: version {} staged",
-                    p.id,
-                    p.to_version
-                );
+        match apply_step(agent, pkg, &update, index).await? {
+            Applied::Staged(new_sha) => {
                 applied = index + 1;
                 base.clone_from(&new_sha);
                 sha = new_sha;
-                if index > 0 {
-                    agent.store.remove_staged(&key, index - 1)?;
-                }
             }
-            Err(e @ (ApplyError::Missing | ApplyError::Changed { .. })) => {
-                // The download vanished (cleaned up by hand?) or is not what was downloaded (a
-                // bad disk): fetch it again, as an attempt of its own.
-                log::warn!("{key}: update {}: {e}; downloading it again", p.id);
-                return fetch_again(agent, &key, index);
-            }
-            Err(ApplyError::Patch(patch::PatchError::Stopped)) => return Err(CycleError::Stopped),
-            Err(ApplyError::Store(e)) => return Err(e.into()),
-            Err(ApplyError::NoSpace { needed, free }) => {
-                return Err(CycleError::NoSpace {
-                    place: super::IN_STATE_DIR,
-                    needed,
-                    free,
-                });
-            }
-            Err(ApplyError::Patch(e)) => {
-                if index == 0 && !still_the_base(agent, pkg, &update.from_sha256).await? {
-                    return super::identify::changed(agent, pkg, &ids).await;
-                }
-                let reason = format!("update {} does not apply: {}", p.id, crate::error_chain(&e));
-                if p.signed.is_some() && !base_checked(agent, &key, index, p) {
-                    return super::identify::by_signatures(agent, pkg, &update, &reason);
-                }
-                // No length was announced for it anywhere (no Content-Length, no HEAD, no
-                // signature): a cut connection looks like the end of the body, so a patch that
-                // does not apply proves nothing. Fetched again, as an attempt of its own; it fails
-                // for good once `download_attempts` are used up.
-                let limit = agent.config.agent.download_attempts;
-                if p.size.is_none() && p.signed.is_none() && p.attempts + 1 < limit {
-                    log::warn!(
-                        "{key}: {reason}; no length was announced for it, so it may have been cut: downloading it again"
-                    );
-                    return fetch_again(agent, &key, index);
-                }
-                log::error!("{key}: {reason}");
-                failed = Some(Failure { index, reason });
+            Applied::Bad(failure) => {
+                failed = Some(failure);
                 break;
             }
+            Applied::Elsewhere(next) => return Ok(next),
         }
     }
     if applied == 0 {
         let reason = failed.map_or_else(|| "nothing to apply".to_owned(), |f| f.reason);
         agent.finish(pkg, &chain_codes(&ids, 0, Some(0)), None)?;
-        return Ok(Step::Report(Outcome::Failed { reason }));
+        return Ok(Transition::Report(Outcome::Failed { reason }));
     }
     let u = agent.update_mut(&key);
     u.failed = failed;
@@ -153,10 +79,110 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
         sha256: sha.clone(),
     });
     agent.save()?;
-    Ok(Step::Install(Staged::Fresh {
+    Ok(Transition::Install(Staged::Fresh {
         applied,
         sha256: sha,
     }))
+}
+
+/// What applying one patch of the chain came to.
+enum Applied {
+    /// The patch made the file it should: its result is staged, with this sha256.
+    Staged(String),
+    /// The patch is proven bad against the right file: the chain stops before it.
+    Bad(Failure),
+    /// The cycle goes elsewhere: the patch fetched again, the file identified, a stop.
+    Elsewhere(Transition),
+}
+
+/// Applies patch `index` of the chain and judges what it did. A verdict against the patch
+/// needs the right file under it: the first patch's base is hashed again before one.
+async fn apply_step(
+    agent: &mut Agent,
+    pkg: &Package,
+    update: &Update,
+    index: usize,
+) -> Result<Applied, CycleError> {
+    let key = pkg.key();
+    let ids = update.ids();
+    let p = &update.patches[index];
+    let base_changed = async |agent: &mut Agent| -> Result<Option<Applied>, CycleError> {
+        if index == 0 && !still_the_base(agent, pkg, &update.from_sha256).await? {
+            let next = super::identify::changed(agent, pkg, &ids).await?;
+            return Ok(Some(Applied::Elsewhere(next)));
+        }
+        Ok(None)
+    };
+    match apply_one(agent, pkg, index).await {
+        Ok((new_sha, new_size))
+            if p.signed
+                .as_ref()
+                .is_some_and(|s| s.result_sha256 != new_sha || s.result_size != new_size) =>
+        {
+            if let Some(changed) = base_changed(agent).await? {
+                return Ok(changed);
+            }
+            let signed = p.signed.as_ref().expect("checked in the guard");
+            let reason = format!(
+                "update {} does not make the file the vendor signed: {new_size} bytes with sha256 {new_sha}; signed: {} bytes with sha256 {}",
+                p.id, signed.result_size, signed.result_sha256
+            );
+            agent.store.remove_staged(&key, index)?;
+            if !base_checked(agent, &key, index, p) {
+                let next = super::identify::by_signatures(agent, pkg, update, &reason)?;
+                return Ok(Applied::Elsewhere(next));
+            }
+            log::error!("{key}: {reason}");
+            Ok(Applied::Bad(Failure { index, reason }))
+        }
+        Ok((new_sha, _)) => {
+            log::info!(
+                "{key}: update {} applied: version {} staged",
+                p.id,
+                p.to_version
+            );
+            if index > 0 {
+                agent.store.remove_staged(&key, index - 1)?;
+            }
+            Ok(Applied::Staged(new_sha))
+        }
+        Err(e @ (ApplyError::Missing | ApplyError::Changed { .. })) => {
+            // The download vanished (cleaned up by hand?) or is not what was downloaded (a bad
+            // disk): fetch it again, as an attempt of its own.
+            log::warn!("{key}: update {}: {e}; downloading it again", p.id);
+            fetch_again(agent, &key, index).map(Applied::Elsewhere)
+        }
+        Err(ApplyError::Patch(patch::PatchError::Stopped)) => Err(CycleError::Stopped),
+        Err(ApplyError::Store(e)) => Err(e.into()),
+        Err(ApplyError::NoSpace { needed, free }) => Err(CycleError::NoSpace {
+            place: super::IN_STATE_DIR,
+            needed,
+            free,
+        }),
+        Err(ApplyError::Patch(e)) => {
+            if let Some(changed) = base_changed(agent).await? {
+                return Ok(changed);
+            }
+            let reason = format!("update {} does not apply: {}", p.id, crate::error_chain(&e));
+            if p.signed.is_some() && !base_checked(agent, &key, index, p) {
+                let next = super::identify::by_signatures(agent, pkg, update, &reason)?;
+                return Ok(Applied::Elsewhere(next));
+            }
+            // No length was announced for it anywhere (no Content-Length, no HEAD, no
+            // signature): a cut connection looks like the end of the body, so a patch that does
+            // not apply proves nothing. Fetched again, as an attempt of its own; it fails for
+            // good once `download_attempts` are used up.
+            let limit = agent.config.agent.download_attempts;
+            if p.size.is_none() && p.signed.is_none() && p.attempts + 1 < limit {
+                log::warn!(
+                    "{key}: {reason}; no length was announced for it, so it may have been cut: downloading it again"
+                );
+                return fetch_again(agent, &key, index).map(Applied::Elsewhere);
+            }
+            log::error!("{key}: {reason}");
+            Ok(Applied::Bad(Failure { index, reason }))
+        }
+    }
 }
 
 /// Whether the installed file is still the one the chain starts from. Asked before the first
@@ -168,14 +194,14 @@ async fn still_the_base(agent: &Agent, pkg: &Package, from: &str) -> Result<bool
 }
 
 /// Drops the download of patch `index`, to be fetched again as an attempt of its own.
-fn fetch_again(agent: &mut Agent, key: &str, index: usize) -> Result<Step, CycleError> {
+fn fetch_again(agent: &mut Agent, key: &str, index: usize) -> Result<Transition, CycleError> {
     let p = &mut agent.update_mut(key).patches[index];
     p.sha256 = None;
     p.durable = 0;
     p.validator = None;
     p.attempts += 1;
     agent.save()?;
-    Ok(Step::Download)
+    Ok(Transition::Download)
 }
 
 /// Whether patch `index` failed on a file known to be its base, which proves the patch bad
@@ -186,7 +212,7 @@ fn base_checked(agent: &Agent, key: &str, index: usize, p: &crate::store::PatchS
     if p.signed.as_ref().is_some_and(|s| s.from_sha256.is_some()) {
         return true;
     }
-    let update = agent.state.packages[key].update.as_ref().expect("update");
+    let update = agent.update(key);
     match index {
         0 => agent.state.packages[key].source.is_verified(),
         // The result of the patch before, checked against its signature, or made from a base
@@ -206,7 +232,7 @@ async fn staged_is(agent: &Agent, key: &str, staged: &StagedResult) -> bool {
     };
     let stop = agent.shutdown.clone();
     let found =
-        tokio::task::spawn_blocking(move || crate::install::sha256_until(file, &|| stop.is_set()))
+        tokio::task::spawn_blocking(move || crate::managed::sha256_until(file, &|| stop.is_set()))
             .await;
     matches!(found, Ok(Ok(Some(sha))) if sha == staged.sha256)
 }
@@ -235,7 +261,7 @@ async fn apply_one(
     index: usize,
 ) -> Result<(String, u64), ApplyError> {
     let key = pkg.key();
-    let update = agent.state.packages[&key].update.as_ref().expect("update");
+    let update = agent.update(&key);
     let p = &update.patches[index];
     let id = &p.id;
     let old = if index == 0 {
@@ -252,7 +278,7 @@ async fn apply_one(
     // file. Larger than the managed file's whole file system, no robot can hold it: a bad
     // patch. Larger than the room in the state directory (even its whole file system, which
     // the robot's builder chose), a full disk: `3`, and the chain waits for room.
-    let disk = crate::install::total_space(&pkg.path).map_or(u64::MAX, |beside| beside);
+    let disk = crate::managed::total_space(&pkg.path).map_or(u64::MAX, |beside| beside);
     let room = agent.store.free_space()?;
     let out = agent.store.create_staged(&key, index)?;
     let shutdown = agent.shutdown.clone();
@@ -260,7 +286,7 @@ async fn apply_one(
     let work = move || -> Result<(String, u64), ApplyError> {
         // The patch is read from its file in pieces, never whole: a patch may be hundreds of
         // MiB, a robot's memory is not. It is the file the download step hashed, or nothing.
-        let found = crate::install::sha256_until(&patch_file, &|| shutdown.is_set())
+        let found = crate::managed::sha256_until(&patch_file, &|| shutdown.is_set())
             .map_err(io_err("read", "patch"))?
             .ok_or(ApplyError::Patch(patch::PatchError::Stopped))?;
         if found != recorded {

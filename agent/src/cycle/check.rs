@@ -1,13 +1,14 @@
 //! Check: ask the server which patches the installed file needs, and accept or refuse the offer.
 
-use super::{Agent, CycleError, Outcome, Step, code};
+use super::{Agent, CycleError, Declined, Outcome, Transition};
 use crate::client::{CheckAnswer, CheckRequest, OfferedPatch};
 use crate::config::Package;
-use crate::install::sha256_file_async;
+use crate::managed::sha256_file_async;
+use crate::store::ResultCode;
 use crate::store::{Callback, LastCheck, PatchState, Update};
 use crate::unix_now;
 
-pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleError> {
+pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Transition, CycleError> {
     let key = pkg.key();
     let ps = agent.pkg_state(&key);
     // Never looked at yet, or missing when it was: the unidentified that something disproved
@@ -19,14 +20,14 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
             .is_none_or(|u| u.sha256.is_none() && u.disproved.is_none());
     if !first_sight && ps.unidentified.is_some() {
         if let Some(reason) = super::identify::again(agent, pkg).await? {
-            return Ok(Step::Report(Outcome::Unidentified { reason }));
+            return Ok(Transition::Report(Outcome::Unidentified { reason }));
         }
     } else if first_sight {
         // First sight: what is there now is what later patches must apply to.
         super::identify::first_sight(agent, pkg).await?;
         if let Some(u) = &agent.state.packages[&key].unidentified {
             let reason = u.reason.clone();
-            return Ok(Step::Report(Outcome::Unidentified { reason }));
+            return Ok(Transition::Report(Outcome::Unidentified { reason }));
         }
     }
     let version = agent.pkg_state(&key).version.clone();
@@ -62,10 +63,10 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
     let patches = match answer? {
         CheckAnswer::UpToDate | CheckAnswer::NoSuchVersion => {
             log::info!("{key}: up to date at version {version}");
-            return Ok(Step::Report(Outcome::UpToDate { version }));
+            return Ok(Transition::Report(Outcome::UpToDate { version }));
         }
-        CheckAnswer::NotAllowed => return Ok(declined(&key, "103")),
-        CheckAnswer::NoLanguage => return Ok(declined(&key, "104")),
+        CheckAnswer::NotAllowed => return Ok(declined(&key, Declined::NotAllowed)),
+        CheckAnswer::NoLanguage => return Ok(declined(&key, Declined::NoLanguage)),
         CheckAnswer::Failed(code) => {
             return Err(crate::client::ClientError::Code {
                 what: "check",
@@ -90,11 +91,12 @@ fn describe(answer: &CheckAnswer) -> String {
 }
 
 /// Rule 1: `103` and `104` are not errors of the agent; it polls again at the usual pace.
-fn declined(key: &str, code: &str) -> Step {
+fn declined(key: &str, why: Declined) -> Transition {
     log::warn!(
-        "{key}: the server declines to update this robot (code {code}); asking again at the next poll"
+        "{key}: the server declines to update this robot (code {}); asking again at the next poll",
+        why.code()
     );
-    Step::Report(Outcome::Declined { code: code.into() })
+    Transition::Report(Outcome::Declined(why))
 }
 
 /// The longest chain the agent takes from one answer; a longer one is taken in pieces of this
@@ -108,22 +110,73 @@ async fn accept(
     pkg: &Package,
     version: &str,
     offered: Vec<OfferedPatch>,
-) -> Result<Step, CycleError> {
+) -> Result<Transition, CycleError> {
     let key = pkg.key();
-    // Rule 4, and its twin for failures: an id with a final result is never tried again; its
-    // result is sent again instead. Ids after a failed one cannot apply: "not updated yet".
+    let (fresh, blocked_by) = send_results_again(agent, &key, offered)?;
+    let (patches, last) = chain_of(agent, &key, version, fresh)?;
+    if patches.is_empty() {
+        if let Some(id) = blocked_by {
+            return Ok(Transition::Report(Outcome::Failed {
+                reason: format!("update {id} failed before; it is not tried again"),
+            }));
+        }
+        return Ok(Transition::Report(Outcome::UpToDate {
+            version: version.to_owned(),
+        }));
+    }
+    let ids: Vec<String> = patches.iter().map(|p| p.id.clone()).collect();
+    if let Some(reason) = still_no_room(agent, pkg, &ids)? {
+        log::warn!("{key}: {reason}");
+        return Ok(Transition::Report(Outcome::Failed { reason }));
+    }
+    let recorded = agent.state.packages[&key].sha256.clone();
+    let current = sha256_file_async(&pkg.path, &agent.shutdown).await?;
+    if current.is_none() || current != recorded {
+        return super::identify::changed(agent, pkg, &ids).await;
+    }
+    log::info!(
+        "{key}: updates {} lead from version {version} to {last}",
+        ids.join(", ")
+    );
+    agent.pkg_state(&key).update = Some(Update {
+        from_version: version.to_owned(),
+        from_sha256: current.unwrap_or_default(),
+        patches,
+        failed: None,
+        install: None,
+        space_failures: 0,
+        accepted_at_unix: unix_now(),
+        failed_cycles: 0,
+        deferred_since_unix: None,
+        deferrals: 0,
+        waiting: None,
+        staged: None,
+        prepared_sha256: None,
+    });
+    agent.save()?;
+    Ok(Transition::Verify)
+}
+
+/// Rule 4, and its twin for failures: an id with a final result is never tried again; its
+/// result is sent again instead. Ids after a failed one cannot apply: "not updated yet". Gives
+/// the ids that are new, and the failed one that blocks the rest, if any.
+fn send_results_again(
+    agent: &mut Agent,
+    key: &str,
+    offered: Vec<OfferedPatch>,
+) -> Result<(Vec<OfferedPatch>, Option<String>), CycleError> {
     let mut fresh = Vec::new();
-    let mut again: Vec<(String, u8)> = Vec::new();
+    let mut again: Vec<(String, ResultCode)> = Vec::new();
     let mut blocked_by: Option<String> = None;
-    let ps = &agent.state.packages[&key];
+    let ps = &agent.state.packages[key];
     for p in offered {
         if ps.applied.contains(&p.id) {
-            again.push((p.id, code::SUCCESS));
+            again.push((p.id, ResultCode::Success));
         } else if blocked_by.is_some() {
-            again.push((p.id, code::NOT_UPDATED));
+            again.push((p.id, ResultCode::NotUpdated));
         } else if ps.failed.contains(&p.id) {
             blocked_by = Some(p.id.clone());
-            again.push((p.id, code::FAILED));
+            again.push((p.id, ResultCode::Failed));
         } else {
             fresh.push(p);
         }
@@ -139,7 +192,7 @@ async fn accept(
                 "{key}: update {id} was offered again; its result {code} is sent again, it is not retried"
             );
             agent.state.outbox.push(Callback {
-                package: key.clone(),
+                package: key.to_owned(),
                 id: id.clone(),
                 code: *code,
                 queued_at_unix: unix_now(),
@@ -149,6 +202,17 @@ async fn accept(
     if !again.is_empty() {
         agent.save()?;
     }
+    Ok((fresh, blocked_by))
+}
+
+/// The new patches as a chain to record, up to [`MAX_CHAIN`] of them, each leading to a higher
+/// version than the one before, from `version`; and the version the chain leads to.
+fn chain_of(
+    agent: &Agent,
+    key: &str,
+    version: &str,
+    mut fresh: Vec<OfferedPatch>,
+) -> Result<(Vec<PatchState>, u64), CycleError> {
     if fresh.len() > MAX_CHAIN {
         // The patches apply in order: the first ones are an update of their own, and the next
         // check, from the version they lead to, brings the rest. The ids left out get no
@@ -212,47 +276,7 @@ async fn accept(
             mismatches: 0,
         });
     }
-    if patches.is_empty() {
-        if let Some(id) = blocked_by {
-            return Ok(Step::Report(Outcome::Failed {
-                reason: format!("update {id} failed before; it is not tried again"),
-            }));
-        }
-        return Ok(Step::Report(Outcome::UpToDate {
-            version: version.to_owned(),
-        }));
-    }
-    let ids: Vec<String> = patches.iter().map(|p| p.id.clone()).collect();
-    if let Some(reason) = still_no_room(agent, pkg, &ids)? {
-        log::warn!("{key}: {reason}");
-        return Ok(Step::Report(Outcome::Failed { reason }));
-    }
-    let recorded = agent.state.packages[&key].sha256.clone();
-    let current = sha256_file_async(&pkg.path, &agent.shutdown).await?;
-    if current.is_none() || current != recorded {
-        return super::identify::changed(agent, pkg, &ids).await;
-    }
-    log::info!(
-        "{key}: updates {} lead from version {version} to {last}",
-        ids.join(", ")
-    );
-    agent.pkg_state(&key).update = Some(Update {
-        from_version: version.to_owned(),
-        from_sha256: current.unwrap_or_default(),
-        patches,
-        failed: None,
-        install: None,
-        space_failures: 0,
-        accepted_at_unix: unix_now(),
-        failed_cycles: 0,
-        deferred_since_unix: None,
-        deferrals: 0,
-        waiting: None,
-        staged: None,
-        prepared_sha256: None,
-    });
-    agent.save()?;
-    Ok(Step::Verify)
+    Ok((patches, last))
 }
 
 /// Says why the chain `ids` is not downloaded again: it ended with `3` for want of room, and the
@@ -268,7 +292,7 @@ fn still_no_room(
     };
     if room.ids == ids {
         let (free, place) = if room.beside {
-            (crate::install::free_space(&pkg.path)?, super::BESIDE)
+            (crate::managed::free_space(&pkg.path)?, super::BESIDE)
         } else {
             (agent.store.free_space()?, super::IN_STATE_DIR)
         };

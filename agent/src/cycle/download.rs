@@ -8,10 +8,12 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use super::{Agent, CycleError, Outcome, Step, all_codes, code};
-use crate::client::ClientError;
+use super::{Agent, CycleError, Outcome, Transition, all_codes};
+use crate::client::{ClientError, Fetch};
 use crate::config::Package;
-use crate::store::{Failure, PatchState, StoreError};
+use crate::hooks::HookEnv;
+use crate::store::ResultCode;
+use crate::store::{Failure, PatchState, Signed, StoreError};
 
 /// Immediate resumes of one patch within a cycle before the cycle backs off.
 const QUICK_RESUMES: u32 = 3;
@@ -29,15 +31,14 @@ const CHECKPOINT_BYTES: u64 = 64 * 1024;
 /// The longest a few new bytes wait for their checkpoint.
 const CHECKPOINT_SLOW: Duration = Duration::from_secs(60);
 
-pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleError> {
+pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Transition, CycleError> {
     let key = pkg.key();
     if let Some(cmd) = &pkg.pre_download {
-        let u = update(agent, &key);
+        let u = agent.update(&key);
         let usable = u.usable();
         if (0..usable).any(|i| u.patches[i].sha256.is_none()) {
-            let env =
-                super::install::hook_env(pkg, &u.from_version, &u.patches[usable - 1].to_version);
-            match super::install::run_hook(agent, pkg, "pre_download", cmd, &env).await {
+            let env = HookEnv::new(pkg, &u.from_version, &u.patches[usable - 1].to_version);
+            match agent.run_hook(pkg, "pre_download", cmd, &env).await {
                 Ok(()) => super::wait::end(agent, &key)?,
                 Err(crate::hooks::HookError::Stopped { .. }) => return Err(CycleError::Stopped),
                 Err(e) => {
@@ -47,18 +48,18 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
             }
         }
     }
-    let ids = update(agent, &key).ids();
+    let ids = agent.update(&key).ids();
     agent.events.step(&key, crate::events::Step::Download, &ids);
     match check_space(agent, pkg).await {
         Ok(()) => {
-            if update(agent, &key).space_failures > 0 {
-                update_mut(agent, &key).space_failures = 0;
+            if agent.update(&key).space_failures > 0 {
+                agent.update_mut(&key).space_failures = 0;
                 agent.save()?;
             }
         }
         Err(e @ CycleError::NoSpace { place, needed, .. }) => {
-            let tries = update(agent, &key).space_failures + 1;
-            update_mut(agent, &key).space_failures = tries;
+            let tries = agent.update(&key).space_failures + 1;
+            agent.update_mut(&key).space_failures = tries;
             agent.save()?;
             if tries < SPACE_TRIES {
                 return Err(e);
@@ -66,25 +67,25 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
             // Give the ids back to the server as "not updated yet" rather than wait forever.
             let reason = crate::error_chain(&e);
             log::error!("{key}: {reason}; giving up on this update for now");
-            let ids = update(agent, &key).ids();
+            let ids = agent.update(&key).ids();
             agent.note_no_room(&key, &ids, Some(super::Room::new(place, needed)));
-            agent.finish(pkg, &all_codes(&ids, code::NOT_UPDATED), None)?;
-            return Ok(Step::Report(Outcome::Failed { reason }));
+            agent.finish(pkg, &all_codes(&ids, ResultCode::NotUpdated), None)?;
+            return Ok(Transition::Report(Outcome::Failed { reason }));
         }
         Err(e) => return Err(e),
     }
-    let count = update(agent, &key).patches.len();
+    let count = agent.update(&key).patches.len();
     for index in 0..count {
         // Patches before a failed one are still fetched: they install (rule 3).
-        if index >= update(agent, &key).usable() {
+        if index >= agent.update(&key).usable() {
             break;
         }
-        if update(agent, &key).patches[index].sha256.is_some() {
+        if agent.update(&key).patches[index].sha256.is_some() {
             continue;
         }
         let mut quick = 0;
         loop {
-            let patch = update(agent, &key).patches[index].clone();
+            let patch = agent.update(&key).patches[index].clone();
             let err = match fetch_one(agent, &key, index, &patch).await {
                 Ok(()) => break,
                 Err(e @ CycleError::Stopped) => return Err(e),
@@ -102,7 +103,7 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
                 // ends (and does not count, see `Agent::cycle`) until the clock is set.
                 return Err(err);
             }
-            let p = &mut update_mut(agent, &key).patches[index];
+            let p = &mut agent.update_mut(&key).patches[index];
             if p.durable > patch.durable {
                 p.attempts = 0;
             } else {
@@ -116,7 +117,7 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
                 log::error!(
                     "{key}: update {id} cannot be downloaded ({reason}); giving up after {attempts} attempt(s)"
                 );
-                update_mut(agent, &key).failed = Some(Failure {
+                agent.update_mut(&key).failed = Some(Failure {
                     index,
                     reason: format!("download of update {id} failed: {reason}"),
                 });
@@ -134,22 +135,7 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
             log::warn!("{key}: download of update {id} interrupted ({reason}); resuming");
         }
     }
-    Ok(Step::Apply)
-}
-
-fn update<'a>(agent: &'a Agent, key: &str) -> &'a crate::store::Update {
-    agent.state.packages[key]
-        .update
-        .as_ref()
-        .expect("download runs with an update")
-}
-
-fn update_mut<'a>(agent: &'a mut Agent, key: &str) -> &'a mut crate::store::Update {
-    agent
-        .pkg_state(key)
-        .update
-        .as_mut()
-        .expect("download runs with an update")
+    Ok(Transition::Apply)
 }
 
 /// `max_download_rate` as a token bucket: a download may run ahead of the rate by at most a
@@ -195,9 +181,9 @@ async fn check_space(agent: &mut Agent, pkg: &Package) -> Result<(), CycleError>
     // One HEAD that fails is enough for a cycle: a host where they hang would otherwise hold
     // the cycle for a request timeout per patch.
     let mut heads = true;
-    for index in 0..update(agent, &key).usable() {
+    for index in 0..agent.update(&key).usable() {
         agent.notifier.alive();
-        let p = update(agent, &key).patches[index].clone();
+        let p = agent.update(&key).patches[index].clone();
         if p.sha256.is_some() {
             continue;
         }
@@ -222,10 +208,10 @@ async fn check_space(agent: &mut Agent, pkg: &Package) -> Result<(), CycleError>
                     p.id
                 );
                 log::error!("{key}: {reason}");
-                update_mut(agent, &key).failed = Some(Failure { index, reason });
+                agent.update_mut(&key).failed = Some(Failure { index, reason });
                 break;
             }
-            update_mut(agent, &key).patches[index].size = Some(size);
+            agent.update_mut(&key).patches[index].size = Some(size);
             needed += size.saturating_sub(p.durable);
         }
     }
@@ -243,13 +229,13 @@ async fn check_space(agent: &mut Agent, pkg: &Package) -> Result<(), CycleError>
     }
     // The new version is written beside the managed file before it replaces it; the signed
     // result size says how large it is, else the file as it is now is the best guess.
-    let u = update(agent, &key);
+    let u = agent.update(&key);
     let result = u.patches[..u.usable()]
         .iter()
         .rev()
         .find_map(|p| p.signed.as_ref().map(|s| s.result_size))
         .unwrap_or(file_size);
-    let beside = crate::install::free_space(&pkg.path)?;
+    let beside = crate::managed::free_space(&pkg.path)?;
     if result > beside {
         return Err(CycleError::NoSpace {
             place: super::BESIDE,
@@ -267,40 +253,81 @@ async fn fetch_one(
     index: usize,
     patch: &PatchState,
 ) -> Result<(), CycleError> {
+    let mut transfer = open_transfer(agent, key, index, patch).await?;
+    receive(agent, key, index, patch, &mut transfer).await?;
+    check_body(agent, key, index, patch, transfer)
+}
+
+/// A patch download under way: the partial file, how much of it is there, and its hash so far.
+struct Transfer {
+    out: BufWriter<File>,
+    have: u64,
+    hasher: Sha256,
+    fetch: Fetch,
+    bounds: Bounds,
+    /// Where this attempt's body started: more than zero for a resumed download.
+    started_at: u64,
+}
+
+/// What a patch's body may be, from all that the config, the server and the signature said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Bounds {
+    /// `max_patch_size`.
+    max: u64,
+    /// The signed patch's size.
+    signed: Option<u64>,
+    /// The length the server announced anywhere: this answer, the HEAD before it, the signature.
+    announced: Option<u64>,
+}
+
+impl Bounds {
+    /// Why a body of `have` bytes so far is not the patch offered, if it is not: the next
+    /// attempt starts over.
+    fn overrun(&self, have: u64) -> Option<String> {
+        if let Some(signed) = self.signed.filter(|&s| have > s) {
+            return Some(format!(
+                "the server sent more than the signed {signed} bytes"
+            ));
+        }
+        if have > self.max || self.announced.is_some_and(|t| have > t) {
+            // Not the body that was announced (republished since the HEAD?): the next attempt
+            // starts over, with no length known.
+            return Some(format!(
+                "the body is longer than announced ({have} bytes so far)"
+            ));
+        }
+        None
+    }
+
+    /// Why a body that ended at `have` bytes is short of what was announced, if it is: the
+    /// next attempt resumes it.
+    fn short(&self, have: u64) -> Option<String> {
+        self.announced
+            .filter(|&total| have != total)
+            .map(|total| format!("the body ended after {have} of {total} bytes"))
+    }
+}
+
+/// Opens the partial file and the server's answer for the rest of it: a resume where the
+/// validator still holds, else from byte zero.
+async fn open_transfer(
+    agent: &mut Agent,
+    key: &str,
+    index: usize,
+    patch: &PatchState,
+) -> Result<Transfer, CycleError> {
     let max = agent.config.agent.max_patch_size;
     let (mut file, mut have) = agent.store.open_partial(key, &patch.id, patch.durable)?;
-    let io = |op| {
-        move |source| StoreError::Io {
-            op,
-            path: format!("partial download of update {}", patch.id).into(),
-            source,
-        }
-    };
     let mut hasher = Sha256::new();
     if have > 0 && patch.validator.is_none() {
         // Without a validator a resumed range could splice two different files.
         have = 0;
-        file.set_len(0).map_err(io("truncate"))?;
+        file.set_len(0).map_err(partial_io(&patch.id, "truncate"))?;
     }
     if have > 0 {
-        // Hashing what is already there can take a while on a robot: off the runtime thread,
-        // and given up at a stop.
-        let stop = agent.shutdown.clone();
-        let work = move || -> std::io::Result<(File, Sha256, bool)> {
-            file.seek(SeekFrom::Start(0))?;
-            let done = hash_prefix(&mut file, have, &mut hasher, &|| stop.is_set())?;
-            Ok((file, hasher, done))
-        };
-        let done;
-        (file, hasher, done) = match tokio::task::spawn_blocking(work).await {
-            Ok(done) => done.map_err(io("read"))?,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        };
-        if !done {
-            return Err(CycleError::Stopped);
-        }
+        (file, hasher) = hash_partial(agent, &patch.id, file, have).await?;
     }
-    let mut fetch = match agent
+    let fetch = match agent
         .client
         .fetch(&patch.url, have, patch.validator.as_deref(), patch.size)
         .await
@@ -308,7 +335,7 @@ async fn fetch_one(
         Ok(f) => f,
         Err(e @ ClientError::Invalid { .. }) => {
             // A range answer that does not match: start this patch over next time.
-            let p = &mut update_mut(agent, key).patches[index];
+            let p = &mut agent.update_mut(key).patches[index];
             p.durable = 0;
             p.validator = None;
             agent.save()?;
@@ -324,17 +351,15 @@ async fn fetch_one(
         have = 0;
         hasher = Sha256::new();
     }
-    if let Some(total) = fetch.total {
-        if total > max {
-            return Err(ClientError::TooLarge {
-                what: "download",
-                limit: max,
-            }
-            .into());
+    if fetch.total.is_some_and(|t| t > max) {
+        return Err(ClientError::TooLarge {
+            what: "download",
+            limit: max,
         }
+        .into());
     }
-    let signed_size = patch.signed.as_ref().map(|s| s.patch_size);
-    if let (Some(total), Some(signed)) = (fetch.total, signed_size) {
+    let signed = patch.signed.as_ref().map(|s| s.patch_size);
+    if let (Some(total), Some(signed)) = (fetch.total, signed) {
         if total != signed {
             // Something else answers for the patch (a captive portal, a proxy's error page):
             // a failed download to try again, not a verdict on the patch.
@@ -347,11 +372,13 @@ async fn fetch_one(
             });
         }
     }
-    // The length the server announced anywhere: this answer, the HEAD before it, the signature.
-    let announced = fetch.total.or(patch.size).or(signed_size);
-    let started_at = fetch.offset;
+    let bounds = Bounds {
+        max,
+        signed,
+        announced: fetch.total.or(patch.size).or(signed),
+    };
     {
-        let p = &mut update_mut(agent, key).patches[index];
+        let p = &mut agent.update_mut(key).patches[index];
         // A 206 carries the validator the range was asked with (the client checked it).
         if fetch.validator.is_some() || fetch.offset == 0 {
             p.validator = fetch.validator.clone();
@@ -360,48 +387,86 @@ async fn fetch_one(
         p.durable = p.durable.min(have);
     }
     agent.save()?;
-    file.set_len(have).map_err(io("truncate"))?;
-    file.seek(SeekFrom::Start(have)).map_err(io("seek"))?;
-    let mut out = BufWriter::with_capacity(256 * 1024, file);
-    let mut progress = Progress::new(&patch.id, have, fetch.total);
-    log::info!("{}", progress.line(have));
-    agent.notifier.status(&progress.line(have));
+    file.set_len(have)
+        .map_err(partial_io(&patch.id, "truncate"))?;
+    file.seek(SeekFrom::Start(have))
+        .map_err(partial_io(&patch.id, "seek"))?;
+    Ok(Transfer {
+        out: BufWriter::with_capacity(256 * 1024, file),
+        have,
+        hasher,
+        started_at: fetch.offset,
+        fetch,
+        bounds,
+    })
+}
+
+/// Hashes the `have` bytes already in the partial file. That can take a while on a robot: off
+/// the runtime thread, and given up at a stop.
+async fn hash_partial(
+    agent: &Agent,
+    id: &str,
+    mut file: File,
+    have: u64,
+) -> Result<(File, Sha256), CycleError> {
+    let stop = agent.shutdown.clone();
+    let work = move || -> std::io::Result<(File, Sha256, bool)> {
+        let mut hasher = Sha256::new();
+        file.seek(SeekFrom::Start(0))?;
+        let done = hash_prefix(&mut file, have, &mut hasher, &|| stop.is_set())?;
+        Ok((file, hasher, done))
+    };
+    let (file, hasher, done) = match tokio::task::spawn_blocking(work).await {
+        Ok(done) => done.map_err(partial_io(id, "read"))?,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    };
+    if !done {
+        return Err(CycleError::Stopped);
+    }
+    Ok((file, hasher))
+}
+
+/// Receives the body to its end: at most `max_download_rate`, at least `min_download_rate`,
+/// with a checkpoint at least every second that bytes arrive or stall, and at a stop.
+async fn receive(
+    agent: &mut Agent,
+    key: &str,
+    index: usize,
+    patch: &PatchState,
+    t: &mut Transfer,
+) -> Result<(), CycleError> {
+    let mut progress = Progress::new(&patch.id, t.have, t.fetch.total);
+    log::info!("{}", progress.line(t.have));
+    agent.notifier.status(&progress.line(t.have));
     let mut shutdown = agent.shutdown.clone();
     // The stop signal and the checkpoint timer live across chunks: made anew for every chunk,
     // they would cost more than the chunk itself on a fast link.
     let stop = shutdown.wait();
     tokio::pin!(stop);
-    let mut synced = (have, Instant::now());
+    let mut synced = (t.have, Instant::now());
     // How much had arrived when the checkpoint timer last fired.
-    let mut tick = have;
+    let mut tick = t.have;
     let mut next_sync = synced.1 + CHECKPOINT_EVERY;
-    let mut pace = Pace::new(
-        agent.config.server.min_download_rate,
-        agent.config.server.read_timeout.0,
-        have,
-    );
-    let mut throttle = agent
-        .config
-        .server
-        .max_download_rate
-        .map(|r| Throttle::new(r.0));
+    let server = &agent.config.server;
+    let mut pace = Pace::new(server.min_download_rate, server.read_timeout.0, t.have);
+    let mut throttle = server.max_download_rate.map(|r| Throttle::new(r.0));
     let stall = tokio::time::sleep_until(next_sync);
     tokio::pin!(stall);
     loop {
         let chunk = tokio::select! {
-            c = fetch.chunk() => c,
+            c = t.fetch.chunk() => c,
             () = &mut stop => {
-                checkpoint(agent, key, index, &mut out, have)?;
+                checkpoint(agent, key, index, &mut t.out, t.have)?;
                 return Err(CycleError::Stopped);
             }
-            () = &mut stall, if have > synced.0 => {
+            () = &mut stall, if t.have > synced.0 => {
                 // A stall (nothing new for a second) is worth a checkpoint at once; a drip
                 // (a few bytes every second) waits for enough of them.
-                if have == tick || checkpoint_due(synced, have) {
-                    checkpoint(agent, key, index, &mut out, have)?;
-                    synced = (have, Instant::now());
+                if t.have == tick || checkpoint_due(synced, t.have) {
+                    checkpoint(agent, key, index, &mut t.out, t.have)?;
+                    synced = (t.have, Instant::now());
                 }
-                tick = have;
+                tick = t.have;
                 next_sync = Instant::now() + CHECKPOINT_EVERY;
                 stall.as_mut().reset(next_sync);
                 continue;
@@ -409,59 +474,42 @@ async fn fetch_one(
         };
         let chunk = match chunk {
             Ok(Some(chunk)) => chunk,
-            Ok(None) => break,
+            Ok(None) => return Ok(()),
             Err(e) => {
                 // Keep every byte that arrived: the next attempt resumes right after them.
-                checkpoint(agent, key, index, &mut out, have)?;
+                checkpoint(agent, key, index, &mut t.out, t.have)?;
                 return Err(e.into());
             }
         };
-        have += chunk.len() as u64;
-        if let Some(signed) = signed_size.filter(|&s| have > s) {
+        t.have += chunk.len() as u64;
+        if let Some(reason) = t.bounds.overrun(t.have) {
             start_over(agent, key, index)?;
-            return Err(CycleError::Interrupted {
-                id: patch.id.clone(),
-                reason: format!("the server sent more than the signed {signed} bytes"),
-            });
+            let id = patch.id.clone();
+            return Err(CycleError::Interrupted { id, reason });
         }
-        if have > max || announced.is_some_and(|t| have > t) {
-            // Not the body that was announced (republished since the HEAD?): the next attempt
-            // starts over, with no length known.
-            start_over(agent, key, index)?;
-            return Err(CycleError::Interrupted {
-                id: patch.id.clone(),
-                reason: format!("the body is longer than announced ({have} bytes so far)"),
-            });
-        }
-        hasher.update(&chunk);
-        out.write_all(&chunk).map_err(io("write"))?;
+        t.hasher.update(&chunk);
+        t.out
+            .write_all(&chunk)
+            .map_err(partial_io(&patch.id, "write"))?;
         agent.notifier.alive();
-        agent.events.progress(key, &patch.id, have, fetch.total);
-        if progress.due(have) {
-            agent.notifier.status(&progress.line(have));
+        agent.events.progress(key, &patch.id, t.have, t.fetch.total);
+        if progress.due(t.have) {
+            agent.notifier.status(&progress.line(t.have));
         }
-        if let Some(wait) = throttle.as_mut().map(|t| t.take(chunk.len())) {
-            // In steps of a second, each one progress to the watchdog, and a stop cuts it short.
-            let until = Instant::now() + wait;
-            while Instant::now() < until {
-                let step = (until - Instant::now()).min(Duration::from_secs(1));
-                tokio::select! {
-                    () = tokio::time::sleep(step) => agent.notifier.alive(),
-                    () = &mut stop => {
-                        checkpoint(agent, key, index, &mut out, have)?;
-                        return Err(CycleError::Stopped);
-                    }
-                }
+        if let Some(wait) = throttle.as_mut().map(|r| r.take(chunk.len())) {
+            if !wait_for_rate(agent, wait, &mut stop).await {
+                checkpoint(agent, key, index, &mut t.out, t.have)?;
+                return Err(CycleError::Stopped);
             }
         }
-        if Instant::now() >= next_sync && checkpoint_due(synced, have) {
-            checkpoint(agent, key, index, &mut out, have)?;
-            synced = (have, Instant::now());
+        if Instant::now() >= next_sync && checkpoint_due(synced, t.have) {
+            checkpoint(agent, key, index, &mut t.out, t.have)?;
+            synced = (t.have, Instant::now());
             next_sync = synced.1 + CHECKPOINT_EVERY;
             stall.as_mut().reset(next_sync);
         }
-        if let Some(rate) = pace.too_slow(have) {
-            checkpoint(agent, key, index, &mut out, have)?;
+        if let Some(rate) = pace.too_slow(t.have) {
+            checkpoint(agent, key, index, &mut t.out, t.have)?;
             return Err(CycleError::Interrupted {
                 id: patch.id.clone(),
                 reason: format!(
@@ -471,79 +519,131 @@ async fn fetch_one(
             });
         }
     }
-    if let Some(total) = announced {
-        if have != total {
-            checkpoint(agent, key, index, &mut out, have)?;
-            return Err(CycleError::Interrupted {
-                id: patch.id.clone(),
-                reason: format!("the body ended after {have} of {total} bytes"),
-            });
+}
+
+/// Waits `wait` for `max_download_rate`, in steps of a second, each one progress to the
+/// watchdog; false when a stop came first.
+async fn wait_for_rate(
+    agent: &Agent,
+    wait: Duration,
+    stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> bool {
+    let until = Instant::now() + wait;
+    while Instant::now() < until {
+        let step = (until - Instant::now()).min(Duration::from_secs(1));
+        tokio::select! {
+            () = tokio::time::sleep(step) => agent.notifier.alive(),
+            () = stop.as_mut() => return false,
         }
     }
-    let file = out.into_inner().map_err(|e| io("write")(e.into_error()))?;
+    true
+}
+
+/// What a whole body's length and hash say against its signature.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// The body is the signed patch (or there is no signature to hold it to).
+    Good,
+    /// The body ended before the signed size, with no length announced: resume it.
+    Short { signed: u64 },
+    /// Other bytes than the signed ones. A resumed download may have spliced two versions of
+    /// the file: it gets one more try from the start (`again`). Wrong bytes from a download
+    /// that started at zero, or a second time, are the server's answer.
+    Mismatch { again: bool, reason: String },
+}
+
+impl Verdict {
+    /// `mismatches`: how many bodies of this patch were other bytes before, this one included.
+    fn of(have: u64, sha: &str, signed: &Signed, resumed: bool, mismatches: u32) -> Verdict {
+        if have < signed.patch_size {
+            return Verdict::Short {
+                signed: signed.patch_size,
+            };
+        }
+        if sha == signed.patch_sha256 {
+            return Verdict::Good;
+        }
+        Verdict::Mismatch {
+            again: resumed && mismatches < 2,
+            reason: format!(
+                "{have} bytes with sha256 {sha}; signed: {} bytes with sha256 {}",
+                signed.patch_size, signed.patch_sha256
+            ),
+        }
+    }
+}
+
+/// Checks the body that arrived whole against what was announced and signed, makes it durable
+/// and records it as downloaded.
+fn check_body(
+    agent: &mut Agent,
+    key: &str,
+    index: usize,
+    patch: &PatchState,
+    mut t: Transfer,
+) -> Result<(), CycleError> {
+    let (have, id) = (t.have, patch.id.clone());
+    if let Some(reason) = t.bounds.short(have) {
+        checkpoint(agent, key, index, &mut t.out, have)?;
+        return Err(CycleError::Interrupted { id, reason });
+    }
+    let file = t
+        .out
+        .into_inner()
+        .map_err(|e| partial_io(&id, "write")(e.into_error()))?;
     crate::io_stats::fsynced();
-    file.sync_all().map_err(io("fsync"))?;
-    let sha = crate::install::hex(&hasher.finalize());
+    file.sync_all().map_err(partial_io(&patch.id, "fsync"))?;
+    let sha = crate::managed::hex(&t.hasher.finalize());
     if !is_patch(&file) {
         // A captive portal's page, an error page with a 200: whatever it is, it is not what the
         // server offered. The download failed and starts over; the patch is not judged by it.
         start_over(agent, key, index)?;
-        return Err(CycleError::Interrupted {
-            id: patch.id.clone(),
-            reason: format!("the {have} bytes received are not a bsdiff patch (no BSDIFF40 magic)"),
-        });
+        let reason =
+            format!("the {have} bytes received are not a bsdiff patch (no BSDIFF40 magic)");
+        return Err(CycleError::Interrupted { id, reason });
     }
     if let Some(signed) = &patch.signed {
-        if have < signed.patch_size {
-            // A body that just ended early (no length was announced; the bytes are synced):
-            // resume it.
-            update_mut(agent, key).patches[index].durable = have;
-            agent.save()?;
-            return Err(CycleError::Interrupted {
-                id: patch.id.clone(),
-                reason: format!("the body ended after {have} of {} bytes", signed.patch_size),
-            });
-        }
-        if sha != signed.patch_sha256 {
-            // A resumed download may have spliced two versions of the file: it gets one more try
-            // from the start. Wrong bytes from a download that started at zero, or a second time,
-            // are the server's answer, and are refused.
-            let p = &mut update_mut(agent, key).patches[index];
-            p.durable = 0;
-            p.validator = None;
-            p.mismatches += 1;
-            let again = started_at > 0 && p.mismatches < 2;
-            agent.save()?;
-            let reason = format!(
-                "{have} bytes with sha256 {sha}; signed: {} bytes with sha256 {}",
-                signed.patch_size, signed.patch_sha256
-            );
-            if again {
-                return Err(CycleError::Interrupted {
-                    id: patch.id.clone(),
-                    reason: format!(
-                        "the resumed download does not match its signature ({reason}); starting over"
-                    ),
-                });
+        let mismatches = patch.mismatches + u32::from(sha != signed.patch_sha256);
+        match Verdict::of(have, &sha, signed, t.started_at > 0, mismatches) {
+            Verdict::Good => {}
+            Verdict::Short { signed } => {
+                // The bytes are synced: resume them.
+                agent.update_mut(key).patches[index].durable = have;
+                agent.save()?;
+                let reason = format!("the body ended after {have} of {signed} bytes");
+                return Err(CycleError::Interrupted { id, reason });
             }
-            return Err(CycleError::Unauthentic {
-                id: patch.id.clone(),
-                reason,
-            });
+            Verdict::Mismatch { again, reason } => {
+                let p = &mut agent.update_mut(key).patches[index];
+                p.durable = 0;
+                p.validator = None;
+                p.mismatches = mismatches;
+                agent.save()?;
+                if again {
+                    let reason = format!(
+                        "the resumed download does not match its signature ({reason}); starting over"
+                    );
+                    return Err(CycleError::Interrupted { id, reason });
+                }
+                return Err(CycleError::Unauthentic { id, reason });
+            }
         }
     }
     agent.store.complete_partial(key, &patch.id)?;
-    log::info!(
-        "update {}: downloaded {have} bytes (sha256 {sha})",
-        patch.id
-    );
-    let p = &mut update_mut(agent, key).patches[index];
+    log::info!("update {id}: downloaded {have} bytes (sha256 {sha})");
+    let p = &mut agent.update_mut(key).patches[index];
     p.sha256 = Some(sha);
     // `size` stays what the server announced, if it announced anything: a body with no length
     // anywhere is judged differently when it does not apply (see the apply step).
     p.durable = have;
     agent.save()?;
     Ok(())
+}
+
+/// The error of an I/O operation `op` on the partial download of update `id`.
+fn partial_io(id: &str, op: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = format!("partial download of update {id}").into();
+    move |source| StoreError::Io { op, path, source }
 }
 
 /// Whether the bytes that arrived since the last checkpoint (`synced`: length and time) are
@@ -564,7 +664,7 @@ fn is_patch(file: &File) -> bool {
 
 /// Forgets the partial download of patch `index`: the next attempt starts at byte zero.
 fn start_over(agent: &mut Agent, key: &str, index: usize) -> Result<(), CycleError> {
-    let p = &mut update_mut(agent, key).patches[index];
+    let p = &mut agent.update_mut(key).patches[index];
     p.durable = 0;
     p.validator = None;
     p.size = None;
@@ -633,17 +733,13 @@ fn checkpoint(
     out: &mut BufWriter<File>,
     have: u64,
 ) -> Result<(), CycleError> {
-    let io = |op| {
-        move |source| StoreError::Io {
-            op,
-            path: "partial download".into(),
-            source,
-        }
-    };
-    out.flush().map_err(io("write"))?;
+    let id = agent.update(key).patches[index].id.clone();
+    out.flush().map_err(partial_io(&id, "write"))?;
     crate::io_stats::fsynced();
-    out.get_ref().sync_data().map_err(io("fsync"))?;
-    update_mut(agent, key).patches[index].durable = have;
+    out.get_ref()
+        .sync_data()
+        .map_err(partial_io(&id, "fsync"))?;
+    agent.update_mut(key).patches[index].durable = have;
     agent.save()?;
     Ok(())
 }
@@ -746,5 +842,86 @@ mod tests {
         // A new throttle (a resumed download) starts without credit.
         let mut fresh = Throttle::new(rate);
         assert!(fresh.take(65_536) >= Duration::from_millis(120));
+    }
+
+    #[test]
+    fn a_body_past_its_signed_or_announced_length_is_an_overrun() {
+        let bounds = Bounds {
+            max: 1000,
+            signed: Some(500),
+            announced: Some(500),
+        };
+        assert_eq!(bounds.overrun(500), None);
+        let past_signed = bounds.overrun(501).unwrap();
+        assert!(
+            past_signed.contains("more than the signed 500 bytes"),
+            "{past_signed}"
+        );
+        let unsigned = Bounds {
+            signed: None,
+            ..bounds
+        };
+        let past_announced = unsigned.overrun(501).unwrap();
+        assert!(
+            past_announced.contains("longer than announced (501 bytes"),
+            "{past_announced}"
+        );
+        // With no length anywhere, only max_patch_size holds it.
+        let unknown = Bounds {
+            max: 1000,
+            signed: None,
+            announced: None,
+        };
+        assert_eq!(unknown.overrun(1000), None);
+        assert!(unknown.overrun(1001).is_some());
+    }
+
+    #[test]
+    fn a_body_short_of_its_announced_length_is_resumed() {
+        let bounds = Bounds {
+            max: 1000,
+            signed: None,
+            announced: Some(500),
+        };
+        assert_eq!(bounds.short(500), None);
+        assert_eq!(
+            bounds.short(499).as_deref(),
+            Some("the body ended after 499 of 500 bytes")
+        );
+        let unknown = Bounds {
+            announced: None,
+            ..bounds
+        };
+        assert_eq!(unknown.short(3), None);
+    }
+
+    #[test]
+    fn only_a_whole_body_with_other_bytes_is_judged_and_a_resumed_one_gets_one_more_try() {
+        let signed = Signed {
+            key: "k".into(),
+            patch_size: 10,
+            patch_sha256: "good".into(),
+            result_size: 0,
+            result_sha256: String::new(),
+            from_sha256: None,
+        };
+        assert_eq!(Verdict::of(10, "good", &signed, false, 0), Verdict::Good);
+        assert_eq!(
+            Verdict::of(9, "other", &signed, true, 1),
+            Verdict::Short { signed: 10 }
+        );
+        let again = |resumed, mismatches| match Verdict::of(10, "bad", &signed, resumed, mismatches)
+        {
+            Verdict::Mismatch { again, reason } => {
+                assert!(reason.contains("sha256 bad; signed: 10 bytes"), "{reason}");
+                again
+            }
+            other => panic!("{other:?}"),
+        };
+        // A resumed download may have spliced two versions: one more try from the start.
+        assert!(again(true, 1));
+        // From byte zero, or a second time: the server's answer, refused.
+        assert!(!again(false, 1));
+        assert!(!again(true, 2));
     }
 }

@@ -5,7 +5,7 @@
 //! when it knows which version it is, and it knows from, most trusted first:
 //! - its state: the version and sha256 it last installed or identified, while the file still
 //!   has that sha256;
-//! - the file's own record (`user.ota-agent.version`, see `install`), when the sha256 in it is
+//! - the file's own record (`user.ota-agent.version`, see `managed`), when the sha256 in it is
 //!   the file's;
 //! - the config's `version_sha256`, which pins the config's `version`;
 //! - the sha256s the vendor signed for the versions of an offered chain (the verify and apply
@@ -17,9 +17,10 @@
 //! wrong with the patches), and it is neither patched nor checked for updates until it is
 //! identified again (a record, a pin, `ota-agent adopt`, or its recorded sha256 back).
 
-use super::{Agent, CycleError, Known, Outcome, Step, all_codes, chain_codes, code};
+use super::{Agent, CycleError, Known, Outcome, Transition, all_codes, chain_codes};
 use crate::config::Package;
-use crate::install::{Examined, examine_async};
+use crate::managed::{Examined, examine_async};
+use crate::store::ResultCode;
 use crate::store::{Update, VersionSource};
 
 /// The version the file's record or the config's pin give a file, if either does: not for
@@ -186,7 +187,7 @@ pub(super) async fn changed(
     agent: &mut Agent,
     pkg: &Package,
     ids: &[String],
-) -> Result<Step, CycleError> {
+) -> Result<Transition, CycleError> {
     let key = pkg.key();
     let found = examine_async(&pkg.path, &agent.shutdown).await?;
     let recorded = agent.state.packages[&key].sha256.clone();
@@ -196,11 +197,11 @@ pub(super) async fn changed(
         recorded.as_deref().unwrap_or("none"),
         found.as_ref().map_or("missing", |f| f.sha256.as_str())
     );
-    agent.finish(pkg, &all_codes(ids, code::NOT_UPDATED), None)?;
+    agent.finish(pkg, &all_codes(ids, ResultCode::NotUpdated), None)?;
     // What the file was is no knowledge of what it is now.
     match settle(agent, pkg, found, None)? {
-        None => Ok(Step::Check),
-        Some(reason) => Ok(Step::Report(Outcome::Unidentified { reason })),
+        None => Ok(Transition::Check),
+        Some(reason) => Ok(Transition::Report(Outcome::Unidentified { reason })),
     }
 }
 
@@ -211,18 +212,18 @@ pub(super) fn shared(
     agent: &mut Agent,
     pkg: &Package,
     ids: &[String],
-) -> Result<Option<Step>, CycleError> {
+) -> Result<Option<Transition>, CycleError> {
     let Some((other, how)) = agent.config.shares_file(pkg) else {
         return Ok(None);
     };
     let key = pkg.key();
     let reason = format!("it is also {other}'s file ({how}); a file can have only one owner");
     log::error!("{key}: {} is not installed: {reason}", pkg.path.display());
-    agent.finish(pkg, &all_codes(ids, code::NOT_UPDATED), None)?;
+    agent.finish(pkg, &all_codes(ids, ResultCode::NotUpdated), None)?;
     let sha256 = agent.state.packages[&key].sha256.clone();
     agent.unidentified(&key, sha256, reason.clone());
     agent.save()?;
-    Ok(Some(Step::Report(Outcome::Unidentified { reason })))
+    Ok(Some(Transition::Report(Outcome::Unidentified { reason })))
 }
 
 /// The vendor's signatures say the file is not the chain's base (format 3), or the first patch
@@ -235,7 +236,7 @@ pub(super) fn by_signatures(
     pkg: &Package,
     update: &Update,
     problem: &str,
-) -> Result<Step, CycleError> {
+) -> Result<Transition, CycleError> {
     let key = pkg.key();
     let sha = update.from_sha256.as_str();
     let signed = |k: usize| update.patches[k].signed.as_ref();
@@ -255,7 +256,7 @@ pub(super) fn by_signatures(
             ids.join(", ")
         );
         log::error!("{key}: {reason}");
-        agent.finish(pkg, &all_codes(&ids, code::NOT_UPDATED), None)?;
+        agent.finish(pkg, &all_codes(&ids, ResultCode::NotUpdated), None)?;
         // The recorded version of this very sha256 is what the signatures disproved: the file
         // staying as it is must not identify it again, not by the state, a record or a pin.
         agent.pkg_state(&key).sha256 = None;
@@ -264,7 +265,7 @@ pub(super) fn by_signatures(
             u.disproved = Some(sha.to_owned());
         }
         agent.save()?;
-        return Ok(Step::Report(Outcome::Unidentified { reason }));
+        return Ok(Transition::Report(Outcome::Unidentified { reason }));
     };
     let version = update.patches[applied - 1].to_version.clone();
     log::warn!(
@@ -279,5 +280,5 @@ pub(super) fn by_signatures(
         source: VersionSource::Signed,
     };
     agent.finish(pkg, &chain_codes(&ids, applied, None), Some(known))?;
-    Ok(Step::Check)
+    Ok(Transition::Check)
 }

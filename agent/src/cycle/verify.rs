@@ -10,23 +10,20 @@
 //! Facts recorded under another config are checked again: a patch verified with a key that has
 //! since been dropped, or offered from a host no longer allowed, does not get through.
 
-use ota_signing::{Expected, meta_url, sig_url};
+use ota_signing::{Expected, Metadata, PublicKey, meta_url, sig_url};
 
-use super::{Agent, CycleError, Outcome, Step, chain_codes};
+use super::{Agent, CycleError, Outcome, Transition, chain_codes};
 use crate::client::ClientError;
 use crate::config::{Package, Security};
 use crate::store::{Failure, Signed};
 
-pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleError> {
+pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Transition, CycleError> {
     let keys = agent.config.security.keys();
     let require = agent.config.security.require_signatures;
     let key = pkg.key();
     let language = agent.config.language(pkg).to_owned();
     let model = agent.config.robot.version.clone();
-    let update = agent.state.packages[&key]
-        .update
-        .clone()
-        .expect("verify runs with an update");
+    let update = agent.update(&key).clone();
     let ids = update.ids();
     agent.events.step(&key, crate::events::Step::Verify, &ids);
     let usable = update.usable();
@@ -46,11 +43,8 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
         if keys.is_empty() {
             continue;
         }
-        let trusted = p
-            .signed
-            .as_ref()
-            .is_some_and(|s| keys.iter().any(|k| k.to_text() == s.key));
-        if trusted || (p.unsigned && !require) {
+        let signer = p.signed.as_ref().map(|s| s.key.as_str());
+        if agent.config.security.lets_through(signer, p.unsigned) {
             continue;
         }
         let expected = Expected {
@@ -91,52 +85,12 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
                 .and_then(|(meta, signer)| meta.check(&expected).map(|()| (meta, signer)))
                 .map_err(|e| crate::error_chain(&e)),
         };
-        let (meta, signer) = match verdict {
-            Ok(v) => v,
-            Err(problem) => {
-                let reason = format!("update {} is refused: {problem}", p.id);
-                return refuse(agent, pkg, index, reason);
-            }
-        };
-        if !meta.binds_target() {
-            // Format 1 names no language nor robot model: its signature holds for another
-            // language's or model's build whenever the versions match.
-            if require {
-                let reason = format!(
-                    "update {} is refused: its signed metadata is format {}, which names no language or robot model, and signatures are required",
-                    p.id, meta.format
-                );
-                return refuse(agent, pkg, index, reason);
-            }
-            log::warn!(
-                "{key}: update {}: the signed metadata is format {}, which names no language or robot model; accepted since signatures are not required",
-                p.id,
-                meta.format
-            );
-        }
-        let max = agent.config.agent.max_patch_size;
-        if meta.patch_size > max {
-            let reason = format!(
-                "update {} is {} bytes, more than max_patch_size ({max})",
-                p.id, meta.patch_size
-            );
-            return refuse(agent, pkg, index, reason);
-        }
-        log::info!(
-            "{key}: update {}: good signature for version {} → {} ({} bytes, sha256 {})",
-            p.id,
-            meta.from_version,
-            meta.to_version,
-            meta.patch_size,
-            meta.patch_sha256
-        );
-        let signed = Signed {
-            key: signer.to_text(),
-            patch_size: meta.patch_size,
-            patch_sha256: meta.patch_sha256,
-            result_size: meta.result_size,
-            result_sha256: meta.result_sha256,
-            from_sha256: meta.from_sha256,
+        let facts = verdict
+            .map_err(|problem| format!("update {} is refused: {problem}", p.id))
+            .and_then(|(meta, signer)| signed_facts(agent, &key, &p.id, meta, signer));
+        let signed = match facts {
+            Ok(signed) => signed,
+            Err(reason) => return refuse(agent, pkg, index, reason),
         };
         record(agent, &key, index, Some(signed));
         agent.save()?;
@@ -144,16 +98,61 @@ pub(super) async fn run(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleE
     check_bases(agent, pkg)
 }
 
+/// The facts signed metadata vouches for, when it holds under this config; `Err` is the reason
+/// the update is refused.
+fn signed_facts(
+    agent: &Agent,
+    key: &str,
+    id: &str,
+    meta: Metadata,
+    signer: PublicKey,
+) -> Result<Signed, String> {
+    let require = agent.config.security.require_signatures;
+    if !meta.binds_target() {
+        // Format 1 names no language nor robot model: its signature holds for another
+        // language's or model's build whenever the versions match.
+        if require {
+            return Err(format!(
+                "update {id} is refused: its signed metadata is format {}, which names no language or robot model, and signatures are required",
+                meta.format
+            ));
+        }
+        log::warn!(
+            "{key}: update {id}: the signed metadata is format {}, which names no language or robot model; accepted since signatures are not required",
+            meta.format
+        );
+    }
+    let max = agent.config.agent.max_patch_size;
+    if meta.patch_size > max {
+        return Err(format!(
+            "update {id} is {} bytes, more than max_patch_size ({max})",
+            meta.patch_size
+        ));
+    }
+    log::info!(
+        "{key}: update {id}: good signature for version {} → {} ({} bytes, sha256 {})",
+        meta.from_version,
+        meta.to_version,
+        meta.patch_size,
+        meta.patch_sha256
+    );
+    Ok(Signed {
+        key: signer.to_text(),
+        patch_size: meta.patch_size,
+        patch_sha256: meta.patch_sha256,
+        result_size: meta.result_size,
+        result_sha256: meta.result_sha256,
+        from_sha256: meta.from_sha256,
+    })
+}
+
 /// With signed bases (format 3), before a byte of a patch is fetched: the first patch must
 /// apply to the file as it is, and each next one to the result of the one before. A file that
 /// is not the first base is another version (the signatures may say which); a chain whose
 /// signed links do not meet has a bad patch where they part.
-fn check_bases(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleError> {
+fn check_bases(agent: &mut Agent, pkg: &Package) -> Result<Transition, CycleError> {
     let key = pkg.key();
-    let update = agent.state.packages[&key]
-        .update
-        .clone()
-        .expect("verify runs with an update");
+    let update = agent.update(&key).clone();
     let signed = |k: usize| update.patches[k].signed.as_ref();
     if let Some(base) = signed(0).and_then(|s| s.from_sha256.as_deref()) {
         if base != update.from_sha256 {
@@ -183,7 +182,7 @@ fn check_bases(agent: &mut Agent, pkg: &Package) -> Result<Step, CycleError> {
             return refuse(agent, pkg, k, reason);
         }
     }
-    Ok(Step::Download)
+    Ok(Transition::Download)
 }
 
 /// The metadata and its signature; `None` when either is missing on the server.
@@ -198,12 +197,7 @@ async fn fetch_both(agent: &Agent, url: &str) -> Result<Option<(Vec<u8>, Vec<u8>
 }
 
 fn record(agent: &mut Agent, key: &str, index: usize, signed: Option<Signed>) {
-    let p = &mut agent
-        .pkg_state(key)
-        .update
-        .as_mut()
-        .expect("update")
-        .patches[index];
+    let p = &mut agent.update_mut(key).patches[index];
     p.unsigned = signed.is_none();
     p.signed = signed;
     p.attempts = 0;
@@ -217,18 +211,13 @@ fn give_up_or_retry(
     pkg: &Package,
     index: usize,
     e: ClientError,
-) -> Result<Step, CycleError> {
+) -> Result<Transition, CycleError> {
     let key = pkg.key();
     if matches!(e, ClientError::Stopped { .. }) {
         return Err(e.into());
     }
     let limit = agent.config.agent.download_attempts;
-    let p = &mut agent
-        .pkg_state(&key)
-        .update
-        .as_mut()
-        .expect("update")
-        .patches[index];
+    let p = &mut agent.update_mut(&key).patches[index];
     p.attempts += 1;
     let (attempts, id) = (p.attempts, p.id.clone());
     agent.save()?;
@@ -250,24 +239,15 @@ fn refuse(
     pkg: &Package,
     index: usize,
     reason: String,
-) -> Result<Step, CycleError> {
+) -> Result<Transition, CycleError> {
     let key = pkg.key();
     log::error!("{key}: {reason}");
     if index == 0 {
-        let ids = agent.state.packages[&key]
-            .update
-            .as_ref()
-            .expect("update")
-            .ids();
+        let ids = agent.update(&key).ids();
         agent.finish(pkg, &chain_codes(&ids, 0, Some(0)), None)?;
-        return Ok(Step::Report(Outcome::Failed { reason }));
+        return Ok(Transition::Report(Outcome::Failed { reason }));
     }
-    agent
-        .pkg_state(&key)
-        .update
-        .as_mut()
-        .expect("update")
-        .failed = Some(Failure { index, reason });
+    agent.update_mut(&key).failed = Some(Failure { index, reason });
     agent.save()?;
     // The patches before it are still to install: their bases are checked all the same.
     check_bases(agent, pkg)

@@ -7,9 +7,10 @@
 
 use std::time::Duration;
 
-use super::{Agent, CycleError, Deadline, Outcome, Step, all_codes, code};
+use super::{Agent, CycleError, Deadline, Outcome, Transition, all_codes};
 use crate::config::Package;
 use crate::schedule::{human, random_up_to};
+use crate::store::ResultCode;
 use crate::store::Waiting;
 use crate::unix_now;
 
@@ -20,7 +21,7 @@ pub(super) fn defer(
     pkg: &Package,
     hook: &'static str,
     problem: &str,
-) -> Result<Step, CycleError> {
+) -> Result<Transition, CycleError> {
     let key = pkg.key();
     let now = unix_now();
     let timeout = agent.config.agent.defer_timeout.0;
@@ -44,8 +45,8 @@ pub(super) fn defer(
         "{key}: {problem}; the update was deferred for more than {} (defer_timeout), so it ends as not updated",
         human(timeout)
     );
-    agent.finish(pkg, &all_codes(&ids, code::NOT_UPDATED), None)?;
-    Ok(Step::Report(Outcome::Deferred))
+    agent.finish(pkg, &all_codes(&ids, ResultCode::NotUpdated), None)?;
+    Ok(Transition::Report(Outcome::Deferred))
 }
 
 /// The update waits for `defer_retry` and up to a fifth more.
@@ -55,7 +56,7 @@ fn keep_waiting(
     hook: &'static str,
     problem: &str,
     retry: Duration,
-) -> Result<Step, CycleError> {
+) -> Result<Transition, CycleError> {
     let retry_in = retry + random_up_to(retry / 5, &mut fastrand::Rng::new());
     let ids = agent.update_mut(key).ids().join(", ");
     let reason = format!("update {ids} deferred by the {hook} hook");
@@ -84,7 +85,7 @@ pub(super) fn for_window(
     agent: &mut Agent,
     pkg: &Package,
     opens_in: Duration,
-) -> Result<Step, CycleError> {
+) -> Result<Transition, CycleError> {
     let key = pkg.key();
     let ids = agent.update_mut(&key).ids().join(", ");
     let windows = crate::window::describe(&agent.config.agent.install_window);
@@ -102,7 +103,7 @@ fn wait(
     key: &str,
     reason: String,
     retry_in: Duration,
-) -> Result<(Step, u64), CycleError> {
+) -> Result<(Transition, u64), CycleError> {
     let until_unix = unix_now().saturating_add(retry_in.as_secs());
     agent.update_mut(key).waiting = Some(Waiting {
         reason: reason.clone(),
@@ -114,7 +115,7 @@ fn wait(
         crate::logger::utc(until_unix)
     ));
     Ok((
-        Step::Report(Outcome::Waiting { reason, retry_in }),
+        Transition::Report(Outcome::Waiting { reason, retry_in }),
         until_unix,
     ))
 }

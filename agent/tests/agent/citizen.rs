@@ -91,7 +91,7 @@ async fn pre_install_defers_and_keeps_what_it_downloaded_and_staged() {
     assert_eq!(fetched, 2);
     let prepared = |w: &World| {
         use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(ota_agent::install::new_path(&crate::helpers::managed_path(
+        let m = std::fs::metadata(ota_agent::managed::new_path(&crate::helpers::managed_path(
             w.dir(),
         )))
         .expect("the new file stays prepared beside the managed one");

@@ -2,6 +2,7 @@
 
 use ota_agent::client::{Ack, CheckAnswer, CheckRequest, Client, ClientError};
 use ota_agent::config::Config;
+use ota_agent::store::ResultCode;
 use serde_json::json;
 use wiremock::matchers::{body_string_contains, header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -359,7 +360,7 @@ async fn callback_answers() {
             .expect(1)
             .mount(&s.server)
             .await;
-        let got = s.client.callback(id, 1).await;
+        let got = s.client.callback(id, ResultCode::Success).await;
         match expected {
             Some(ack) => assert_eq!(got.unwrap(), ack),
             None => assert!(got.is_err()),

@@ -2,7 +2,7 @@
 
 use ota_agent::Shutdown;
 use ota_agent::config::Config;
-use ota_agent::cycle::{Agent, CycleError, Outcome};
+use ota_agent::cycle::{Agent, CycleError, Declined, Outcome};
 use serde_json::json;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -66,13 +66,10 @@ async fn a_downgrade_is_refused() {
 
 #[tokio::test]
 async fn declines_are_not_errors() {
-    for code in ["103", "104"] {
+    for (code, why) in [("103", Declined::NotAllowed), ("104", Declined::NoLanguage)] {
         let (_tmp, _server, mut agent) =
             agent_with_answer(json!({"code": code, "data": "", "id": ""})).await;
-        assert_eq!(
-            agent.cycle(0).await.unwrap(),
-            Outcome::Declined { code: code.into() }
-        );
+        assert_eq!(agent.cycle(0).await.unwrap(), Outcome::Declined(why));
         let last = agent
             .state
             .packages

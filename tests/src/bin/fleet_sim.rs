@@ -57,7 +57,7 @@ fn options() -> Result<Options, String> {
 
 /// The agent's defaults, as a config without an `[agent]` section gets them.
 fn agent_timing() -> Timing {
-    Timing::from_config(&ota_agent::config::Agent::default())
+    Timing::from_config(&ota_agent::config::Settings::default())
 }
 
 /// The mock server the fleet polls, and the agent's client for it.

@@ -460,10 +460,7 @@ pub fn discard_prepared(target: &Path) {
 
 fn sync_parent(target: &Path) -> Result<(), InstallError> {
     let dir = target.parent().unwrap_or(Path::new("."));
-    crate::io_stats::fsynced();
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(err("fsync", dir))
+    crate::sync_dir(dir).map_err(err("fsync", dir))
 }
 
 #[cfg(test)]
