@@ -9,7 +9,8 @@
 //! The modules:
 //! - `catalog`: the TOML catalog of clients, users, packages and firmware versions, and the
 //!   bsdiff patches made from it (cached on disk) or named by it, and their signed metadata;
-//! - `server`: [`MockServer`], the running server and what it records;
+//! - `server`: [`MockServer`], the running server;
+//! - `state`: what the handlers share, and the records of the callbacks and requests received;
 //! - `routes`: the endpoints of the wire contract (`/oauth/token`, `/file/download`,
 //!   `/file/callback`), the patch files and their sidecars under `/version/`, and `/admin` for
 //!   scripting;
@@ -95,10 +96,12 @@ mod faults;
 mod range;
 mod routes;
 mod server;
+mod state;
 mod tls;
 mod tokens;
 
 pub use catalog::{Catalog, CatalogError, PatchInfo, SignedMetadata};
 pub use faults::{Endpoint, Fault, FaultError, FaultKind};
-pub use server::{CallbackRecord, MockServer, RequestRecord, ServerError};
+pub use server::{MockServer, ServerError};
+pub use state::{CallbackRecord, RequestRecord};
 pub use tls::{TestCertificates, TlsConfig, TlsError};

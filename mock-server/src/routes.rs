@@ -14,6 +14,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
@@ -22,7 +23,7 @@ use crate::catalog::{Lookup, Served};
 use crate::conn::ConnControl;
 use crate::faults::{BodyFault, Endpoint, Fault, FaultBody, FaultKind};
 use crate::range::{self, RangeRequest};
-use crate::server::{AppState, CallbackRecord, now_ms};
+use crate::state::{AppState, CallbackRecord, now_ms};
 use crate::tokens::TokenProblem;
 
 type Shared = Arc<AppState>;
@@ -571,26 +572,33 @@ async fn admin_requests(State(state): State<Shared>) -> Response {
     json_response(StatusCode::OK, &json!(state.requests()))
 }
 
-fn admin_bad_request(message: &str) -> Response {
-    json_response(StatusCode::BAD_REQUEST, &json!({"error": message}))
+/// A bad admin request, answered with 400 and the message.
+#[derive(Debug)]
+struct BadRequest(String);
+
+impl IntoResponse for BadRequest {
+    fn into_response(self) -> Response {
+        json_response(StatusCode::BAD_REQUEST, &json!({"error": self.0}))
+    }
+}
+
+/// Parses an admin request's JSON body; `what` names it in the answer to a bad one.
+fn admin_body<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, BadRequest> {
+    serde_json::from_slice(body).map_err(|e| BadRequest(format!("bad {what}: {e}")))
 }
 
 fn ok() -> Response {
     json_response(StatusCode::OK, &json!({"ok": true}))
 }
 
-async fn admin_add_fault(State(state): State<Shared>, body: Bytes) -> Response {
-    match serde_json::from_slice::<Fault>(&body) {
-        Ok(fault) => {
-            if let Err(e) = fault.check() {
-                return admin_bad_request(&format!("bad fault: {e}"));
-            }
-            log::info!("injecting {fault:?}");
-            state.faults().push(fault);
-            ok()
-        }
-        Err(e) => admin_bad_request(&format!("bad fault: {e}")),
+async fn admin_add_fault(State(state): State<Shared>, body: Bytes) -> Result<Response, BadRequest> {
+    let fault: Fault = admin_body(&body, "fault")?;
+    if let Err(e) = fault.check() {
+        return Err(BadRequest(format!("bad fault: {e}")));
     }
+    log::info!("injecting {fault:?}");
+    state.faults().push(fault);
+    Ok(ok())
 }
 
 async fn admin_clear_faults(State(state): State<Shared>) -> Response {
@@ -603,16 +611,13 @@ struct RevokeRequest {
     access_token: Option<String>,
 }
 
-async fn admin_revoke(State(state): State<Shared>, body: Bytes) -> Response {
+async fn admin_revoke(State(state): State<Shared>, body: Bytes) -> Result<Response, BadRequest> {
     let request = if body.iter().all(u8::is_ascii_whitespace) {
         RevokeRequest { access_token: None }
     } else {
-        match serde_json::from_slice::<RevokeRequest>(&body) {
-            Ok(request) => request,
-            Err(e) => return admin_bad_request(&format!("bad revoke request: {e}")),
-        }
+        admin_body(&body, "revoke request")?
     };
-    match request.access_token {
+    Ok(match request.access_token {
         Some(token) => {
             let revoked = state.tokens().revoke(&token);
             json_response(StatusCode::OK, &json!({"ok": true, "revoked": revoked}))
@@ -621,7 +626,7 @@ async fn admin_revoke(State(state): State<Shared>, body: Bytes) -> Response {
             state.tokens().revoke_all();
             ok()
         }
-    }
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -629,14 +634,10 @@ struct TokenGetRequest {
     allowed: bool,
 }
 
-async fn admin_token_get(State(state): State<Shared>, body: Bytes) -> Response {
-    match serde_json::from_slice::<TokenGetRequest>(&body) {
-        Ok(request) => {
-            state.set_token_get_allowed(request.allowed);
-            ok()
-        }
-        Err(e) => admin_bad_request(&format!("bad token-get request: {e}")),
-    }
+async fn admin_token_get(State(state): State<Shared>, body: Bytes) -> Result<Response, BadRequest> {
+    let request: TokenGetRequest = admin_body(&body, "token-get request")?;
+    state.set_token_get_allowed(request.allowed);
+    Ok(ok())
 }
 
 #[derive(Debug, Deserialize)]
@@ -644,12 +645,11 @@ struct AdvanceRequest {
     seconds: u64,
 }
 
-async fn admin_advance_time(State(state): State<Shared>, body: Bytes) -> Response {
-    match serde_json::from_slice::<AdvanceRequest>(&body) {
-        Ok(request) => {
-            state.tokens().advance(Duration::from_secs(request.seconds));
-            ok()
-        }
-        Err(e) => admin_bad_request(&format!("bad advance-time request: {e}")),
-    }
+async fn admin_advance_time(
+    State(state): State<Shared>,
+    body: Bytes,
+) -> Result<Response, BadRequest> {
+    let request: AdvanceRequest = admin_body(&body, "advance-time request")?;
+    state.tokens().advance(Duration::from_secs(request.seconds));
+    Ok(ok())
 }
