@@ -473,6 +473,86 @@ fn url_safe(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// What the `[server]` table decides for the rest of the catalog.
+struct ServerSection {
+    settings: Settings,
+    cache_dir: PathBuf,
+    /// `None` when the catalog names no signing key.
+    signing: Option<Signing>,
+}
+
+/// How the metadata of patches and the statements of files are signed.
+struct Signing {
+    key: SecretKey,
+    metadata_format: u32,
+    /// Seconds a statement holds.
+    statement_lifetime: u64,
+}
+
+/// The update ids in use, and the next number to try for a version that names none.
+struct Ids {
+    used: HashSet<String>,
+    next_auto: u64,
+}
+
+impl Ids {
+    /// The smallest number, above the ones assigned before, that no version uses.
+    fn assign(&mut self) -> String {
+        loop {
+            let candidate = self.next_auto.to_string();
+            self.next_auto += 1;
+            if self.used.insert(candidate.clone()) {
+                return candidate;
+            }
+        }
+    }
+}
+
+/// The file a version belongs to, as its patches and statements name it.
+struct FileRef<'a> {
+    package: &'a str,
+    label: &'a str,
+    raw: &'a RawFile,
+}
+
+impl FileRef<'_> {
+    fn target(&self) -> ota_signing::Target<'_> {
+        ota_signing::Target {
+            package: self.package,
+            file_name: &self.raw.file_name,
+            language: &self.raw.language,
+            robot_version: &self.raw.robot_version,
+        }
+    }
+
+    fn expected(&self, from_version: u64, to_version: u64) -> Expected<'_> {
+        Expected {
+            package: self.package,
+            file_name: &self.raw.file_name,
+            language: &self.raw.language,
+            robot_version: &self.raw.robot_version,
+            from_version,
+            to_version,
+        }
+    }
+}
+
+/// The version before the one being built, in a file's order.
+struct Previous {
+    code: u64,
+    /// Its full file, if the catalog gives one.
+    data: Option<Vec<u8>>,
+    /// Its whole content, kept only when signing, since a signature covers the result of a patch.
+    content: Option<Vec<u8>>,
+}
+
+/// The packages, and every file served for them under `/version/`.
+struct Packages {
+    packages: Vec<Package>,
+    patches: HashMap<String, PatchInfo>,
+    statements: HashMap<String, (Vec<u8>, String)>,
+}
+
 impl Loader {
     fn invalid(&self, entry: impl Into<String>, problem: impl Into<String>) -> CatalogError {
         CatalogError::Invalid {
@@ -492,35 +572,62 @@ impl Loader {
         })
     }
 
+    /// Builds the catalog section by section, in the order of the file.
     fn build(self, raw: RawCatalog) -> Result<Catalog, CatalogError> {
+        let server = self.build_server(&raw.server)?;
+        let clients = self.build_clients(raw.clients)?;
+        let users = self.build_users(raw.users)?;
+        let ids = self.collect_ids(&raw.packages)?;
+        let built = PackageBuilder::new(&self, &server, ids).build(raw.packages)?;
+        Ok(Catalog {
+            path: self.path,
+            settings: server.settings,
+            clients,
+            users,
+            packages: built.packages,
+            patches: built.patches,
+            statements: built.statements,
+            public_key: server.signing.as_ref().map(|s| s.key.public()),
+        })
+    }
+
+    /// The `[server]` table: the token settings, the patch cache and how to sign.
+    fn build_server(&self, raw: &RawServer) -> Result<ServerSection, CatalogError> {
         let settings = Settings {
-            expires_in: raw.server.expires_in.unwrap_or(DEFAULT_EXPIRES_IN),
-            refresh_expires_in: raw
-                .server
-                .refresh_expires_in
-                .unwrap_or(DEFAULT_REFRESH_EXPIRES_IN),
-            token_get: raw.server.token_get.unwrap_or(true),
+            expires_in: raw.expires_in.unwrap_or(DEFAULT_EXPIRES_IN),
+            refresh_expires_in: raw.refresh_expires_in.unwrap_or(DEFAULT_REFRESH_EXPIRES_IN),
+            token_get: raw.token_get.unwrap_or(true),
         };
-        let cache_dir = self.dir.join(
-            raw.server
-                .cache_dir
-                .as_deref()
-                .unwrap_or(Path::new("cache")),
-        );
-        let signing_key = match &raw.server.signing_key {
+        let cache_dir = self
+            .dir
+            .join(raw.cache_dir.as_deref().unwrap_or(Path::new("cache")));
+        let key = match &raw.signing_key {
             Some(file) => Some(self.signing_key(file)?),
             None => None,
         };
-        let metadata_format = raw.server.metadata_format.unwrap_or(ota_signing::FORMAT);
+        let metadata_format = raw.metadata_format.unwrap_or(ota_signing::FORMAT);
         if ![ota_signing::FORMAT_2, ota_signing::FORMAT].contains(&metadata_format) {
             return Err(self.invalid(
                 "server metadata_format",
                 format!("is {metadata_format}; the server writes format 2 or 3"),
             ));
         }
+        let signing = key.map(|key| Signing {
+            key,
+            metadata_format,
+            statement_lifetime: raw.statement_lifetime.unwrap_or(86_400),
+        });
+        Ok(ServerSection {
+            settings,
+            cache_dir,
+            signing,
+        })
+    }
 
+    /// The `[[client]]` tables: each client's secret by its id.
+    fn build_clients(&self, raw: Vec<RawClient>) -> Result<HashMap<String, String>, CatalogError> {
         let mut clients = HashMap::new();
-        for c in raw.clients {
+        for c in raw {
             if c.id.is_empty() {
                 return Err(self.invalid("client", "empty id"));
             }
@@ -528,8 +635,13 @@ impl Loader {
                 return Err(self.invalid(format!("client \"{}\"", c.id), "duplicate client id"));
             }
         }
+        Ok(clients)
+    }
+
+    /// The `[[user]]` tables: each user's password by the username.
+    fn build_users(&self, raw: Vec<RawUser>) -> Result<HashMap<String, String>, CatalogError> {
         let mut users = HashMap::new();
-        for u in raw.users {
+        for u in raw {
             if u.username.is_empty() {
                 return Err(self.invalid("user", "empty username"));
             }
@@ -537,10 +649,14 @@ impl Loader {
                 return Err(self.invalid(format!("user \"{}\"", u.username), "duplicate username"));
             }
         }
+        Ok(users)
+    }
 
+    /// The update ids the versions name, checked before any package is built.
+    fn collect_ids(&self, packages: &[RawPackage]) -> Result<Ids, CatalogError> {
         // Explicit ids are collected first so that auto-assigned ones never collide with them.
-        let mut used_ids = HashSet::new();
-        for p in &raw.packages {
+        let mut used = HashSet::new();
+        for p in packages {
             for f in &p.files {
                 for v in &f.versions {
                     if let Some(id) = &v.id {
@@ -551,254 +667,14 @@ impl Loader {
                         if id.is_empty() || id.contains(';') {
                             return Err(self.invalid(entry, format!("bad id \"{id}\"")));
                         }
-                        if !used_ids.insert(id.clone()) {
+                        if !used.insert(id.clone()) {
                             return Err(self.invalid(entry, format!("duplicate id \"{id}\"")));
                         }
                     }
                 }
             }
         }
-        let mut next_auto = 1u64;
-        let mut auto_id = || loop {
-            let candidate = next_auto.to_string();
-            next_auto += 1;
-            if !used_ids.contains(&candidate) {
-                used_ids.insert(candidate.clone());
-                return candidate;
-            }
-        };
-
-        let mut packages = Vec::new();
-        let mut patches = HashMap::new();
-        let mut statements = HashMap::new();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let mut names = HashSet::new();
-        for p in raw.packages {
-            let pentry = format!("package \"{}\"", p.name);
-            if !url_safe(&p.name) {
-                return Err(self.invalid(
-                    pentry,
-                    "name must be non-empty and use only letters, digits, '.', '_' and '-'",
-                ));
-            }
-            if !names.insert(p.name.clone()) {
-                return Err(self.invalid(pentry, "duplicate package"));
-            }
-            let label = p.label.clone().unwrap_or_else(|| p.name.clone());
-            if !url_safe(&label) {
-                return Err(self.invalid(
-                    pentry,
-                    "label must use only letters, digits, '.', '_' and '-'",
-                ));
-            }
-            let mut files = Vec::new();
-            let mut seen_files = HashSet::new();
-            for f in p.files {
-                let fentry = format!(
-                    "package \"{}\" file \"{}\" language \"{}\"",
-                    p.name, f.file_name, f.language
-                );
-                if !url_safe(&f.file_name) || !url_safe(&f.language) {
-                    return Err(self.invalid(
-                        fentry,
-                        "file_name and language must be non-empty and use only letters, digits, '.', '_' and '-'",
-                    ));
-                }
-                if !seen_files.insert((f.file_name.clone(), f.language.clone())) {
-                    return Err(self.invalid(fentry, "duplicate file and language"));
-                }
-                if f.versions.is_empty() {
-                    return Err(self.invalid(fentry, "no versions"));
-                }
-                let mut versions = Vec::new();
-                let mut previous: Option<(u64, Option<Vec<u8>>)> = None;
-                // The whole content of the previous version, kept only when signing, since a
-                // signature covers the result of a patch.
-                let mut previous_content: Option<Vec<u8>> = None;
-                for v in f.versions {
-                    let ventry = format!("{fentry} version {}", v.code);
-                    if !url_safe(&v.name) {
-                        return Err(self.invalid(
-                            ventry,
-                            "name must be non-empty and use only letters, digits, '.', '_' and '-'",
-                        ));
-                    }
-                    if v.file.is_none() && v.patch.is_none() {
-                        return Err(self.invalid(ventry, "neither file nor patch given"));
-                    }
-                    let data = match &v.file {
-                        Some(file) => Some(self.read(&ventry, file)?),
-                        None => None,
-                    };
-                    let Some((prev_code, prev_data)) = previous.take() else {
-                        if v.patch.is_some() && data.is_none() {
-                            return Err(self.invalid(
-                                ventry,
-                                "the first version needs a full file, since no patch leads to it",
-                            ));
-                        }
-                        if let Some(id) = &v.id {
-                            return Err(self.invalid(
-                                ventry,
-                                format!(
-                                    "the first version has no patch, so it cannot have id \"{id}\""
-                                ),
-                            ));
-                        }
-                        versions.push(Version {
-                            code: v.code,
-                            patch: None,
-                        });
-                        if signing_key.is_some() {
-                            previous_content.clone_from(&data);
-                        }
-                        previous = Some((v.code, data));
-                        continue;
-                    };
-                    if v.code <= prev_code {
-                        return Err(self.invalid(
-                            ventry,
-                            format!(
-                                "version codes must increase strictly, but {} follows {prev_code}",
-                                v.code
-                            ),
-                        ));
-                    }
-                    let id = v.id.clone().unwrap_or_else(&mut auto_id);
-                    let url_path = format!(
-                        "/version/{}/{}/{}-{}--{}--{}.patch",
-                        p.name, f.language, label, v.name, v.code, f.file_name
-                    );
-                    let file = match (&v.patch, &prev_data, &data) {
-                        (Some(patch), _, _) => {
-                            let bytes = self.read(&ventry, patch)?;
-                            if !bytes.starts_with(b"BSDIFF40") {
-                                return Err(self.invalid(
-                                    ventry,
-                                    format!(
-                                        "{} is not a bsdiff 4.x patch (no BSDIFF40 header)",
-                                        patch.display()
-                                    ),
-                                ));
-                            }
-                            self.dir.join(patch)
-                        }
-                        (None, Some(old), Some(new)) => {
-                            self.cached_patch(&ventry, &cache_dir, old, new)?
-                        }
-                        (None, None, _) => {
-                            return Err(self.invalid(
-                                ventry,
-                                format!(
-                                    "needs a patch, since version {prev_code} has no full file"
-                                ),
-                            ));
-                        }
-                        (None, Some(_), None) => unreachable!("a version without file has a patch"),
-                    };
-                    let patch_bytes = fs::read(&file).map_err(|source| CatalogError::File {
-                        path: self.path.clone(),
-                        entry: ventry.clone(),
-                        file: file.clone(),
-                        source,
-                    })?;
-                    let signed = match &signing_key {
-                        Some(key) => {
-                            // Format 3 names the base: the content the patch applies to.
-                            let Some(base) = previous_content.take() else {
-                                return Err(self.invalid(
-                                    &ventry,
-                                    format!(
-                                        "the content of version {prev_code} is unknown, so the patch cannot be signed"
-                                    ),
-                                ));
-                            };
-                            let result = match &data {
-                                Some(new) => new.clone(),
-                                None => {
-                                    self.apply(&ventry, prev_code, &patch_bytes, Some(&base))?
-                                }
-                            };
-                            let expected = Expected {
-                                package: &p.name,
-                                file_name: &f.file_name,
-                                language: &f.language,
-                                robot_version: &f.robot_version,
-                                from_version: prev_code,
-                                to_version: v.code,
-                            };
-                            let mut metadata =
-                                Metadata::describe(&expected, &base, &patch_bytes, &result);
-                            if metadata_format == ota_signing::FORMAT_2 {
-                                (metadata.format, metadata.from_sha256) = (metadata_format, None);
-                            }
-                            let (json, signature) = metadata.sign(key);
-                            previous_content = Some(result);
-                            Some(SignedMetadata {
-                                metadata,
-                                json,
-                                signature,
-                            })
-                        }
-                        None => None,
-                    };
-                    patches.insert(
-                        url_path.clone(),
-                        PatchInfo {
-                            id: id.clone(),
-                            url_path: url_path.clone(),
-                            file,
-                            len: patch_bytes.len() as u64,
-                            etag: etag(&patch_bytes),
-                            from_code: prev_code,
-                            to_code: v.code,
-                            signed,
-                        },
-                    );
-                    versions.push(Version {
-                        code: v.code,
-                        patch: Some((id, url_path)),
-                    });
-                    previous = Some((v.code, data));
-                }
-                if let (Some(key), Some(latest)) = (&signing_key, versions.last()) {
-                    let target = ota_signing::Target {
-                        package: &p.name,
-                        file_name: &f.file_name,
-                        language: &f.language,
-                        robot_version: &f.robot_version,
-                    };
-                    let lifetime = raw.server.statement_lifetime.unwrap_or(86_400);
-                    let statement =
-                        ota_signing::Statement::new(&target, latest.code, now, lifetime);
-                    let (json, signature) = statement.sign(key);
-                    let path = format!("/version/{}", ota_signing::statement_path(&target));
-                    statements.insert(path, (json, signature));
-                }
-                files.push(FileEntry {
-                    file_name: f.file_name,
-                    language: f.language,
-                    versions,
-                });
-            }
-            packages.push(Package {
-                name: p.name,
-                robots: p.robots,
-                files,
-            });
-        }
-        Ok(Catalog {
-            path: self.path,
-            settings,
-            clients,
-            users,
-            packages,
-            patches,
-            statements,
-            public_key: signing_key.as_ref().map(SecretKey::public),
-        })
+        Ok(Ids { used, next_auto: 1 })
     }
 
     fn signing_key(&self, file: &Path) -> Result<SecretKey, CatalogError> {
@@ -896,6 +772,355 @@ impl Loader {
             patch.len()
         );
         Ok(target)
+    }
+}
+
+/// Builds the `[[package]]` tables in turn, with the patches and statements served for them.
+struct PackageBuilder<'a> {
+    loader: &'a Loader,
+    server: &'a ServerSection,
+    ids: Ids,
+    /// When the statements are made, in seconds since the Unix epoch.
+    now: u64,
+    patches: HashMap<String, PatchInfo>,
+    statements: HashMap<String, (Vec<u8>, String)>,
+}
+
+impl<'a> PackageBuilder<'a> {
+    fn new(loader: &'a Loader, server: &'a ServerSection, ids: Ids) -> PackageBuilder<'a> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        PackageBuilder {
+            loader,
+            server,
+            ids,
+            now,
+            patches: HashMap::new(),
+            statements: HashMap::new(),
+        }
+    }
+
+    /// Builds every package, in the catalog's order.
+    fn build(mut self, raw: Vec<RawPackage>) -> Result<Packages, CatalogError> {
+        let mut packages = Vec::new();
+        let mut names = HashSet::new();
+        for p in raw {
+            packages.push(self.build_package(p, &mut names)?);
+        }
+        Ok(Packages {
+            packages,
+            patches: self.patches,
+            statements: self.statements,
+        })
+    }
+
+    /// One `[[package]]` table and its files; `names` holds the packages before it.
+    fn build_package(
+        &mut self,
+        p: RawPackage,
+        names: &mut HashSet<String>,
+    ) -> Result<Package, CatalogError> {
+        let pentry = format!("package \"{}\"", p.name);
+        if !url_safe(&p.name) {
+            return Err(self.loader.invalid(
+                pentry,
+                "name must be non-empty and use only letters, digits, '.', '_' and '-'",
+            ));
+        }
+        if !names.insert(p.name.clone()) {
+            return Err(self.loader.invalid(pentry, "duplicate package"));
+        }
+        let label = p.label.clone().unwrap_or_else(|| p.name.clone());
+        if !url_safe(&label) {
+            return Err(self.loader.invalid(
+                pentry,
+                "label must use only letters, digits, '.', '_' and '-'",
+            ));
+        }
+        let mut files = Vec::new();
+        let mut seen_files = HashSet::new();
+        for f in p.files {
+            files.push(self.build_file(&p.name, &label, f, &mut seen_files)?);
+        }
+        Ok(Package {
+            name: p.name,
+            robots: p.robots,
+            files,
+        })
+    }
+
+    /// One `[[package.file]]` table and its versions; `seen` holds the package's files before it.
+    fn build_file(
+        &mut self,
+        package: &str,
+        label: &str,
+        f: RawFile,
+        seen: &mut HashSet<(String, String)>,
+    ) -> Result<FileEntry, CatalogError> {
+        let fentry = format!(
+            "package \"{}\" file \"{}\" language \"{}\"",
+            package, f.file_name, f.language
+        );
+        if !url_safe(&f.file_name) || !url_safe(&f.language) {
+            return Err(self.loader.invalid(
+                fentry,
+                "file_name and language must be non-empty and use only letters, digits, '.', '_' and '-'",
+            ));
+        }
+        if !seen.insert((f.file_name.clone(), f.language.clone())) {
+            return Err(self.loader.invalid(fentry, "duplicate file and language"));
+        }
+        if f.versions.is_empty() {
+            return Err(self.loader.invalid(fentry, "no versions"));
+        }
+        let file = FileRef {
+            package,
+            label,
+            raw: &f,
+        };
+        let mut versions = Vec::new();
+        let mut previous = None;
+        for v in &f.versions {
+            let ventry = format!("{fentry} version {}", v.code);
+            let (version, this) = self.build_version(&file, v, previous.take(), &ventry)?;
+            versions.push(version);
+            previous = Some(this);
+        }
+        if let Some(latest) = versions.last() {
+            self.sign_statement(&file, latest.code);
+        }
+        Ok(FileEntry {
+            file_name: f.file_name,
+            language: f.language,
+            versions,
+        })
+    }
+
+    /// One `[[package.file.version]]` table, after the file's `previous` version if any.
+    fn build_version(
+        &mut self,
+        file: &FileRef<'_>,
+        v: &RawVersion,
+        previous: Option<Previous>,
+        ventry: &str,
+    ) -> Result<(Version, Previous), CatalogError> {
+        if !url_safe(&v.name) {
+            return Err(self.loader.invalid(
+                ventry,
+                "name must be non-empty and use only letters, digits, '.', '_' and '-'",
+            ));
+        }
+        if v.file.is_none() && v.patch.is_none() {
+            return Err(self.loader.invalid(ventry, "neither file nor patch given"));
+        }
+        let data = match &v.file {
+            Some(file) => Some(self.loader.read(ventry, file)?),
+            None => None,
+        };
+        match previous {
+            None => self.first_version(v, data, ventry),
+            Some(previous) => self.next_version(file, v, data, previous, ventry),
+        }
+    }
+
+    /// The first version of a file, which no patch leads to.
+    fn first_version(
+        &self,
+        v: &RawVersion,
+        data: Option<Vec<u8>>,
+        ventry: &str,
+    ) -> Result<(Version, Previous), CatalogError> {
+        if v.patch.is_some() && data.is_none() {
+            return Err(self.loader.invalid(
+                ventry,
+                "the first version needs a full file, since no patch leads to it",
+            ));
+        }
+        if let Some(id) = &v.id {
+            return Err(self.loader.invalid(
+                ventry,
+                format!("the first version has no patch, so it cannot have id \"{id}\""),
+            ));
+        }
+        let content = if self.server.signing.is_some() {
+            data.clone()
+        } else {
+            None
+        };
+        let version = Version {
+            code: v.code,
+            patch: None,
+        };
+        Ok((
+            version,
+            Previous {
+                code: v.code,
+                data,
+                content,
+            },
+        ))
+    }
+
+    /// A later version of a file, with the patch that leads to it from `previous`.
+    fn next_version(
+        &mut self,
+        file: &FileRef<'_>,
+        v: &RawVersion,
+        data: Option<Vec<u8>>,
+        previous: Previous,
+        ventry: &str,
+    ) -> Result<(Version, Previous), CatalogError> {
+        if v.code <= previous.code {
+            return Err(self.loader.invalid(
+                ventry,
+                format!(
+                    "version codes must increase strictly, but {} follows {}",
+                    v.code, previous.code
+                ),
+            ));
+        }
+        let id = v.id.clone().unwrap_or_else(|| self.ids.assign());
+        let url_path = format!(
+            "/version/{}/{}/{}-{}--{}--{}.patch",
+            file.package, file.raw.language, file.label, v.name, v.code, file.raw.file_name
+        );
+        let patch_file = self.patch_file(v, &previous, data.as_deref(), ventry)?;
+        let patch = fs::read(&patch_file).map_err(|source| CatalogError::File {
+            path: self.loader.path.clone(),
+            entry: ventry.to_string(),
+            file: patch_file.clone(),
+            source,
+        })?;
+        let (signed, content) = match &self.server.signing {
+            Some(signing) => {
+                let expected = file.expected(previous.code, v.code);
+                let (signed, result) = self.sign_patch(
+                    signing,
+                    &expected,
+                    previous.content,
+                    data.as_deref(),
+                    &patch,
+                    ventry,
+                )?;
+                (Some(signed), Some(result))
+            }
+            None => (None, None),
+        };
+        self.patches.insert(
+            url_path.clone(),
+            PatchInfo {
+                id: id.clone(),
+                url_path: url_path.clone(),
+                file: patch_file,
+                len: patch.len() as u64,
+                etag: etag(&patch),
+                from_code: previous.code,
+                to_code: v.code,
+                signed,
+            },
+        );
+        let version = Version {
+            code: v.code,
+            patch: Some((id, url_path)),
+        };
+        Ok((
+            version,
+            Previous {
+                code: v.code,
+                data,
+                content,
+            },
+        ))
+    }
+
+    /// The patch to a version from `previous`: the catalog's own, or one made from the two full
+    /// files.
+    fn patch_file(
+        &self,
+        v: &RawVersion,
+        previous: &Previous,
+        new: Option<&[u8]>,
+        ventry: &str,
+    ) -> Result<PathBuf, CatalogError> {
+        match (&v.patch, &previous.data, new) {
+            (Some(patch), _, _) => {
+                let bytes = self.loader.read(ventry, patch)?;
+                if !bytes.starts_with(b"BSDIFF40") {
+                    return Err(self.loader.invalid(
+                        ventry,
+                        format!(
+                            "{} is not a bsdiff 4.x patch (no BSDIFF40 header)",
+                            patch.display()
+                        ),
+                    ));
+                }
+                Ok(self.loader.dir.join(patch))
+            }
+            (None, Some(old), Some(new)) => {
+                self.loader
+                    .cached_patch(ventry, &self.server.cache_dir, old, new)
+            }
+            (None, None, _) => Err(self.loader.invalid(
+                ventry,
+                format!(
+                    "needs a patch, since version {} has no full file",
+                    previous.code
+                ),
+            )),
+            (None, Some(_), None) => unreachable!("a version without file has a patch"),
+        }
+    }
+
+    /// The signed metadata of `patch`, and the content it produces, which the next patch
+    /// applies to.
+    fn sign_patch(
+        &self,
+        signing: &Signing,
+        expected: &Expected<'_>,
+        base: Option<Vec<u8>>,
+        new: Option<&[u8]>,
+        patch: &[u8],
+        ventry: &str,
+    ) -> Result<(SignedMetadata, Vec<u8>), CatalogError> {
+        let prev_code = expected.from_version;
+        // Format 3 names the base: the content the patch applies to.
+        let Some(base) = base else {
+            return Err(self.loader.invalid(
+                ventry,
+                format!(
+                    "the content of version {prev_code} is unknown, so the patch cannot be signed"
+                ),
+            ));
+        };
+        let result = match new {
+            Some(new) => new.to_vec(),
+            None => self.loader.apply(ventry, prev_code, patch, Some(&base))?,
+        };
+        let mut metadata = Metadata::describe(expected, &base, patch, &result);
+        if signing.metadata_format == ota_signing::FORMAT_2 {
+            (metadata.format, metadata.from_sha256) = (signing.metadata_format, None);
+        }
+        let (json, signature) = metadata.sign(&signing.key);
+        let signed = SignedMetadata {
+            metadata,
+            json,
+            signature,
+        };
+        Ok((signed, result))
+    }
+
+    /// Signs the statement that `latest` is the file's newest version, when the catalog has a key.
+    fn sign_statement(&mut self, file: &FileRef<'_>, latest: u64) {
+        let Some(signing) = &self.server.signing else {
+            return;
+        };
+        let target = file.target();
+        let statement =
+            ota_signing::Statement::new(&target, latest, self.now, signing.statement_lifetime);
+        let (json, signature) = statement.sign(&signing.key);
+        let path = format!("/version/{}", ota_signing::statement_path(&target));
+        self.statements.insert(path, (json, signature));
     }
 }
 
