@@ -34,7 +34,7 @@ SEED = int(ENV.get("ROBOT_VM_SEED") or random.SystemRandom().randrange(1 << 31))
 X86_CUTS = int(ENV.get("ROBOT_VM_CUTS", "100"))
 ARM_CUTS = int(ENV.get("ROBOT_VM_ARM_CUTS", "10"))
 # Fsyncs to skip in turn (agent/src/fault.rs), each in a loop of its own that must catch it
-# within TOOTH_CUTS cuts (the README says how often that count caught the staged one).
+# within TOOTH_CUTS cuts (docs/development.md says how often that count caught the staged one).
 TEETH = [p for p in ENV.get("ROBOT_VM_TEETH", "").split(",") if p]
 TOOTH_CUTS = int(ENV.get("ROBOT_VM_TOOTH_CUTS", "3"))
 ONLY = set(filter(None, ENV.get("ROBOT_VM_ONLY", "proofs,arm,x86").split(",")))

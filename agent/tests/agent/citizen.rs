@@ -504,7 +504,7 @@ async fn the_environments_proxy_is_used_and_an_empty_key_turns_proxies_off() {
     assert_eq!(w.installed(), w.version(18));
 }
 
-/// The battery gate that the README shows, against a fake `/sys/class/power_supply`.
+/// The battery gate that docs/operating.md shows, against a fake `/sys/class/power_supply`.
 fn battery_gate() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/hooks/battery-gate")
 }
