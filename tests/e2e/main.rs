@@ -5,4 +5,5 @@
 mod demo;
 mod faults;
 mod helpers;
+mod house;
 mod power_loss;
