@@ -172,14 +172,7 @@ pub async fn run(
                 )),
                 n => notifier.status(&format!("{n} failure(s) in a row; next try at {at}")),
             }
-            let stop = watched(&notifier, ping, None, async {
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => false,
-                    () = shutdown.wait() => true,
-                }
-            })
-            .await;
-            if stop {
+            if sleep_watched(&notifier, ping, delay, &mut shutdown).await {
                 break;
             }
         }
@@ -268,14 +261,7 @@ async fn open_when_possible(
             notifier.ready(&status);
             told = true;
         }
-        let stop = watched(notifier, ping, None, async {
-            tokio::select! {
-                () = tokio::time::sleep(delay) => false,
-                () = shutdown.wait() => true,
-            }
-        })
-        .await;
-        if stop {
+        if sleep_watched(notifier, ping, delay, shutdown).await {
             return Ok(None);
         }
     }
@@ -325,6 +311,22 @@ fn stall_limit(config: &Config) -> Duration {
     .max()
     .unwrap_or_default()
         + Duration::from_secs(60)
+}
+
+/// Sleeps `delay` with the watchdog fed every `ping`; true when a stop came first.
+async fn sleep_watched(
+    notifier: &Notifier,
+    ping: Option<Duration>,
+    delay: Duration,
+    shutdown: &mut Shutdown,
+) -> bool {
+    watched(notifier, ping, None, async {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => false,
+            () = shutdown.wait() => true,
+        }
+    })
+    .await
 }
 
 /// Drives `work` to its end, sending `WATCHDOG=1` every `every` while it is pending and, when

@@ -575,8 +575,12 @@ impl Loader {
     /// Builds the catalog section by section, in the order of the file.
     fn build(self, raw: RawCatalog) -> Result<Catalog, CatalogError> {
         let server = self.build_server(&raw.server)?;
-        let clients = self.build_clients(raw.clients)?;
-        let users = self.build_users(raw.users)?;
+        let clients = raw.clients.into_iter().map(|c| (c.id, c.secret));
+        let clients =
+            self.secrets_by_name("client", clients, ("empty id", "duplicate client id"))?;
+        let users = raw.users.into_iter().map(|u| (u.username, u.password));
+        let users =
+            self.secrets_by_name("user", users, ("empty username", "duplicate username"))?;
         let ids = self.collect_ids(&raw.packages)?;
         let built = PackageBuilder::new(&self, &server, ids).build(raw.packages)?;
         Ok(Catalog {
@@ -624,32 +628,24 @@ impl Loader {
         })
     }
 
-    /// The `[[client]]` tables: each client's secret by its id.
-    fn build_clients(&self, raw: Vec<RawClient>) -> Result<HashMap<String, String>, CatalogError> {
-        let mut clients = HashMap::new();
-        for c in raw {
-            if c.id.is_empty() {
-                return Err(self.invalid("client", "empty id"));
+    /// Secrets by name, from the `[[client]]` (`table` "client") or `[[user]]` tables: every
+    /// name given, and given once.
+    fn secrets_by_name(
+        &self,
+        table: &str,
+        entries: impl IntoIterator<Item = (String, String)>,
+        (empty, duplicate): (&str, &str),
+    ) -> Result<HashMap<String, String>, CatalogError> {
+        let mut by_name = HashMap::new();
+        for (name, secret) in entries {
+            if name.is_empty() {
+                return Err(self.invalid(table, empty));
             }
-            if clients.insert(c.id.clone(), c.secret).is_some() {
-                return Err(self.invalid(format!("client \"{}\"", c.id), "duplicate client id"));
-            }
-        }
-        Ok(clients)
-    }
-
-    /// The `[[user]]` tables: each user's password by the username.
-    fn build_users(&self, raw: Vec<RawUser>) -> Result<HashMap<String, String>, CatalogError> {
-        let mut users = HashMap::new();
-        for u in raw {
-            if u.username.is_empty() {
-                return Err(self.invalid("user", "empty username"));
-            }
-            if users.insert(u.username.clone(), u.password).is_some() {
-                return Err(self.invalid(format!("user \"{}\"", u.username), "duplicate username"));
+            if by_name.insert(name.clone(), secret).is_some() {
+                return Err(self.invalid(format!("{table} \"{name}\""), duplicate));
             }
         }
-        Ok(users)
+        Ok(by_name)
     }
 
     /// The update ids the versions name, checked before any package is built.

@@ -44,6 +44,7 @@ mod outcome;
 mod reconcile;
 mod report;
 mod statement;
+mod transfer;
 mod verify;
 mod wait;
 
