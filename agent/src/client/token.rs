@@ -5,8 +5,10 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use tokio::time::Instant;
 
+use super::Client;
+use super::error::{ClientError, transport};
+use super::response::{read_limited, status_error};
 use super::wire::{TokenBody, parse_token};
-use super::{Client, ClientError, read_limited, status_error, transport};
 use crate::config;
 use crate::redact;
 
