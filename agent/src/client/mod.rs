@@ -45,7 +45,7 @@ pub enum Ack {
 
 /// The robot identity sent with every check.
 #[derive(Debug, Clone)]
-pub struct Robot {
+pub struct Identity {
     pub id: String,
     pub version: String,
 }
@@ -66,7 +66,7 @@ pub struct Client {
     /// For the token, the check and the callbacks: redirects within the server's origin only.
     api: reqwest::Client,
     base: String,
-    robot: Robot,
+    robot: Identity,
     tokens: Mutex<TokenCache>,
     config_secrets: Vec<String>,
     /// The total time an API request (token, check, callback, a sidecar, a size) may take.
@@ -138,7 +138,7 @@ impl Client {
             http,
             api,
             base: config.server.url.trim_end_matches('/').to_owned(),
-            robot: Robot {
+            robot: Identity {
                 id: robot_id,
                 version: config.robot.version.clone(),
             },
