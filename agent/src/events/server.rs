@@ -21,7 +21,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::Instant;
 
-use super::{Event, Inner, WRITE_TIMEOUT, line};
+use super::schema::{Event, line};
+use super::{Inner, WRITE_TIMEOUT};
 use crate::unix_now;
 
 /// Clients at once.

@@ -8,24 +8,26 @@
 //! client: one that falls [`BACKLOG`] events behind, or does not take a line within
 //! [`WRITE_TIMEOUT`], is disconnected.
 
+mod schema;
+mod server;
+mod watch;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 // Tokio's clock, so that tests with paused time see the progress limit at work.
 use tokio::time::Instant;
 
-use crate::logger::utc;
-use crate::redact::printable;
 use crate::store::{Callback, ResultCode};
 use crate::unix_now;
+use schema::line;
 
-mod server;
+pub use schema::{Event, Step};
 pub use server::{MAX_CLIENTS, PENALTY, PER_USER, ROOT_RESERVE, UNREAD_LIMIT};
+pub use watch::{EventsError, watch};
 
 /// Events a client may fall behind before it is disconnected.
 pub const BACKLOG: usize = 256;
@@ -33,212 +35,6 @@ pub const BACKLOG: usize = 256;
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most often a download's progress is published (its end always is).
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
-
-#[derive(Debug, thiserror::Error)]
-pub enum EventsError {
-    #[error("cannot connect to the agent's events at {path} (is the agent running?)")]
-    Connect {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot read the agent's events from {path}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot write the events")]
-    Write(#[source] std::io::Error),
-    #[error("the agent closed the connection: {reason}")]
-    Closed { reason: String },
-}
-
-/// A step of the update cycle, as `step` events name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Step {
-    Check,
-    Verify,
-    Download,
-    Apply,
-    Install,
-    Report,
-}
-
-/// One line of the events socket. `package` is the package key (`name/file_name`), null for
-/// the events of the whole agent; `at_unix` is when the event happened.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum Event {
-    /// The first line to every client: the events that describe the present, in order.
-    Snapshot {
-        package: Option<String>,
-        at_unix: u64,
-        events: Vec<Event>,
-    },
-    /// A step of a package's cycle began, for the update of `ids` (none yet for `check`);
-    /// `hook` names the hook that the install step runs.
-    Step {
-        package: String,
-        at_unix: u64,
-        step: Step,
-        ids: Vec<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        hook: Option<String>,
-    },
-    /// Bytes of patch `id` arrived: at most once a second per download, and at its end.
-    Progress {
-        package: String,
-        at_unix: u64,
-        id: String,
-        bytes: u64,
-        total: Option<u64>,
-        percent: Option<u8>,
-    },
-    /// The update waits for the robot (`reason`), until `until_unix` at the latest.
-    Deferred {
-        package: String,
-        at_unix: u64,
-        ids: Vec<String>,
-        reason: String,
-        until_unix: u64,
-    },
-    /// The update waits for its update window, which opens at `until_unix`.
-    WaitingForWindow {
-        package: String,
-        at_unix: u64,
-        ids: Vec<String>,
-        until_unix: u64,
-    },
-    /// The result `code` of update `id` was queued for the server (1 installed, 2 failed,
-    /// 3 not updated yet).
-    Result {
-        package: String,
-        at_unix: u64,
-        id: String,
-        code: ResultCode,
-        queued_at_unix: u64,
-    },
-    /// The package's file is no version the agent can tell (`reason`): it is neither patched
-    /// nor checked for updates until something identifies it (`ota-agent adopt`, say).
-    Unidentified {
-        package: String,
-        at_unix: u64,
-        reason: String,
-    },
-    /// Nothing is under way until the next check.
-    Idle {
-        package: Option<String>,
-        at_unix: u64,
-        next_check_unix: u64,
-    },
-    /// The last line to a client the agent turns away or drops, and why (`reason`). An agent
-    /// that stops closes every connection without it.
-    Closed { at_unix: u64, reason: String },
-}
-
-impl Event {
-    /// What `ota-agent watch` prints: one line, or one per event of a snapshot.
-    pub fn to_text(&self) -> String {
-        let updates = |ids: &[String]| printable(&ids.join(", ")).into_owned();
-        match self {
-            Event::Snapshot { events, .. } => events
-                .iter()
-                .map(Event::to_text)
-                .collect::<Vec<_>>()
-                .join("\n"),
-            Event::Step {
-                package,
-                step: Step::Check,
-                ..
-            } => format!("{}: checking for updates", printable(package)),
-            Event::Step {
-                package,
-                step,
-                ids,
-                hook,
-                ..
-            } => {
-                let doing = match (step, hook) {
-                    (Step::Install, Some(hook)) => {
-                        format!("installing (running the {} hook)", printable(hook))
-                    }
-                    (Step::Verify, _) => "verifying".to_owned(),
-                    (Step::Download, _) => "downloading".to_owned(),
-                    (Step::Apply, _) => "applying".to_owned(),
-                    (Step::Install, None) => "installing".to_owned(),
-                    (Step::Report | Step::Check, _) => "sending the results".to_owned(),
-                };
-                format!("{}: update {}: {doing}", printable(package), updates(ids))
-            }
-            Event::Progress {
-                package,
-                id,
-                bytes,
-                total,
-                percent,
-                ..
-            } => match (total, percent) {
-                (Some(total), Some(percent)) => format!(
-                    "{}: update {}: downloading {percent}% ({bytes} of {total} bytes)",
-                    printable(package),
-                    printable(id)
-                ),
-                _ => format!(
-                    "{}: update {}: downloading ({bytes} bytes so far)",
-                    printable(package),
-                    printable(id)
-                ),
-            },
-            Event::Deferred {
-                package,
-                ids,
-                reason,
-                until_unix,
-                ..
-            } => format!(
-                "{}: update {}: deferred until {}: {}",
-                printable(package),
-                updates(ids),
-                utc(*until_unix),
-                printable(reason)
-            ),
-            Event::WaitingForWindow {
-                package,
-                ids,
-                until_unix,
-                ..
-            } => format!(
-                "{}: update {}: waiting for the update window, which opens at {}",
-                printable(package),
-                updates(ids),
-                utc(*until_unix)
-            ),
-            Event::Result {
-                package, id, code, ..
-            } => {
-                let meaning = code.meaning();
-                format!(
-                    "{}: update {}: result {code} ({meaning})",
-                    printable(package),
-                    printable(id)
-                )
-            }
-            Event::Unidentified {
-                package, reason, ..
-            } => format!(
-                "{}: unidentified: {}",
-                printable(package),
-                printable(reason)
-            ),
-            Event::Idle {
-                next_check_unix, ..
-            } => format!("idle; next check at {}", utc(*next_check_unix)),
-            Event::Closed { reason, .. } => {
-                format!("the agent closed the connection: {}", printable(reason))
-            }
-        }
-    }
-}
 
 /// The publisher the cycle and the daemon tell what they do. Cheap to clone; [`Events::none`]
 /// (the default) publishes nothing, for one-shot commands and tests.
@@ -520,53 +316,6 @@ impl Inner {
     }
 }
 
-fn line(event: &Event) -> Arc<str> {
-    let text = serde_json::to_string(event).expect("an event is plain data");
-    let mut text = crate::redact::json_printable(text);
-    text.push('\n');
-    text.into()
-}
-
-/// `ota-agent watch`: prints the events of the socket at `path` to `out` until the agent closes
-/// it, as they come (`json`) or as a line of text each.
-pub fn watch(path: &Path, json: bool, out: &mut dyn Write) -> Result<(), EventsError> {
-    let stream =
-        std::os::unix::net::UnixStream::connect(path).map_err(|source| EventsError::Connect {
-            path: path.to_owned(),
-            source,
-        })?;
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = reader
-            .read_line(&mut line)
-            .map_err(|source| EventsError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
-        if n == 0 {
-            return Ok(());
-        }
-        let raw = line.trim_end();
-        let event = serde_json::from_str::<Event>(raw);
-        if let Ok(Event::Closed { reason, .. }) = &event {
-            return Err(EventsError::Closed {
-                reason: printable(reason).into_owned(),
-            });
-        }
-        let text = match event {
-            Ok(event) if !json => event.to_text(),
-            // A newer agent's event, or the raw lines asked for (JSON holds no raw control
-            // character; a line that is not JSON is escaped like any outside text).
-            _ => printable(raw).into_owned(),
-        };
-        if !text.is_empty() {
-            writeln!(out, "{text}").map_err(EventsError::Write)?;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -698,96 +447,6 @@ mod tests {
             snapshot.contains("\"event\":\"unidentified\""),
             "{snapshot}"
         );
-    }
-
-    #[test]
-    fn watch_fails_when_the_agent_turns_it_away() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events.sock");
-        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let server = std::thread::spawn(move || {
-            let (mut stream, _) = listener.accept().unwrap();
-            let closed = Event::Closed {
-                at_unix: 0,
-                reason: "32 clients are connected already".into(),
-            };
-            std::io::Write::write_all(&mut stream, line(&closed).as_bytes()).unwrap();
-        });
-        let err = watch(&path, false, &mut Vec::new()).unwrap_err();
-        server.join().unwrap();
-        assert_eq!(
-            err.to_string(),
-            "the agent closed the connection: 32 clients are connected already"
-        );
-    }
-
-    /// What `watch` prints of a socket that sends `line` and closes.
-    fn watched(line: &'static [u8], json: bool) -> String {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events.sock");
-        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let server = std::thread::spawn(move || {
-            let (mut stream, _) = listener.accept().unwrap();
-            std::io::Write::write_all(&mut stream, line).unwrap();
-        });
-        let mut out = Vec::new();
-        watch(&path, json, &mut out).unwrap();
-        server.join().unwrap();
-        String::from_utf8(out).unwrap()
-    }
-
-    #[test]
-    fn watch_escapes_a_line_that_is_no_event() {
-        for json in [false, true] {
-            let out = watched(b"not an event \x1b[8m hidden \x07\r\n", json);
-            assert!(out.contains("not an event"), "{out}");
-            assert!(!out.contains(['\u{1b}', '\u{7}']), "{out:?}");
-        }
-    }
-
-    #[test]
-    fn events_read_as_one_line_each() {
-        let progress = Event::Progress {
-            package: PKG.into(),
-            at_unix: 1_800_000_000,
-            id: "23".into(),
-            bytes: 86_016,
-            total: Some(200_000),
-            percent: Some(43),
-        };
-        assert_eq!(
-            progress.to_text(),
-            format!("{PKG}: update 23: downloading 43% (86016 of 200000 bytes)")
-        );
-        let json = line(&progress);
-        assert!(
-            json.starts_with(r#"{"event":"progress","package":"#),
-            "{json}"
-        );
-        assert!(json.ends_with("}\n") && json.matches('\n').count() == 1);
-        let waiting = Event::WaitingForWindow {
-            package: PKG.into(),
-            at_unix: 0,
-            ids: ids(&["23", "25"]),
-            until_unix: 1_800_000_000,
-        };
-        assert_eq!(
-            waiting.to_text(),
-            format!(
-                "{PKG}: update 23, 25: waiting for the update window, which opens at {}",
-                utc(1_800_000_000)
-            )
-        );
-        // An id from the server cannot forge a line of its own.
-        let result = Event::Result {
-            package: PKG.into(),
-            at_unix: 0,
-            id: "23\nfake".into(),
-            code: ResultCode::Failed,
-            queued_at_unix: 0,
-        };
-        assert!(!result.to_text().contains('\n'));
-        assert!(!line(&result).trim_end().contains('\n'));
     }
 
     /// A client that stops reading is disconnected; the publisher never waits for it.
