@@ -60,17 +60,7 @@ impl ClientError {
 
     /// True when TLS refused the peer: an untrusted certificate or a pin mismatch.
     pub fn is_tls(&self) -> bool {
-        let ClientError::Transport { source, .. } = self else {
-            return false;
-        };
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
-        while let Some(e) = cause {
-            if is_rustls(e) {
-                return true;
-            }
-            cause = e.source();
-        }
-        false
+        self.rustls_errors().next().is_some()
     }
 
     /// True when TLS refused a certificate only because it is not valid yet: on a robot without
@@ -78,20 +68,23 @@ impl ClientError {
     /// clock is set. Never a verdict on the update.
     pub fn is_clock_behind(&self) -> bool {
         use rustls::{CertificateError, Error};
-        let ClientError::Transport { source, .. } = self else {
-            return false;
+        self.rustls_errors().any(|e| {
+            matches!(
+                e,
+                Error::InvalidCertificate(
+                    CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. }
+                )
+            )
+        })
+    }
+
+    /// The TLS errors along the causes of a failed request, outermost first.
+    fn rustls_errors(&self) -> impl Iterator<Item = &rustls::Error> {
+        let first: Option<&(dyn std::error::Error + 'static)> = match self {
+            ClientError::Transport { source, .. } => Some(source),
+            _ => None,
         };
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
-        while let Some(e) = cause {
-            if let Some(Error::InvalidCertificate(
-                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
-            )) = rustls_error(e)
-            {
-                return true;
-            }
-            cause = e.source();
-        }
-        false
+        std::iter::successors(first, |e| e.source()).filter_map(rustls_error)
     }
 
     /// True for an HTTP 4xx other than 408 and 429, in either of the server's error shapes.
@@ -111,17 +104,12 @@ impl ClientError {
     }
 }
 
-/// True for a `rustls::Error`, also when it travels inside a `std::io::Error`: hyper hands TLS
+/// `e` as a `rustls::Error`, also when it travels inside a `std::io::Error`: hyper hands TLS
 /// failures on that way, and `io::Error::source()` skips the error it wraps (it returns the
-/// wrapped error's own source), so a plain walk of the chain never meets it.
-fn is_rustls(e: &(dyn std::error::Error + 'static)) -> bool {
-    rustls_error(e).is_some()
-}
-
+/// wrapped error's own source), so a plain walk of the causes never meets it.
 fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
     let mut e = e;
-    // An io::Error's `source()` skips the error it wraps, and the connector wraps rustls's
-    // error in one io::Error inside another: each is unwrapped by hand.
+    // The connector wraps rustls's error in one io::Error inside another: each is unwrapped.
     for _ in 0..8 {
         if let Some(r) = e.downcast_ref::<rustls::Error>() {
             return Some(r);

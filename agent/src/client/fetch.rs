@@ -84,10 +84,7 @@ impl Client {
                 validator,
             }),
             StatusCode::PARTIAL_CONTENT if resuming => {
-                let range = resp
-                    .headers()
-                    .get(CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok());
+                let range = content_range(&resp);
                 let same_file = validator.as_deref() == recorded;
                 match range.and_then(parse_content_range) {
                     Some((Some((_, _)), Some(t))) if recorded_total.is_some_and(|r| r != t) => {
@@ -125,10 +122,7 @@ impl Client {
                 }
             }
             StatusCode::RANGE_NOT_SATISFIABLE if resuming => {
-                let range = resp
-                    .headers()
-                    .get(CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok());
+                let range = content_range(&resp);
                 match range.and_then(parse_content_range) {
                     // The partial file already holds the whole patch.
                     Some((None, Some(total))) if total == offset => Ok(Fetch {
@@ -162,6 +156,11 @@ fn validator_of(resp: &reqwest::Response) -> Option<String> {
     header(ETAG)
         .filter(|tag| !tag.starts_with("W/"))
         .or_else(|| header(LAST_MODIFIED))
+}
+
+/// The `Content-Range` header, as text.
+fn content_range(resp: &reqwest::Response) -> Option<&str> {
+    resp.headers().get(CONTENT_RANGE)?.to_str().ok()
 }
 
 /// A `Content-Range`: the inclusive byte range (absent in `*/total`) and the total (absent in `a-b/*`).

@@ -15,8 +15,8 @@ mod wire;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use reqwest::StatusCode;
 use reqwest::header::CONTENT_LENGTH;
+use reqwest::{Method, StatusCode};
 
 use crate::Shutdown;
 use crate::config::Config;
@@ -178,54 +178,49 @@ impl Client {
         all
     }
 
+    /// An answer the agent cannot use, as an error: `reason`, with every secret it may echo
+    /// masked.
+    fn unusable(&self, what: &'static str, reason: &str) -> ClientError {
+        ClientError::Invalid {
+            what,
+            reason: redact::text(reason, &self.secrets()),
+        }
+    }
+
     /// Asks which patches the installed file needs.
     pub async fn check(&self, req: &CheckRequest<'_>) -> Result<CheckAnswer, ClientError> {
         let what = "check";
+        let params = [
+            ("package_name", req.package_name),
+            ("version", req.version),
+            ("file_name", req.file_name),
+            ("language", req.language),
+            ("robot_version", self.robot.version.as_str()),
+            ("robot_id", self.robot.id.as_str()),
+        ];
         let body = self
-            .authed(what, |token| {
-                self.api
-                    .get(format!("{}/file/download", self.base))
-                    .query(&[
-                        ("access_token", token),
-                        ("package_name", req.package_name),
-                        ("version", req.version),
-                        ("file_name", req.file_name),
-                        ("language", req.language),
-                        ("robot_version", self.robot.version.as_str()),
-                        ("robot_id", self.robot.id.as_str()),
-                    ])
-            })
+            .authed(what, Method::GET, "/file/download", &params)
             .await?;
-        parse_check(&body).map_err(|reason| ClientError::Invalid {
-            what,
-            reason: redact::text(&reason, &self.secrets()),
-        })
+        parse_check(&body).map_err(|reason| self.unusable(what, &reason))
     }
 
     /// Reports the result of one update id.
     pub async fn callback(&self, id: &str, code: ResultCode) -> Result<Ack, ClientError> {
         let what = "callback";
         let code = code.to_string();
+        let params = [
+            ("id", id),
+            ("robot_id", self.robot.id.as_str()),
+            ("code", code.as_str()),
+        ];
         let body = self
-            .authed(what, |token| {
-                self.api
-                    .post(format!("{}/file/callback", self.base))
-                    .query(&[
-                        ("access_token", token),
-                        ("id", id),
-                        ("robot_id", self.robot.id.as_str()),
-                        ("code", code.as_str()),
-                    ])
-            })
+            .authed(what, Method::POST, "/file/callback", &params)
             .await?;
         match parse_callback(&body) {
             Ok(code) if code == "100" || code == "101" => Ok(Ack::Accepted),
             Ok(code) if matches!(code.as_str(), "102" | "103" | "104") => Ok(Ack::Rejected(code)),
             Ok(code) => Err(ClientError::Code { what, code }),
-            Err(reason) => Err(ClientError::Invalid {
-                what,
-                reason: redact::text(&reason, &self.secrets()),
-            }),
+            Err(reason) => Err(self.unusable(what, &reason)),
         }
     }
 
@@ -271,14 +266,26 @@ impl Client {
         .await
     }
 
-    /// Sends a request that carries `access_token`, re-authenticating once on `401 invalid_token`.
-    async fn authed<F>(&self, what: &'static str, build: F) -> Result<Vec<u8>, ClientError>
-    where
-        F: Fn(&str) -> reqwest::RequestBuilder,
-    {
+    /// Sends `method` to `path` with `access_token` and `params` in the query, getting a new
+    /// token and sending once more when the server refuses the one it got.
+    async fn authed(
+        &self,
+        what: &'static str,
+        method: Method,
+        path: &str,
+        params: &[(&str, &str)],
+    ) -> Result<Vec<u8>, ClientError> {
+        let url = format!("{}{path}", self.base);
         for attempt in 0..2 {
             let token = self.access_token().await?;
-            let req = build(&token).build().map_err(|e| transport(what, e))?;
+            let mut query = vec![("access_token", token.as_str())];
+            query.extend_from_slice(params);
+            let req = self
+                .api
+                .request(method.clone(), &url)
+                .query(&query)
+                .build()
+                .map_err(|e| transport(what, e))?;
             log::debug!("{} {}", req.method(), redact::url(req.url().as_str()));
             let answer = self
                 .bounded(what, self.request_timeout, async {

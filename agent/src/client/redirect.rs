@@ -41,9 +41,8 @@ fn redirect_refusal(
     allowed: Option<&[String]>,
     server: Option<&(String, String)>,
 ) -> Option<String> {
-    const MAX_REDIRECTS: usize = 5;
-    if previous.len() > MAX_REDIRECTS {
-        return Some(format!("more than {MAX_REDIRECTS} redirects"));
+    if let Some(reason) = too_many(previous) {
+        return Some(reason);
     }
     if previous.iter().any(|u| u.scheme() == "https") && next.scheme() != "https" {
         return Some("a redirect from https to plain http".into());
@@ -60,6 +59,12 @@ fn redirect_refusal(
         ));
     }
     None
+}
+
+/// Why a request is not redirected once more, if it is not: it has been too often already.
+fn too_many(previous: &[reqwest::Url]) -> Option<String> {
+    const MAX_REDIRECTS: usize = 5;
+    (previous.len() > MAX_REDIRECTS).then(|| format!("more than {MAX_REDIRECTS} redirects"))
 }
 
 /// A URL's origin: scheme, host and port.
@@ -81,9 +86,8 @@ fn api_redirect_refusal(
     next: &reqwest::Url,
     server: Option<&Origin>,
 ) -> Option<String> {
-    const MAX_REDIRECTS: usize = 5;
-    if previous.len() > MAX_REDIRECTS {
-        return Some(format!("more than {MAX_REDIRECTS} redirects"));
+    if let Some(reason) = too_many(previous) {
+        return Some(reason);
     }
     if server.is_some() && origin_of(next.as_str()).as_ref() == server {
         return None;

@@ -175,9 +175,6 @@ impl Client {
             return Err(status_error(what, resp, status, &self.secrets()).await);
         }
         let body = read_limited(what, resp, super::MAX_ANSWER).await?;
-        parse_token(&body).map_err(|reason| ClientError::Invalid {
-            what,
-            reason: redact::text(&reason, &self.secrets()),
-        })
+        parse_token(&body).map_err(|reason| self.unusable(what, &reason))
     }
 }
