@@ -46,7 +46,7 @@ USERNAME = "alpha2"
 PASSWORD = "rv-password-c41e88"
 ROBOT_ID = "15ae48ecs171faef35fafa5feafew"
 STEPS = ["download", "apply", "install", "report"]
-# The agent's log lines that mark the start of each step (cycle/download.rs, apply.rs,
+# The agent's log lines that mark the start of each step (cycle/transfer.rs, apply.rs,
 # install.rs, report.rs and daemon.rs), and the one that says it is idle again.
 MARKERS = {
     "download": re.compile(r"update \d+: downloaded \d+% \("),
