@@ -546,6 +546,24 @@ struct Previous {
     content: Option<Vec<u8>>,
 }
 
+impl Previous {
+    /// A version just built (`code`, with the patch that leads to it), and what the next one
+    /// needs of it.
+    fn built(
+        code: u64,
+        patch: Option<(String, String)>,
+        data: Option<Vec<u8>>,
+        content: Option<Vec<u8>>,
+    ) -> (Version, Previous) {
+        let previous = Previous {
+            code,
+            data,
+            content,
+        };
+        (Version { code, patch }, previous)
+    }
+}
+
 /// The packages, and every file served for them under `/version/`.
 struct Packages {
     packages: Vec<Package>,
@@ -944,18 +962,7 @@ impl<'a> PackageBuilder<'a> {
         } else {
             None
         };
-        let version = Version {
-            code: v.code,
-            patch: None,
-        };
-        Ok((
-            version,
-            Previous {
-                code: v.code,
-                data,
-                content,
-            },
-        ))
+        Ok(Previous::built(v.code, None, data, content))
     }
 
     /// A later version of a file, with the patch that leads to it from `previous`.
@@ -1016,18 +1023,7 @@ impl<'a> PackageBuilder<'a> {
                 signed,
             },
         );
-        let version = Version {
-            code: v.code,
-            patch: Some((id, url_path)),
-        };
-        Ok((
-            version,
-            Previous {
-                code: v.code,
-                data,
-                content,
-            },
-        ))
+        Ok(Previous::built(v.code, Some((id, url_path)), data, content))
     }
 
     /// The patch to a version from `previous`: the catalog's own, or one made from the two full
