@@ -62,11 +62,13 @@ pub(super) enum OnDisk {
 }
 
 impl OnDisk {
+    /// A new version with the base's very bytes (the vendor released the same file again) is
+    /// the new version: the install is in place, its hooks may have run, and it ends as one.
     pub(super) fn of(update: &Update, marker: &InstallState, sha256: Option<&str>) -> OnDisk {
-        if sha256 == Some(update.from_sha256.as_str()) {
-            OnDisk::Base
-        } else if sha256 == Some(marker.to_sha256.as_str()) {
+        if sha256 == Some(marker.to_sha256.as_str()) {
             OnDisk::New
+        } else if sha256 == Some(update.from_sha256.as_str()) {
+            OnDisk::Base
         } else {
             OnDisk::Other
         }

@@ -524,3 +524,39 @@ async fn a_hook_that_keeps_stopping_the_agent_is_rolled_back() {
     assert_eq!(w.installed(), w.version(16));
     assert_eq!(w.callbacks(), pairs(&[("23", "2"), ("25", "2")]));
 }
+
+/// Versions 17 and 18 with the very bytes of 16: the new file's sha256 is the base's.
+async fn identical_versions(extra: &str) -> World {
+    let copies = |dir: &std::path::Path, text| {
+        for code in [17, 18] {
+            let to = dir.join(format!("versions/{code}"));
+            std::fs::copy(dir.join("versions/16"), to).unwrap();
+        }
+        text
+    };
+    World::edited(crate::helpers::Serve::default(), copies, extra, "").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_with_the_old_bytes_whose_hooks_a_restart_cut_is_rolled_back() {
+    // The hook hangs once, as a new version that hangs the robot would; it runs only once.
+    let once = "echo run >> \"$OTA_PATH.runs\"; test -e \"$OTA_PATH.once\" || { touch \"$OTA_PATH.once\"; sleep 30; }";
+    let w = identical_versions(&format!("health_check = '{once}'")).await;
+    let child = spawn(&w);
+    let state = w.dir().join("state").join("state.json");
+    until("the hooks to start", || {
+        std::fs::read_to_string(&state).is_ok_and(|s| s.contains("\"hooks_started\":true"))
+    })
+    .await;
+    signal(&child, Signal::KILL);
+    let mut child = child;
+    child.wait().await.unwrap();
+    let out = w.agent(&["check"]).await;
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("a restart interrupted its hooks"), "{log}");
+    let runs = crate::helpers::managed_path(w.dir()).with_extension("apk.runs");
+    assert_eq!(std::fs::read_to_string(runs).unwrap().lines().count(), 1);
+    assert_eq!(w.installed(), w.version(16));
+    // The file is both versions: the ids end, as installed.
+    assert_eq!(w.callbacks(), pairs(&[("23", "1"), ("25", "1")]));
+}
