@@ -44,7 +44,8 @@ dpkg-deb --info "$deb" | sed -n '/Package:/,/Description:/p'
 contents=$(dpkg-deb --contents "$deb")
 echo "$contents"
 for path in ./usr/bin/ota-agent ./usr/lib/systemd/system/ota-agent.service ./etc/ota-agent/agent.toml \
-  ./usr/share/doc/ota-agent/ota-agent.cdx.json; do
+  ./usr/share/doc/ota-agent/ota-agent.cdx.json ./usr/share/doc/ota-agent/README.md \
+  ./usr/share/doc/ota-agent/docs/operating.md; do
   grep -q " $path\$" <<<"$contents" || { echo "missing from the package: $path" >&2; exit 1; }
 done
 grep -q '^-rw------- .* ./etc/ota-agent/agent.toml$' <<<"$contents" || { echo "the config is not mode 0600" >&2; exit 1; }
@@ -56,4 +57,4 @@ grep -q 'install -d -m 0700 /var/lib/ota-agent' "$control/postinst" || { echo "p
 # The SBOM in the package is the one just made for this target, not a stale file.
 dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/share/doc/ota-agent/ota-agent.cdx.json | cmp -s - "$sbom" ||
   { echo "the package's SBOM is not $sbom" >&2; exit 1; }
-echo "package ok: binary, unit, config (conffile, 0600), state directory, SBOM for $target"
+echo "package ok: binary, unit, config (conffile, 0600), state directory, README and docs/operating.md, SBOM for $target"
