@@ -50,6 +50,17 @@ impl Agent {
     }
 }
 
+impl Known {
+    /// The new version an install put in place: the agent's own install.
+    pub(super) fn installed(marker: &InstallState) -> Known {
+        Known {
+            version: marker.to_version.clone(),
+            sha256: marker.to_sha256.clone(),
+            source: VersionSource::Installed,
+        }
+    }
+}
+
 /// Which version the managed file is, of the two an install knows of, by its sha256.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum OnDisk {
@@ -89,11 +100,7 @@ impl OnDisk {
                 sha256: update.from_sha256.clone(),
                 source: base_source,
             }),
-            OnDisk::New => Some(Known {
-                version: marker.to_version.clone(),
-                sha256: marker.to_sha256.clone(),
-                source: VersionSource::Installed,
-            }),
+            OnDisk::New => Some(Known::installed(marker)),
             OnDisk::Other => None,
         }
     }

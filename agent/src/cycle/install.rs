@@ -212,7 +212,7 @@ async fn resume(agent: &mut Agent, pkg: &Package, update: &Update) -> Result<Pla
             .await
             .map(Placed::Elsewhere);
     }
-    if !marker.rolling_back && is_new && passed_here {
+    if is_new && passed_here {
         // The hooks passed in this process; what failed was the save that ends the install.
         // Ending it again is all that is left.
         return finish_install(agent, pkg, update, &marker).map(Placed::Elsewhere);
@@ -333,11 +333,7 @@ fn finish_install(
     let ids = update.ids();
     let failed = update.failed.as_ref().map(|f| f.index);
     let codes = chain_codes(&ids, marker.applied, failed);
-    let installed = Some(Known {
-        version: marker.to_version.clone(),
-        sha256: marker.to_sha256.clone(),
-        source: crate::store::VersionSource::Installed,
-    });
+    let installed = Some(Known::installed(marker));
     agent.finish(pkg, &codes, installed)?;
     let outcome = match &update.failed {
         None => Outcome::Updated {

@@ -5,6 +5,7 @@
 use super::{Agent, CycleError, Outcome, Transition, all_codes, chain_codes, install, report};
 use super::{BESIDE, IN_STATE_DIR, OnDisk, Room};
 use crate::config::Package;
+use crate::managed::{InstallError, sha256_file_async};
 use crate::store::{ResultCode, Update};
 use crate::unix_now;
 
@@ -141,6 +142,18 @@ impl Agent {
         match self.end_stuck(pkg, reason, room).await? {
             Ended::Reported(outcome) => Ok(outcome),
             Ended::PatchFailed => Err(err),
+        }
+    }
+
+    /// The file's sha256, `None` when it is missing or cannot be read; only a stop is an error.
+    async fn sha256_or_none(&self, path: &std::path::Path) -> Result<Option<String>, CycleError> {
+        match sha256_file_async(path, &self.shutdown).await {
+            Ok(sha) => Ok(sha),
+            Err(InstallError::Stopped { .. }) => Err(CycleError::Stopped),
+            Err(e) => {
+                log::warn!("cannot read {}: {}", path.display(), crate::error_chain(&e));
+                Ok(None)
+            }
         }
     }
 

@@ -53,7 +53,6 @@ use std::sync::Arc;
 use crate::client::Client;
 use crate::config::{Config, Package};
 use crate::hooks::{HookEnv, HookError};
-use crate::managed::{InstallError, sha256_file_async};
 use crate::notify::Notifier;
 use crate::store::{PackageState, State, Store, StoreError, Unidentified, Update};
 use crate::{Shutdown, unix_now};
@@ -215,18 +214,6 @@ impl Agent {
 
     pub(crate) fn update_mut(&mut self, key: &str) -> &mut Update {
         self.pkg_state(key).update.as_mut().expect(HAS_UPDATE)
-    }
-
-    /// The file's sha256, `None` when it is missing or cannot be read; only a stop is an error.
-    async fn sha256_or_none(&self, path: &std::path::Path) -> Result<Option<String>, CycleError> {
-        match sha256_file_async(path, &self.shutdown).await {
-            Ok(sha) => Ok(sha),
-            Err(InstallError::Stopped { .. }) => Err(CycleError::Stopped),
-            Err(e) => {
-                log::warn!("cannot read {}: {}", path.display(), crate::error_chain(&e));
-                Ok(None)
-            }
-        }
     }
 
     /// The steps of one cycle, from wherever the package's facts say.

@@ -420,10 +420,14 @@ fn check_body(
     Ok(())
 }
 
-/// The error of an I/O operation `op` on the partial download of update `id`.
-fn partial_io(id: &str, op: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
-    let path = format!("partial download of update {id}").into();
-    move |source| StoreError::Io { op, path, source }
+/// The error of an I/O operation `op` on the partial download of update `id`, its path made
+/// only when there is an error: a write per chunk passes through here.
+fn partial_io<'a>(id: &'a str, op: &'static str) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        op,
+        path: format!("partial download of update {id}").into(),
+        source,
+    }
 }
 
 /// Whether the bytes that arrived since the last checkpoint (`synced`: length and time) are
